@@ -1,0 +1,45 @@
+# xsi_dask: `make demo` runs the main job on real data; `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DATA   ?= ../shared/data
+DEMO   ?= demo-out
+
+.PHONY: demo test bench venv install install-test install-bench clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	touch $@
+
+venv: $(VENV)/.created
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/xsi-dask ingest $(DATA)/eds/jeol_View000_0000006.pts --split 4x4 --out $(DEMO)/jeol_4x4.zarr --overwrite
+	$(VENV)/bin/xsi-dask info $(DEMO)/jeol_4x4.zarr
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/run.py --out docs/benchmarks.md
+
+clean:
+	rm -rf $(DEMO) bench-out .pytest_cache

@@ -1,0 +1,55 @@
+"""Benchmark helpers: run a snippet in a fresh process, collect its JSON result and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+_PRELUDE = """
+import json, resource, sys, time
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def report(**kw):
+    kw["peak_rss"] = _peak_rss()
+    print("@@RESULT@@" + json.dumps(kw))
+"""
+
+
+def run_isolated(code: str, timeout: float = 3600) -> dict:
+    """Run ``code`` in a new Python process; it must call ``report(**numbers)``."""
+    src = _PRELUDE + textwrap.dedent(code)
+    proc = subprocess.run(
+        [sys.executable, "-c", src], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    raise RuntimeError(f"benchmark process failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def machine() -> str:
+    import psutil
+
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"

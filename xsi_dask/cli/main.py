@@ -1,0 +1,109 @@
+"""The ``xsi-dask`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from ..errors import XSIError
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_info(info: dict) -> str:
+    """Human-readable summary of :meth:`MontageStore.info`."""
+    e = info["energy"]
+    px = info["pixels"]
+    ratio = info["dense_float32_bytes"] / max(info["stored_bytes"], 1)
+    lines = [
+        f"store            {info['store']}",
+        f"tiles            {info['tiles']} on a {info['grid'][0]}x{info['grid'][1]} grid",
+        f"shape            (tile, y, x, energy) = {tuple(info['shape'])}",
+        f"pixel size       {px['scale_y']:.6g} x {px['scale_x']:.6g} {px['units']}",
+        f"energy           {e['size']} channels, offset {e['offset']:.4f} keV, "
+        f"{e['scale'] * 1e3:.4f} eV/channel, up to {e['offset'] + e['scale'] * (e['size'] - 1):.2f} keV",
+        f"non-zeros        {info['nnz']:,} ({100 * info['fraction_nonzero']:.4f} % of voxels)",
+        f"total counts     {info['total_counts']:,}",
+        f"counts per pixel {info['counts_per_pixel']:.3f}",
+        f"dense float32    {_size(info['dense_float32_bytes'])}",
+        f"stored           {_size(info['stored_bytes'])} ({ratio:,.0f}x smaller)",
+        "sources          " + "\n                 ".join(info["sources"]),
+    ]
+    return "\n".join(lines)
+
+
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    lay = p.add_mutually_exclusive_group()
+    lay.add_argument("--grid", metavar="RxC", help="lay the input files out row-major on ROWS x COLS tiles")
+    lay.add_argument("--manifest", metavar="FILE", help="CSV path,row,col[,stage_x,stage_y]")
+    lay.add_argument("--split", metavar="RxC", help="cut one map into ROWS x COLS equal tiles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="xsi-dask",
+        description="Multivariate statistical analysis of sparse X-ray spectrum-image montages.",
+    )
+    parser.add_argument("--version", action="version", version=f"xsi-dask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="read vendor files into a sparse montage store")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="tile files or glob patterns")
+    p.add_argument("--out", required=True, metavar="STORE.zarr")
+    _add_layout(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--threads", type=int, default=None, help="tiles converted at once (default: cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("info", help="summarise a montage store")
+    p.add_argument("store", metavar="STORE.zarr")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    return parser
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from ..io.ingest import ingest
+
+    if not args.inputs and not args.manifest:
+        raise SystemExit("xsi-dask ingest: give INPUT files or --manifest FILE")
+    store = ingest(
+        args.inputs, args.out, grid=args.grid, manifest=args.manifest, split=args.split,
+        overwrite=args.overwrite, threads=args.threads, progress=not args.quiet,
+    )
+    print(format_info(store.info()))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ..io.store import MontageStore
+
+    info = MontageStore(args.store).info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+COMMANDS = {"ingest": _cmd_ingest, "info": _cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except XSIError as exc:
+        print(f"xsi-dask {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

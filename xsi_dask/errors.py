@@ -1,0 +1,77 @@
+"""Exception hierarchy of xsi_dask.
+
+Every error the package raises on purpose derives from :class:`XSIError`, so a
+caller can catch them all in one place; each also derives from the built-in
+exception a Python user would expect (``FileNotFoundError``, ``ValueError``),
+so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "XSIError",
+    "InputFileNotFoundError",
+    "UnsupportedFormatError",
+    "CorruptFileError",
+    "NoSpectrumImageError",
+    "CountsError",
+    "CalibrationMismatchError",
+    "TileShapeMismatchError",
+    "LayoutError",
+    "StoreExistsError",
+    "StoreFormatError",
+    "DecompositionError",
+    "XSIWarning",
+]
+
+
+class XSIError(Exception):
+    """Base class of every error raised by xsi_dask."""
+
+
+class InputFileNotFoundError(XSIError, FileNotFoundError):
+    """An input file (tile, manifest) does not exist."""
+
+
+class UnsupportedFormatError(XSIError, ValueError):
+    """The file extension has no RosettaSciIO reader registered in xsi_dask."""
+
+
+class CorruptFileError(XSIError, OSError):
+    """RosettaSciIO failed to read the file (truncated, corrupt, wrong content)."""
+
+
+class NoSpectrumImageError(XSIError, ValueError):
+    """The file holds no 3-D spectrum image (y, x, channels)."""
+
+
+class CountsError(XSIError, ValueError):
+    """The data are not counts: negative or non-integer values."""
+
+
+class CalibrationMismatchError(XSIError, ValueError):
+    """Tiles of one montage disagree on the energy calibration."""
+
+
+class TileShapeMismatchError(XSIError, ValueError):
+    """Tiles of one montage do not have the same (y, x) shape."""
+
+
+class LayoutError(XSIError, ValueError):
+    """The montage layout is invalid: grid, manifest or split definition."""
+
+
+class StoreExistsError(XSIError, FileExistsError):
+    """The output store exists and overwriting was not requested."""
+
+
+class StoreFormatError(XSIError, ValueError):
+    """A path is not an xsi_dask store, or has an unsupported format version."""
+
+
+class DecompositionError(XSIError, ValueError):
+    """Invalid decomposition request (component count, solver, montage view)."""
+
+
+class XSIWarning(UserWarning):
+    """Warnings issued by xsi_dask (treated as errors in the test suite)."""

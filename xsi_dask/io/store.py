@@ -1,0 +1,338 @@
+"""The montage store: one Zarr v3 group, one CSR matrix per tile.
+
+Layout (format version 1)::
+
+    STORE.zarr/                       attrs: xsi_dask {format, version, uuid}, montage description
+      tiles/<t>/                      attrs: binsparse descriptor, row, col, source, nnz, total_counts
+        pointers_to_1  (pixels+1,)    uint32 | uint64    CSR row pointers (pixels row-major)
+        indices_1      (nnz,)         uint16 | uint32    channel indices
+        values         (nnz,)         smallest unsigned dtype that holds the counts
+        sum_spectrum   (channels,)    uint64             summed counts per channel
+        count_map      (y, x)         uint32 | uint64    counts per pixel
+        images/<name>  (y, x)                            structural images (HAADF, SEM, ...)
+      sources/<k>/                    attrs: path, metadata, original_metadata
+        images/<name>                                    images of other shapes from the file
+
+The CSR matrix of a tile follows the binsparse v0.1 convention
+(https://graphblas.org/binsparse-specification/), so other tools can read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import zarr
+
+from .. import config
+from ..errors import StoreExistsError, StoreFormatError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MontageStore", "TileCSR", "smallest_uint", "atomic_output", "write_tile"]
+
+FORMAT = "xsi-dask-montage"
+FORMAT_VERSION = 1
+
+
+def smallest_uint(max_value: int) -> np.dtype:
+    """Smallest unsigned integer dtype that holds ``max_value``."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise OverflowError(max_value)
+
+
+@contextlib.contextmanager
+def atomic_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it to ``out`` on success.
+
+    Nothing is left at ``out`` (or beside it) if the body raises. An existing
+    ``out`` is refused unless ``overwrite``; it is replaced only after the new
+    output is complete.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            _remove(trash)
+        else:
+            os.replace(tmp, out)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _chunks(n: int) -> tuple[int]:
+    return (max(1, min(n, int(config.get("csr-chunk")))),)
+
+
+def write_tile(
+    group: zarr.Group,
+    name: str,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    shape: tuple[int, int],
+    channels: int,
+    images: dict[str, np.ndarray] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one tile's CSR arrays, summaries and images under ``group/name``.
+
+    ``values`` must already be non-negative integer counts. Returns the tile's
+    summary attributes (nnz, total counts, dtypes).
+    """
+    nnz = int(indices.size)
+    vmax = int(values.max()) if nnz else 0
+    vdt = smallest_uint(vmax)
+    idt = np.dtype(np.uint16) if channels <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+    pdt = np.dtype(np.uint32) if nnz <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+    vals = values.astype(vdt, copy=False)
+
+    sum_spectrum = np.bincount(indices, weights=vals, minlength=channels).astype(np.uint64)
+    csum = np.zeros(nnz + 1, np.uint64)
+    np.cumsum(vals, dtype=np.uint64, out=csum[1:])
+    per_pixel = csum[indptr[1:]] - csum[indptr[:-1]]
+    total = int(csum[-1])
+    cdt = np.uint32 if total <= np.iinfo(np.uint32).max else np.uint64
+    count_map = per_pixel.astype(cdt).reshape(shape)
+
+    summary = {
+        "nnz": nnz,
+        "total_counts": total,
+        "max_count": vmax,
+        "values_dtype": vdt.name,
+        "shape": list(shape),
+    }
+    binsparse = {
+        "version": "0.1",
+        "format": "CSR",
+        "shape": [int(shape[0] * shape[1]), int(channels)],
+        "number_of_stored_values": nnz,
+        "data_types": {"pointers_to_1": pdt.name, "indices_1": idt.name, "values": vdt.name},
+    }
+    # attributes given at creation: zarr rewrites the group metadata on every attrs[key] = ...
+    g = group.create_group(name, attributes={"binsparse": binsparse, **summary, **(attrs or {})})
+    g.create_array("pointers_to_1", data=indptr.astype(pdt), chunks=_chunks(indptr.size))
+    g.create_array("indices_1", data=indices.astype(idt), chunks=_chunks(nnz))
+    g.create_array("values", data=vals, chunks=_chunks(nnz))
+    g.create_array("sum_spectrum", data=sum_spectrum)
+    g.create_array("count_map", data=count_map)
+    if images:
+        ig = g.create_group("images")
+        for key, img in images.items():
+            ig.create_array(key, data=np.ascontiguousarray(img))
+    return summary
+
+
+class TileCSR:
+    """CSR arrays of one tile as stored (compact dtypes), pixels row-major.
+
+    Attributes
+    ----------
+    indptr : ndarray, shape (pixels + 1,)
+    indices : ndarray, shape (nnz,)
+        Channel index of each stored value.
+    data : ndarray, shape (nnz,)
+        Counts.
+    shape : (pixels, channels)
+    """
+
+    __slots__ = ("indptr", "indices", "data", "shape")
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tuple[int, int]):
+        self.indptr, self.indices, self.data, self.shape = indptr, indices, data, shape
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.indices.nbytes + self.data.nbytes
+
+    def to_scipy(self, dtype: Any = None) -> sp.csr_array:
+        """As a SciPy ``csr_array`` (index arrays widened to int32/int64)."""
+        data = self.data if dtype is None else self.data.astype(dtype)
+        idx_dt = np.int32 if max(self.shape) < 2**31 and self.nnz < 2**31 else np.int64
+        return sp.csr_array(
+            (data, self.indices.astype(idx_dt), self.indptr.astype(idx_dt)), shape=self.shape
+        )
+
+
+class _TileCache:
+    """Per-process LRU of tile CSR arrays, bounded in bytes (``xsi-dask.tile-cache``)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple, TileCSR] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load) -> TileCSR:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        value = load()
+        budget = config.get_bytes("tile-cache")
+        with self._lock:
+            if value.nbytes <= budget and key not in self._items:
+                self._items[key] = value
+                self._bytes += value.nbytes
+                while self._bytes > budget and self._items:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+tile_cache = _TileCache()
+
+
+class MontageStore:
+    """Read access to a montage store.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.zarr`` folder written by :func:`xsi_dask.ingest`.
+
+    Raises
+    ------
+    StoreFormatError
+        ``path`` is not an xsi_dask montage store or has a newer format.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise StoreFormatError(f"{self.path}: no such store (expected a .zarr folder)")
+        try:
+            self.root = zarr.open_group(str(self.path), mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise StoreFormatError(f"{self.path}: not a Zarr group ({exc})") from exc
+        attrs = dict(self.root.attrs)
+        fmt = attrs.get("xsi_dask", {})
+        if fmt.get("format") != FORMAT:
+            raise StoreFormatError(f"{self.path}: not an xsi_dask montage store")
+        if int(fmt.get("version", 0)) > FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{self.path}: store format version {fmt.get('version')} is newer than this "
+                f"xsi_dask understands ({FORMAT_VERSION}); upgrade xsi_dask"
+            )
+        self.attrs = attrs
+        self.uuid: str = fmt["uuid"]
+        self.tiles: list[dict[str, Any]] = attrs["tiles"]
+        self.tile_shape: tuple[int, int] = tuple(attrs["tile_shape"])  # type: ignore[assignment]
+        self.channels: int = int(attrs["energy"]["size"])
+
+    def __repr__(self) -> str:
+        return f"MontageStore({str(self.path)!r}, tiles={self.n_tiles}, tile_shape={self.tile_shape}, channels={self.channels})"
+
+    def __reduce__(self):
+        return (MontageStore, (str(self.path),))
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def pixels_per_tile(self) -> int:
+        return self.tile_shape[0] * self.tile_shape[1]
+
+    @property
+    def energy(self) -> np.ndarray:
+        """Channel energies in keV, shape ``(channels,)``."""
+        e = self.attrs["energy"]
+        return e["offset"] + e["scale"] * np.arange(self.channels, dtype=np.float64)
+
+    def _tile(self, t: int) -> zarr.Group:
+        if not 0 <= t < self.n_tiles:
+            raise IndexError(f"tile {t} out of range: the store has {self.n_tiles} tiles")
+        return self.root[f"tiles/{t}"]  # type: ignore[return-value]
+
+    def tile_csr(self, t: int, *, cache: bool = True) -> TileCSR:
+        """CSR arrays of tile ``t`` (pixels x channels), cached per process."""
+
+        def load() -> TileCSR:
+            g = self._tile(t)
+            return TileCSR(
+                g["pointers_to_1"][:], g["indices_1"][:], g["values"][:],
+                (self.pixels_per_tile, self.channels),
+            )
+
+        if not cache:
+            return load()
+        return tile_cache.get((str(self.path.resolve()), self.uuid, t), load)
+
+    def sum_spectrum(self, t: int | None = None) -> np.ndarray:
+        """Summed counts per channel of tile ``t`` (or the montage), uint64 ``(channels,)``."""
+        if t is None:
+            return np.sum([self.sum_spectrum(i) for i in range(self.n_tiles)], axis=0, dtype=np.uint64)
+        return self._tile(t)["sum_spectrum"][:]
+
+    def count_map(self, t: int) -> np.ndarray:
+        """Counts per pixel of tile ``t``, shape ``(y, x)``."""
+        return self._tile(t)["count_map"][:]
+
+    def image_names(self, t: int = 0) -> list[str]:
+        g = self._tile(t)
+        return sorted(g["images"].array_keys()) if "images" in g else []
+
+    def image(self, t: int, name: str) -> np.ndarray:
+        """Structural image ``name`` of tile ``t``, shape ``(y, x)``."""
+        return self._tile(t)[f"images/{name}"][:]
+
+    def info(self) -> dict[str, Any]:
+        """Summary numbers of the montage (see ``xsi-dask info``)."""
+        nnz = sum(int(t["nnz"]) for t in self.tiles)
+        total = sum(int(t["total_counts"]) for t in self.tiles)
+        voxels = self.n_tiles * self.pixels_per_tile * self.channels
+        stored = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "store": str(self.path),
+            "tiles": self.n_tiles,
+            "grid": self.attrs["grid"],
+            "tile_shape": list(self.tile_shape),
+            "channels": self.channels,
+            "shape": [self.n_tiles, *self.tile_shape, self.channels],
+            "nnz": nnz,
+            "fraction_nonzero": nnz / voxels if voxels else 0.0,
+            "total_counts": total,
+            "counts_per_pixel": total / (self.n_tiles * self.pixels_per_tile),
+            "energy": self.attrs["energy"],
+            "pixels": self.attrs["pixels"],
+            "dense_float32_bytes": voxels * 4,
+            "stored_bytes": stored,
+            "sources": [s["path"] for s in self.attrs["sources"]],
+        }

@@ -1,0 +1,237 @@
+"""Montage layouts: which file and which pixels make each tile, and where it sits.
+
+Three ways to define a montage:
+
+* a list (or glob) of tile files laid out row-major on a ``ROWS x COLS`` grid;
+* a CSV manifest ``path,row,col[,stage_x,stage_y]``;
+* one large map cut into ``ROWS x COLS`` equal tiles (``split``).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputFileNotFoundError, LayoutError
+
+__all__ = ["TileSpec", "Layout", "parse_grid", "expand_inputs", "grid_layout", "manifest_layout", "split_layout"]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One tile of a montage.
+
+    ``y0:y1, x0:x1`` select the tile's pixels in its source file (``None``: the
+    whole map). ``stage_x``/``stage_y`` give the stage position of the tile's
+    origin in ``Layout.stage_units`` (NaN where unknown).
+    """
+
+    index: int
+    source: Path
+    row: int
+    col: int
+    y0: int | None = None
+    y1: int | None = None
+    x0: int | None = None
+    x1: int | None = None
+    stage_x: float = math.nan
+    stage_y: float = math.nan
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Tiles of a montage in store order, with the grid they fill."""
+
+    tiles: tuple[TileSpec, ...]
+    rows: int
+    cols: int
+    stage_units: str = ""
+    split: tuple[int, int] | None = None
+
+    @property
+    def sources(self) -> list[Path]:
+        """Distinct source files in first-use order."""
+        return list(dict.fromkeys(t.source for t in self.tiles))
+
+
+def parse_grid(text: str | Sequence[int], what: str = "grid") -> tuple[int, int]:
+    """Parse ``"ROWSxCOLS"`` (or a pair) into two positive integers."""
+    if not isinstance(text, str):
+        rows, cols = (int(v) for v in text)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
+        if not m:
+            raise LayoutError(f"{what} {text!r} is not of the form ROWSxCOLS, e.g. 4x4")
+        rows, cols = int(m.group(1)), int(m.group(2))
+    if rows < 1 or cols < 1:
+        raise LayoutError(f"{what} {rows}x{cols}: rows and columns must be at least 1")
+    return rows, cols
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand glob patterns (sorted) and check that every file exists."""
+    paths: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise InputFileNotFoundError(f"no file matches the pattern {text!r}")
+            paths.extend(Path(m) for m in matches)
+        else:
+            paths.append(Path(text))
+    for p in paths:
+        if not p.is_file():
+            raise InputFileNotFoundError(f"input file not found: {p}")
+    if not paths:
+        raise LayoutError("no input files given")
+    return paths
+
+
+def grid_layout(paths: Sequence[Path], grid: str | Sequence[int] | None = None) -> Layout:
+    """Tiles from files in row-major order on a ``ROWS x COLS`` grid."""
+    paths = [Path(p) for p in paths]
+    if grid is None:
+        if len(paths) != 1:
+            raise LayoutError(
+                f"{len(paths)} input files but no layout: give --grid ROWSxCOLS (row-major) "
+                "or --manifest FILE"
+            )
+        rows, cols = 1, 1
+    else:
+        rows, cols = parse_grid(grid)
+    if rows * cols != len(paths):
+        raise LayoutError(
+            f"grid {rows}x{cols} needs {rows * cols} tile files but {len(paths)} were given"
+        )
+    dup = [p for p in dict.fromkeys(paths) if paths.count(p) > 1]
+    if dup:
+        raise LayoutError(f"file {dup[0]} is given more than once in the grid")
+    tiles = tuple(
+        TileSpec(index=i, source=p, row=i // cols, col=i % cols) for i, p in enumerate(paths)
+    )
+    return Layout(tiles=tiles, rows=rows, cols=cols)
+
+
+_STAGE_UNITS_RE = re.compile(r"#\s*stage[_ ]units\s*[:=]\s*(\S+)", re.IGNORECASE)
+_COLUMN_UNITS_RE = re.compile(r"^(stage_[xy])\s*(?:[\[(](.+?)[\])]|_(\w+))?$", re.IGNORECASE)
+
+
+def manifest_layout(manifest: str | Path) -> Layout:
+    """Tiles from a CSV manifest.
+
+    The manifest has a header row with columns ``path,row,col`` and optionally
+    ``stage_x,stage_y``. Stage units come from a comment line
+    ``# stage_units: um`` or from the column names (``stage_x[um]``,
+    ``stage_x_um``). Relative paths are relative to the manifest's folder.
+
+    Raises
+    ------
+    InputFileNotFoundError
+        The manifest or a file it names does not exist.
+    LayoutError
+        Missing columns, bad numbers, duplicate or missing grid positions.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise InputFileNotFoundError(f"manifest not found: {manifest}")
+    lines = manifest.read_text().splitlines()
+    units = ""
+    body = []
+    for line in lines:
+        if line.lstrip().startswith("#"):
+            m = _STAGE_UNITS_RE.search(line)
+            if m:
+                units = m.group(1)
+            continue
+        if line.strip():
+            body.append(line)
+    reader = csv.DictReader(body)
+    fields = {}
+    for name in reader.fieldnames or []:
+        key = name.strip()
+        m = _COLUMN_UNITS_RE.match(key)
+        if m:
+            fields[name] = m.group(1).lower()
+            units = units or (m.group(2) or m.group(3) or "")
+        else:
+            fields[name] = key.lower()
+    missing = {"path", "row", "col"} - set(fields.values())
+    if missing:
+        raise LayoutError(f"{manifest}: missing column(s) {sorted(missing)}; expected path,row,col[,stage_x,stage_y]")
+
+    entries = []
+    for lineno, raw in enumerate(reader, start=2):
+        rec = {fields[k]: (v or "").strip() for k, v in raw.items() if k in fields}
+        try:
+            row, col = int(rec["row"]), int(rec["col"])
+            sx = float(rec["stage_x"]) if rec.get("stage_x") else math.nan
+            sy = float(rec["stage_y"]) if rec.get("stage_y") else math.nan
+        except ValueError as exc:
+            raise LayoutError(f"{manifest}, data line {lineno - 1}: {exc}") from exc
+        if row < 0 or col < 0:
+            raise LayoutError(f"{manifest}, data line {lineno - 1}: negative row/col ({row}, {col})")
+        path = Path(rec["path"])
+        if not path.is_absolute():
+            path = manifest.parent / path
+        if not path.is_file():
+            raise InputFileNotFoundError(f"{manifest}: tile file not found: {path}")
+        entries.append((row, col, path, sx, sy))
+    if not entries:
+        raise LayoutError(f"{manifest}: no tiles listed")
+
+    seen: dict[tuple[int, int], Path] = {}
+    for row, col, path, _, _ in entries:
+        if (row, col) in seen:
+            raise LayoutError(
+                f"{manifest}: grid position (row {row}, col {col}) is given twice: "
+                f"{seen[(row, col)]} and {path}"
+            )
+        seen[(row, col)] = path
+    rows = max(e[0] for e in entries) + 1
+    cols = max(e[1] for e in entries) + 1
+    holes = [(r, c) for r in range(rows) for c in range(cols) if (r, c) not in seen]
+    if holes:
+        shown = ", ".join(f"(row {r}, col {c})" for r, c in holes[:8])
+        raise LayoutError(
+            f"{manifest}: the {rows}x{cols} grid has {len(holes)} missing position(s): {shown}"
+        )
+    entries.sort(key=lambda e: (e[0], e[1]))
+    tiles = tuple(
+        TileSpec(index=i, source=p, row=r, col=c, stage_x=sx, stage_y=sy)
+        for i, (r, c, p, sx, sy) in enumerate(entries)
+    )
+    return Layout(tiles=tiles, rows=rows, cols=cols, stage_units=units)
+
+
+def split_layout(path: str | Path, split: str | Sequence[int], map_shape: tuple[int, int]) -> Layout:
+    """Cut one map of ``map_shape = (height, width)`` pixels into equal tiles.
+
+    Raises
+    ------
+    LayoutError
+        The split does not divide the map into equal tiles.
+    """
+    rows, cols = parse_grid(split, "split")
+    height, width = map_shape
+    bad = [(n, k, a) for n, k, a in ((height, rows, "height"), (width, cols, "width")) if n % k]
+    if bad:
+        n, k, axis = bad[0]
+        raise LayoutError(
+            f"{path}: a {height}x{width} px map cannot be split {rows}x{cols}: its {axis} "
+            f"({n} px) is not divisible by {k}"
+        )
+    th, tw = height // rows, width // cols
+    tiles = tuple(
+        TileSpec(
+            index=r * cols + c, source=Path(path), row=r, col=c,
+            y0=r * th, y1=(r + 1) * th, x0=c * tw, x1=(c + 1) * tw,
+        )
+        for r in range(rows) for c in range(cols)
+    )
+    return Layout(tiles=tiles, rows=rows, cols=cols, split=(rows, cols))
