@@ -1,0 +1,94 @@
+"""One pass over the tiles: a task per tile, a tree reduction of the small results.
+
+The reduction tree has a fixed shape (fan-in 8 in tile order), so the floating
+point sums are the same on the synchronous scheduler, dask threads and a
+distributed cluster: results do not depend on where tasks ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import dask
+from dask.delayed import Delayed
+
+__all__ = ["tree_sum", "compute", "persist", "current_client"]
+
+
+def _add(*parts):
+    total = parts[0]
+    if total is None:
+        return None
+    if isinstance(total, tuple):
+        return tuple(_add(*items) for items in zip(*parts))
+    if isinstance(total, dict):
+        return {k: _add(*(p[k] for p in parts)) for k in total}
+    total = total.copy() if hasattr(total, "copy") else total
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def tree_sum(parts: Sequence[Delayed], fanin: int = 8, name: str = "sum") -> Delayed:
+    """Sum delayed partial results (arrays, tuples or dicts of arrays) in a tree."""
+    level = list(parts)
+    if not level:
+        raise ValueError("nothing to sum")
+    while len(level) > 1:
+        level = [
+            dask.delayed(_add, pure=True)(*level[i : i + fanin], dask_key_name=None)
+            if len(level[i : i + fanin]) > 1
+            else level[i]
+            for i in range(0, len(level), fanin)
+        ]
+    return level[0]
+
+
+def current_client():
+    """The active dask.distributed Client, or None."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _local_progress(show: bool, label: str):
+    if show:
+        from dask.diagnostics import ProgressBar
+
+        print(label, flush=True)
+        with ProgressBar(minimum=2.0):
+            yield
+    else:
+        yield
+
+
+def compute(*objs: Any, progress: bool = False, label: str = "", scheduler: str | None = None):
+    """``dask.compute`` with a progress bar on the local or the distributed scheduler."""
+    client = current_client() if scheduler is None else None
+    if client is not None:
+        futures = client.compute(list(objs))
+        if progress:
+            from distributed import progress as dprogress
+
+            print(label, flush=True)
+            dprogress(futures, notebook=False)
+            print(flush=True)
+        return tuple(client.gather(futures))
+    with _local_progress(progress, label):
+        return dask.compute(*objs, scheduler=scheduler)
+
+
+def persist(*objs: Any, scheduler: str | None = None):
+    """``dask.persist``: on a cluster the results stay on the workers that made them."""
+    return dask.persist(*objs, scheduler=scheduler)
+
+
+def map_tiles(fn: Callable, tiles: Sequence[int], *args: Any, **kwargs: Any) -> list[Delayed]:
+    """One delayed ``fn(tile, *args)`` per tile (args are shared, not copied per task)."""
+    shared = [a if isinstance(a, Delayed) else dask.delayed(a, traverse=False) for a in args]
+    return [dask.delayed(fn, pure=True)(t, *shared, **kwargs) for t in tiles]
