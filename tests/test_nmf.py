@@ -1,0 +1,93 @@
+"""Distributed NMF against scikit-learn's MU solver, iterate for iterate."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import xsi_dask
+from xsi_dask.errors import DecompositionError
+
+from .conftest import EDS
+
+pytestmark = pytest.mark.usefixtures("needs_data")
+
+
+@pytest.fixture(scope="module")
+def p45(tmp_path_factory):
+    """The real 75 x 100 Bruker map split 3 x 4 (22 counts per pixel)."""
+    store = xsi_dask.ingest(EDS / "P45_the_default_job.bcf", tmp_path_factory.mktemp("nmf") / "p45.zarr", split="3x4", progress=False)
+    X = sp.vstack([store.tile_csr(t).to_scipy(np.float64) for t in range(store.n_tiles)]).tocsr()
+    return xsi_dask.open_montage(store), X
+
+
+def _sklearn(X, W0, H0, beta, n_iter):
+    from sklearn.decomposition import NMF
+
+    model = NMF(W0.shape[1], solver="mu", beta_loss=beta, init="custom", max_iter=n_iter, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "maximum number of iterations reached"
+        W = model.fit_transform(X, W=W0.copy(), H=H0.copy())
+    return W, model.components_, model.reconstruction_err_
+
+
+@pytest.mark.parametrize("loss,beta", [("kl", "kullback-leibler"), ("frobenius", "frobenius")])
+def test_iterates_equal_sklearn(p45, loss, beta):
+    m, X = p45
+    k, n_iter = 4, 40
+    rng = np.random.default_rng(1)
+    W0 = np.abs(rng.standard_normal((X.shape[0], k))) * 0.3
+    H0 = np.abs(rng.standard_normal((k, X.shape[1]))) * 0.3
+    Ws, Hs, err = _sklearn(X, W0, H0, beta, n_iter)
+    npix = 25 * 25
+    ds = xsi_dask.nmf(m, k, loss=loss, init=([W0[t * npix : (t + 1) * npix] for t in range(12)], H0), max_iter=n_iter, tol=0)
+    # our outputs: spectra H/sum(H), abundances W*sum(H), largest total first
+    scale = Hs.sum(1)
+    order = np.argsort(-(Ws.sum(0) * scale), kind="stable")
+    np.testing.assert_allclose(ds.spectra.values, (Hs / scale[:, None])[order], rtol=1e-6, atol=1e-12)
+    ab = ds.abundances.values.reshape(-1, k)
+    np.testing.assert_allclose(ab, (Ws * scale)[:, order], rtol=1e-6, atol=1e-9 * ab.max())
+    # scikit-learn's reconstruction_err_ is sqrt(2 * loss)
+    assert np.sqrt(2 * ds.loss.values[-1]) == pytest.approx(err, rel=1e-9)
+    assert ds.sizes["iteration"] == n_iter + 1
+
+
+def test_kl_loss_never_increases_and_nonnegative(p45):
+    m, X = p45
+    ds = xsi_dask.nmf(m, 5, max_iter=60, tol=0)
+    loss = ds.loss.values
+    assert np.all(np.diff(loss) <= 1e-12 * loss[0]), np.diff(loss).max()
+    assert loss[-1] < 0.95 * loss[0]
+    assert (ds.spectra.values >= 0).all() and (ds.abundances.values >= 0).all()
+    np.testing.assert_allclose(ds.spectra.values.sum(1), 1.0, rtol=1e-12)
+    # abundances are counts: the model's total equals the data's total (a KL fixed point property)
+    assert ds.abundances.values.sum() == pytest.approx(X.sum(), rel=1e-3)
+    totals = ds.abundances.values.sum((0, 1, 2))
+    assert np.all(np.diff(totals) <= 0)  # largest endmember first
+
+
+def test_nndsvda_init_is_nonnegative_and_converges(p45):
+    m, _ = p45
+    ds = xsi_dask.nmf(m, 4, max_iter=200, tol=1e-4)
+    assert ds.attrs["n_iter"] < 200  # stopped on the relative loss change
+    assert (ds.abundances.values >= 0).all()
+
+
+def test_random_init_seeded(p45):
+    m, _ = p45
+    a = xsi_dask.nmf(m, 3, init="random", seed=5, max_iter=5, tol=0)
+    b = xsi_dask.nmf(m, 3, init="random", seed=5, max_iter=5, tol=0)
+    np.testing.assert_array_equal(a.spectra.values, b.spectra.values)
+
+
+def test_bad_requests(p45):
+    m, _ = p45
+    with pytest.raises(DecompositionError, match="loss"):
+        xsi_dask.nmf(m, 3, loss="itakura-saito")
+    with pytest.raises(DecompositionError, match="init"):
+        xsi_dask.nmf(m, 3, init="nndsvd-typo")
+    with pytest.raises(DecompositionError, match="expected 12 tiles"):
+        xsi_dask.nmf(m, 3, init=([np.ones((625, 3))], np.ones((3, 2048))))
