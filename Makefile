@@ -32,8 +32,10 @@ install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/xsi-dask ingest $(DATA)/eds/jeol_View000_0000006.pts --split 4x4 --out $(DEMO)/jeol_4x4.zarr --overwrite
-	$(VENV)/bin/xsi-dask info $(DEMO)/jeol_4x4.zarr
+	$(VENV)/bin/xsi-dask run $(DATA)/eds/jeol_View000_0000006.pts --split 4x4 --out $(DEMO)/jeol_4x4 --overwrite
+	$(VENV)/bin/xsi-dask run $(DATA)/eds/velox_EELS_EDS_128x128.emd --out $(DEMO)/velox_128 --overwrite
+	@echo
+	@echo "Reports: $(DEMO)/jeol_4x4/report.html and $(DEMO)/velox_128/report.html"
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q

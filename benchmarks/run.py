@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _util import ROOT, machine  # noqa: E402
 
-SUITES = ["bench_ingest"]
+SUITES = ["bench_ingest", "bench_engine", "bench_hyperspy"]
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def test_iterates_equal_sklearn(p45, loss, beta):
     H0 = np.abs(rng.standard_normal((k, X.shape[1]))) * 0.3
     Ws, Hs, err = _sklearn(X, W0, H0, beta, n_iter)
     npix = 25 * 25
-    ds = xsi_dask.nmf(m, k, loss=loss, init=([W0[t * npix : (t + 1) * npix] for t in range(12)], H0), max_iter=n_iter, tol=0)
+    ds = xsi_dask.nmf(m, k, loss=loss, init=([W0[t * npix : (t + 1) * npix] for t in range(12)], H0), max_iter=n_iter, tol=0, loss_every=1)
     # our outputs: spectra H/sum(H), abundances W*sum(H), largest total first
     scale = Hs.sum(1)
     order = np.argsort(-(Ws.sum(0) * scale), kind="stable")
@@ -57,7 +57,7 @@ def test_iterates_equal_sklearn(p45, loss, beta):
 
 def test_kl_loss_never_increases_and_nonnegative(p45):
     m, X = p45
-    ds = xsi_dask.nmf(m, 5, max_iter=60, tol=0)
+    ds = xsi_dask.nmf(m, 5, max_iter=60, tol=0, loss_every=1)
     loss = ds.loss.values
     assert np.all(np.diff(loss) <= 1e-12 * loss[0]), np.diff(loss).max()
     assert loss[-1] < 0.95 * loss[0]

@@ -43,7 +43,7 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def _svd_u_norms(t: int, path: str, Vs: np.ndarray):
     """Squared norms of the positive and negative parts of U_t = D_t V S^-1, shape (2, k)."""
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     U = np.empty((store.pixels_per_tile, Vs.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
@@ -52,7 +52,7 @@ def _svd_u_norms(t: int, path: str, Vs: np.ndarray):
 
 def _nndsvd_w(t: int, path: str, Vs: np.ndarray, sign: np.ndarray, scale: np.ndarray, fill: float):
     """NNDSVDa W_t: per component the chosen sign part of U, scaled; zeros -> fill."""
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     U = np.empty((store.pixels_per_tile, Vs.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
@@ -65,22 +65,22 @@ def _nndsvd_w(t: int, path: str, Vs: np.ndarray, sign: np.ndarray, scale: np.nda
 
 
 def _random_w(t: int, path: str, k: int, avg: float, seed: int):
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     rng = np.random.default_rng([seed, t])
     return np.abs(avg * rng.standard_normal((store.pixels_per_tile, k)))
 
 
-def _kl_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, denom_w: np.ndarray):
-    csr = MontageStore(path).tile_csr(t)
+def _kl_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool):
+    csr = MontageStore.cached(path).tile_csr(t)
     W = W.copy()  # never mutate a task's input (it may be recomputed)
     num_ht = np.zeros_like(Ht)
     w_sum = np.zeros(W.shape[1])
-    loss = kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, denom_w, num_ht, w_sum)
+    loss = kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, denom_w, num_ht, w_sum, with_loss)
     return W, (num_ht, w_sum, np.array(loss))
 
 
 def _fro_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, HHt: np.ndarray):
-    csr = MontageStore(path).tile_csr(t)
+    csr = MontageStore.cached(path).tile_csr(t)
     W = W.copy()
     num_ht = np.zeros_like(Ht)
     wtw = np.zeros((W.shape[1], W.shape[1]))
@@ -89,7 +89,7 @@ def _fro_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, HHt: np.ndarray)
 
 
 def _loss_terms(t: int, path: str, W: np.ndarray, Ht: np.ndarray):
-    csr = MontageStore(path).tile_csr(t)
+    csr = MontageStore.cached(path).tile_csr(t)
     kl, cross, sq = kernels.nmf_loss_terms(csr.indptr, csr.indices, csr.data, W, Ht)
     return np.array([kl, cross, sq]), W.sum(0), W.T @ W
 
@@ -140,6 +140,7 @@ def nmf(
     init: str | tuple[Sequence[np.ndarray] | np.ndarray, np.ndarray] = "nndsvda",
     seed: int = 0,
     power_iters: int | None = None,
+    loss_every: int = 10,
     progress: bool = False,
 ) -> xr.Dataset:
     """Non-negative matrix factorization of a count montage, one pass over the tiles per iteration.
@@ -172,6 +173,10 @@ def nmf(
         Seed of the SVD test matrix or the random init.
     power_iters : int, optional
         Power iterations of the SVD behind NNDSVDa.
+    loss_every : int
+        Evaluate the loss every this many iterations (default 10, as
+        scikit-learn's convergence check) and after the last; its logarithm
+        per non-zero costs as much as an update. 1 records every iteration.
     progress : bool
         Progress bars.
 
@@ -181,7 +186,8 @@ def nmf(
         ``spectra (component, energy)``: endmember spectra normalised to sum 1;
         ``abundances (tile, y, x, component)``: counts of each endmember per
         pixel (lazy, one chunk per tile), so D ~ abundances @ spectra;
-        ``loss (iteration)``: the divergence after 0, 1, ... iterations. Components are ordered by total counts, largest first.
+        ``loss (iteration)``: the divergence after 0, ``loss_every``,
+        2 ``loss_every``, ... iterations and after the last. Components are ordered by total counts, largest first.
 
     Raises
     ------
@@ -237,14 +243,17 @@ def nmf(
             return kl_nz + float(w_sum @ H.sum(1)) - total
         return 0.5 * (sum_sq - 2 * cross + float(np.sum(wtw * (H @ H.T))))
 
-    history = [loss_value(terms[0], terms[1], w_sum, wtw, H)]  # history[i]: loss after i iterations
+    history = [loss_value(terms[0], terms[1], w_sum, wtw, H)]
+    recorded = [0]  # history[i] is the loss after recorded[i] iterations
+    loss_every = max(1, int(loss_every))
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         Ht = np.ascontiguousarray(H.T)
         if loss == "kl":
             denom_w = H.sum(1)
             denom_w[denom_w == 0] = kernels.EPSILON
-            steps = [dask.delayed(_kl_step, pure=True, nout=2)(t, op.path, W, Ht, denom_w) for t, W in zip(op.tiles, Ws)]
+            with_loss = n_iter > 1 and (n_iter - 1) % loss_every == 0
+            steps = [dask.delayed(_kl_step, pure=True, nout=2)(t, op.path, W, Ht, denom_w, with_loss) for t, W in zip(op.tiles, Ws)]
         else:
             steps = [dask.delayed(_fro_step, pure=True, nout=2)(t, op.path, W, Ht, H @ H.T) for t, W in zip(op.tiles, Ws)]
         new_W, reduced = persist([s[0] for s in steps], tree_sum([s[1] for s in steps]))
@@ -253,8 +262,9 @@ def nmf(
         op.passes += 1
         Ws = new_W
         num_ht, stat, entry = red  # entry: the loss's data term with W and H on entry
-        if n_iter > 1:  # the state on entry is the one after the previous iteration
+        if n_iter > 1 and (n_iter - 1) % loss_every == 0:  # the state on entry: after n_iter - 1 iterations
             history.append(loss_value(float(entry), float(entry), w_sum, wtw, H))
+            recorded.append(n_iter - 1)
         if loss == "kl":
             w_sum = stat
             W_sum = np.where(stat == 0, 1.0, stat)
@@ -265,11 +275,12 @@ def nmf(
             den = wtw @ H
             den[den == 0] = kernels.EPSILON
             H = H * (num_ht.T / den)
-        if tol > 0 and len(history) > 1 and abs(history[-2] - history[-1]) < tol * abs(history[0]):
+        if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and abs(history[-2] - history[-1]) < tol * abs(history[0]):
             break
     # the loss after the last update: one more evaluation pass (no update)
     terms, w_sum, wtw = loss_pass(Ws, H)
     history.append(loss_value(terms[0], terms[1], w_sum, wtw, H))
+    recorded.append(n_iter)
 
     # spectra normalised to 1, abundances in counts; largest endmember first
     scale = H.sum(1)
@@ -286,7 +297,7 @@ def nmf(
             "abundances": (("tile", "y", "x", "component"), da.concatenate(blocks, axis=0)),
             "loss": ("iteration", np.asarray(history, dtype=np.float64)),
         },
-        coords={"component": np.arange(k), "iteration": np.arange(len(history)), "energy": montage["energy"], **map_coords(montage)},
+        coords={"component": np.arange(k), "iteration": np.asarray(recorded), "energy": montage["energy"], **map_coords(montage)},
         attrs={
             "method": "NMF",
             "loss_function": "generalized Kullback-Leibler (Poisson)" if loss == "kl" else "0.5 Frobenius^2",
@@ -295,6 +306,7 @@ def nmf(
             "max_iter": max_iter,
             "tol": tol,
             "n_iter": n_iter,
+            "loss_every": loss_every,
             "seed": seed,
             "passes": op.passes,
             "nnz": op.nnz,

@@ -202,9 +202,10 @@ class _TileCache:
         value = load()
         budget = config.get_bytes("tile-cache")
         with self._lock:
-            if value.nbytes <= budget and key not in self._items:
+            nbytes = value.nbytes
+            if nbytes <= budget and key not in self._items:
                 self._items[key] = value
-                self._bytes += value.nbytes
+                self._bytes += nbytes
                 while self._bytes > budget and self._items:
                     _, old = self._items.popitem(last=False)
                     self._bytes -= old.nbytes
@@ -217,6 +218,8 @@ class _TileCache:
 
 
 tile_cache = _TileCache()
+_open_stores: dict[str, tuple[int, "MontageStore"]] = {}
+_open_lock = threading.Lock()
 
 
 class MontageStore:
@@ -261,6 +264,25 @@ class MontageStore:
 
     def __reduce__(self):
         return (MontageStore, (str(self.path),))
+
+    @classmethod
+    def cached(cls, path: str | Path) -> "MontageStore":
+        """The store at ``path``, opened once per process (reopened if it was rewritten).
+
+        Tile tasks call this on every pass; opening the Zarr group costs
+        milliseconds, comparable to a small tile's kernel.
+        """
+        p = Path(path)
+        key = str(p.resolve())
+        mtime = (p / "zarr.json").stat().st_mtime_ns
+        with _open_lock:
+            hit = _open_stores.get(key)
+            if hit is not None and hit[0] == mtime:
+                return hit[1]
+        store = cls(p)
+        with _open_lock:
+            _open_stores[key] = (mtime, store)
+        return store
 
     @property
     def n_tiles(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DecompositionError
-from ..io.store import MontageStore
+from ..io.store import MontageStore, tile_cache
 from ..montage.view import montage_store
 from . import kernels
 
@@ -31,20 +31,24 @@ __all__ = ["PoissonOperator", "tile_pixel_weights"]
 
 
 def tile_pixel_weights(store: MontageStore, t: int, poisson: bool) -> np.ndarray:
-    """1/g per pixel of tile ``t`` (0 where g = 0), or ones without Poisson scaling."""
-    if not poisson:
-        return np.ones(store.pixels_per_tile)
-    g = store.count_map(t).reshape(-1).astype(np.float64)
-    s = np.zeros_like(g)
-    np.divide(1.0, g, out=s, where=g > 0)
-    return s
+    """1/g per pixel of tile ``t`` (0 where g = 0), or ones; cached per process with the tile."""
+
+    def load():
+        if not poisson:
+            return np.ones(store.pixels_per_tile)
+        g = store.count_map(t).reshape(-1).astype(np.float64)
+        s = np.zeros_like(g)
+        np.divide(1.0, g, out=s, where=g > 0)
+        return s
+
+    return tile_cache.get((str(store.path.resolve()), store.uuid, t, "pixel-weights", poisson), load)
 
 
 # ---- tile tasks: module-level functions, so they pickle by reference ----
 
 def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bool):
     """(D_t^T S_t D_t Xh, stats) for one tile; stats = [D^T sqrt(s), sum_i d^2 s] per channel."""
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     s = tile_pixel_weights(store, t, poisson)
     Y = np.zeros_like(Xh)
@@ -58,7 +62,7 @@ def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bo
 
 def _gram_task(t: int, path: str, poisson: bool):
     """(D_t^T S_t D_t as dense channels x channels, stats) for one tile."""
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     s = tile_pixel_weights(store, t, poisson)
     D = csr.to_scipy(np.float64)
@@ -70,7 +74,7 @@ def _gram_task(t: int, path: str, poisson: bool):
 
 def _scores_task(t: int, path: str, poisson: bool, Vh: np.ndarray, shift: np.ndarray | None):
     """Unweighted scores of one tile: D_t Vh - sqrt(g) shift, shape (1, y, x, k)."""
-    store = MontageStore(path)
+    store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     out = np.empty((store.pixels_per_tile, Vh.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, np.ascontiguousarray(Vh), out)

@@ -57,14 +57,33 @@ def label_peaks(energy: np.ndarray, spectrum: np.ndarray, *, n_peaks: int = 6, t
         return []
     best = peaks[np.argsort(props["prominences"])[::-1][:n_peaks]]
     e_lines, names, weights = line_table()
-    out = []
-    used: dict[str, int] = {}
-    for p in sorted(best, key=lambda i: -y[i]):  # the higher peak keeps a repeated name
+
+    def candidates(p):
         e = float(energy[p])
         near = np.nonzero(np.abs(e_lines - e) <= tolerance)[0]
-        label = names[near[np.argmax(weights[near] - 0.1 * np.abs(e_lines[near] - e))]] if near.size else ""
+        return e, near[np.argsort(-(weights[near] - 0.1 * np.abs(e_lines[near] - e)))]
+
+    # first pass: the strongest line near each peak; second pass: an ambiguous
+    # peak takes an element already seen at another peak (Fe La next to Fe Ka,
+    # not F Ka)
+    first = {p: candidates(p) for p in best}
+    elements = {}
+    for p, (_, near) in first.items():
+        if near.size:
+            elements.setdefault(names[near[0]].split()[0], set()).add(p)
+    out = []
+    used: set[str] = set()
+    for p in sorted(best, key=lambda i: -y[i]):  # the higher peak keeps a repeated name
+        e, near = first[p]
+        label = ""
+        if near.size:
+            seen = [i for i in near if elements.get(names[i].split()[0], set()) - {p}]
+            if seen:  # of that element's lines, the closest in energy
+                label = names[min(seen, key=lambda i: abs(e_lines[i] - e))]
+            else:
+                label = names[near[0]]
         if label in used:
             label = ""
-        used[label] = p
+        used.add(label)
         out.append((e, float(spectrum[p]), label))
     return sorted(out)
