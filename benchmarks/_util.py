@@ -13,10 +13,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 
+# Peak RSS from VmHWM (the high-water mark of this process's own memory map).
+# Not getrusage's ru_maxrss: Linux keeps that across execve, so a child would
+# report its parent's peak when the parent was the larger.
 _PRELUDE = """
-import json, resource, sys, time
+import json, sys, time
 def _peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 def report(**kw):
     kw["peak_rss"] = _peak_rss()
     print("@@RESULT@@" + json.dumps(kw))

@@ -160,25 +160,21 @@ def _nmf_kwargs(args: argparse.Namespace) -> dict:
     return dict(loss=args.loss, max_iter=args.max_iter, tol=args.tol, init=args.init, seed=args.seed, progress=not args.quiet)
 
 
-def _cmd_decompose(args: argparse.Namespace) -> int:
-    from .. import decompose, open_montage
+def _analyse(args: argparse.Namespace, group: str) -> int:
+    """`decompose` / `nmf`: one analysis of a store into group ``group`` of RESULTS.zarr."""
+    from .. import decompose, nmf, open_montage
     from ..io.results import write_results
 
     with _client(args):
-        ds = decompose(open_montage(args.store), args.components, **_svd_kwargs(args))
-        write_results(args.out, {"svd": ds}, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"SVD ({ds.attrs['passes']} passes, {ds.attrs['seconds']:.1f} s) written to {args.out} (group svd)")
-    return 0
-
-
-def _cmd_nmf(args: argparse.Namespace) -> int:
-    from .. import nmf, open_montage
-    from ..io.results import write_results
-
-    with _client(args):
-        ds = nmf(open_montage(args.store), args.components, **_nmf_kwargs(args))
-        write_results(args.out, {"nmf": ds}, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"NMF ({ds.attrs['n_iter']} iterations, {ds.attrs['seconds']:.1f} s) written to {args.out} (group nmf)")
+        montage = open_montage(args.store)
+        if group == "svd":
+            ds = decompose(montage, args.components, **_svd_kwargs(args))
+            done = f"SVD ({ds.attrs['passes']} passes"
+        else:
+            ds = nmf(montage, args.components, **_nmf_kwargs(args))
+            done = f"NMF ({ds.attrs['n_iter']} iterations"
+        write_results(args.out, {group: ds}, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{done}, {ds.attrs['seconds']:.1f} s) written to {args.out} (group {group})")
     return 0
 
 
@@ -190,7 +186,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": _cmd_ingest, "info": _cmd_info, "run": _cmd_run, "decompose": _cmd_decompose, "nmf": _cmd_nmf}
+COMMANDS = {
+    "ingest": _cmd_ingest,
+    "info": _cmd_info,
+    "run": _cmd_run,
+    "decompose": lambda args: _analyse(args, "svd"),
+    "nmf": lambda args: _analyse(args, "nmf"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
