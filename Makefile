@@ -32,10 +32,16 @@ install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/xsi-dask run $(DATA)/eds/jeol_View000_0000006.pts --split 4x4 --out $(DEMO)/jeol_4x4 --overwrite
-	$(VENV)/bin/xsi-dask run $(DATA)/eds/velox_EELS_EDS_128x128.emd --out $(DEMO)/velox_128 --overwrite
-	@echo
-	@echo "Reports: $(DEMO)/jeol_4x4/report.html and $(DEMO)/velox_128/report.html"
+	@if [ -d "$(DATA)/eds" ]; then \
+	  $(VENV)/bin/xsi-dask run $(DATA)/eds/jeol_View000_0000006.pts --split 4x4 --out $(DEMO)/jeol_4x4 --overwrite && \
+	  $(VENV)/bin/xsi-dask run $(DATA)/eds/velox_EELS_EDS_128x128.emd --out $(DEMO)/velox_128 --overwrite && \
+	  echo && echo "Reports: $(DEMO)/jeol_4x4/report.html and $(DEMO)/velox_128/report.html"; \
+	else \
+	  echo "$(DATA) not found: running on a simulated grade91_replica montage instead"; \
+	  $(VENV)/bin/xsi-dask simulate --out $(DEMO)/simulated/montage.zarr --preset grade91_replica --tiles 2x2 --tile-shape 128x128 --overwrite --quiet && \
+	  $(VENV)/bin/xsi-dask run $(DEMO)/simulated/montage.zarr --out $(DEMO)/simulated --nmf-components 6 --overwrite && \
+	  echo && echo "Report: $(DEMO)/simulated/report.html"; \
+	fi
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q

@@ -69,11 +69,14 @@ def test_kl_loss_never_increases_and_nonnegative(p45):
     assert np.all(np.diff(totals) <= 0)  # largest endmember first
 
 
-def test_nndsvda_init_is_nonnegative_and_converges(p45):
+@pytest.mark.parametrize("init", ["poisson-nndsvda", "nndsvda"])
+def test_nndsvda_init_is_nonnegative_and_converges(p45, init):
     m, _ = p45
-    ds = xsi_dask.nmf(m, 4, max_iter=200, tol=1e-4)
-    assert ds.attrs["n_iter"] < 200  # stopped on the relative loss change
+    ds = xsi_dask.nmf(m, 4, init=init, max_iter=300, tol=1e-4)
+    assert ds.attrs["n_iter"] < 300  # stopped on the relative loss change
+    assert ds.attrs["init"] == init
     assert (ds.abundances.values >= 0).all()
+    assert ds.loss.values[-1] < 0.95 * ds.loss.values[0]
 
 
 def test_random_init_seeded(p45):

@@ -60,7 +60,8 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=["kl", "frobenius"], default="kl", help="NMF loss (default kl: Poisson)")
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--init", choices=["nndsvda", "random"], default="nndsvda")
+    p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"], default="poisson-nndsvda",
+                   help="NMF initialisation (default: NNDSVDa from the Poisson-scaled SVD)")
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -116,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("simulate", help="simulate an EDS montage with ground truth into a sparse store")
+    p.add_argument("--out", required=True, metavar="STORE.zarr")
+    p.add_argument("--preset", default="grade91_replica", help="grade91_replica (default) or am_aluminum")
+    p.add_argument("--tiles", default="2x2", metavar="RxC")
+    p.add_argument("--tile-shape", default="128x128", metavar="HxW")
+    p.add_argument("--channels", type=int, default=4096)
+    p.add_argument("--counts-per-pixel", type=float, default=50.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=int, default=0, metavar="PX")
+    p.add_argument("--low-count-tile", type=int, default=None, metavar="T", help="tile T gets a tenth of the dose")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="NM")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("info", help="summarise a montage store")
     p.add_argument("store", metavar="STORE.zarr")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -140,6 +155,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = MontageStore(args.store).info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from ..testing.simulate import simulate
+
+    store = simulate(
+        args.out, preset=args.preset, tiles=args.tiles, tile_shape=args.tile_shape, channels=args.channels,
+        counts_per_pixel=args.counts_per_pixel, seed=args.seed, overlap=args.overlap,
+        low_count_tile=args.low_count_tile, pixel_size_nm=args.pixel_size, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(format_info(store.info()))
     return 0
 
 
@@ -189,6 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ingest": _cmd_ingest,
     "info": _cmd_info,
+    "simulate": _cmd_simulate,
     "run": _cmd_run,
     "decompose": lambda args: _analyse(args, "svd"),
     "nmf": lambda args: _analyse(args, "nmf"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 import warnings
@@ -14,7 +15,14 @@ import numpy as np
 import zarr
 
 from .. import __version__, config
-from ..errors import XSIWarning, CalibrationMismatchError, CountsError, LayoutError, TileShapeMismatchError
+from ..errors import (
+    CalibrationMismatchError,
+    CountsError,
+    LayoutError,
+    StoreExistsError,
+    TileShapeMismatchError,
+    XSIWarning,
+)
 from ..montage.layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
 from ._csr import dense_to_csr
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image, to_json
@@ -154,7 +162,8 @@ def _validate(layout: Layout, results: list[dict[str, Any]], tolerance: float) -
             warnings.warn(
                 f"{where} has pixel size {p.scale_x:.4g} {p.units} but tile 0 has "
                 f"{q.scale_x:.4g} {q.units}; tile 0's is used for the montage",
-                category=XSIWarning,                stacklevel=3,
+                category=XSIWarning,
+                stacklevel=3,
             )
 
 
@@ -226,8 +235,8 @@ def ingest(
     reader_kwargs = dict(reader_kwargs or {})
     if sum(x is not None for x in (grid, manifest, split)) > 1:
         raise LayoutError("give only one of grid, manifest and split")
-    if Path(out).exists() and not overwrite:
-        atomic_output(out).__enter__()  # raises StoreExistsError
+    if Path(out).exists() and not overwrite:  # before any reading
+        raise StoreExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
 
@@ -257,7 +266,7 @@ def ingest(
             )
         tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
         meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
-        n_threads = int(config.get("ingest-threads", threads) or len(__import__("os").sched_getaffinity(0)))
+        n_threads = int(config.get("ingest-threads", threads) or len(os.sched_getaffinity(0)))
         if progress:
             from dask.diagnostics import ProgressBar
 

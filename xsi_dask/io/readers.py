@@ -184,7 +184,8 @@ def _energy_axis(ax: dict[str, Any], path: Path) -> EnergyAxis:
     if factor is None:
         warnings.warn(
             f"{path}: energy axis units {units!r} are not eV or keV; taking the values as keV",
-            category=XSIWarning,            stacklevel=3,
+            category=XSIWarning,
+            stacklevel=3,
         )
         factor = 1.0
     return EnergyAxis(

@@ -1,0 +1,1 @@
+"""Simulated montages with ground truth (:mod:`xsi_dask.testing.simulate`)."""
