@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test bench venv install install-test install-bench clean
+.PHONY: demo test bench bench-scale bench-scale-series venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
+
+# the 1.6 TB-equivalent montage (10 x 10 tiles of 1024 x 1024 x 4096): about an hour here, not in CI
+bench-scale: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_scale.py --report docs/benchmarks-scale.md
+
+bench-scale-series: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_scale.py --series --nmf-iter 10 --report docs/benchmarks-scale-series.md
 
 clean:
 	rm -rf $(DEMO) bench-out .pytest_cache

@@ -1,0 +1,156 @@
+"""Paper-scale benchmark (`make bench-scale`, not in CI).
+
+Simulates the motivating montage - 10 x 10 tiles of 1024 x 1024 pixels x 4096
+channels (10 eV), 50 counts per pixel, about 5e9 counts, 1.6 TB as dense
+float32 - into a sparse store, then on a 2-worker LocalCluster: the
+Poisson-scaled randomized SVD (k = 20, default power iterations), 50 KL NMF
+iterations (k = 8), and the writing of every score and abundance map. Per stage:
+wall time, passes over the tiles, non-zeros per second (nnz x passes / wall)
+and peak RSS of each worker process (sampled every 0.5 s). `--tiles`,
+`--tile-shape` and `--series` (1, 4, 16, 64 tiles) size it down or run the
+scaling series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import ROOT, machine  # noqa: E402
+
+
+class WorkerRSS:
+    """Peak RSS per worker process of a LocalCluster, sampled in a thread."""
+
+    def __init__(self, client, period: float = 0.5):
+        self.pids = list(client.run(os.getpid).values())
+        self.peak = {p: 0 for p in self.pids}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
+        self._t.start()
+
+    def _loop(self, period):
+        while not self._stop.is_set():
+            for p in self.pids:
+                try:
+                    self.peak[p] = max(self.peak[p], psutil.Process(p).memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(period)
+
+    def reset(self):
+        self.peak = {p: 0 for p in self.pids}
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+
+
+def needed_bytes(tiles: int, h: int, w: int, cpp: float, k_svd: int, k_nmf: int) -> int:
+    counts = tiles * h * w * cpp
+    store = counts * 3.2  # uint16 index + small count + pointers, measured ~2.5-3 B per count compressed
+    results = tiles * h * w * (k_svd + k_nmf) * 8
+    return int(store + results + tiles * h * w * 6 * 4)  # + truth abundances
+
+
+def run_case(out: Path, rows: int, cols: int, h: int, w: int, channels: int, cpp: float, nmf_iter: int, k_svd: int = 20, k_nmf: int = 8) -> dict:
+    import dask
+
+    import xsi_dask
+    from xsi_dask.cluster.local import dask_client
+    from xsi_dask.io.results import write_results
+    from xsi_dask.testing.simulate import simulate
+
+    need = needed_bytes(rows * cols, h, w, cpp, k_svd, k_nmf)
+    free = shutil.disk_usage(out.parent if out.parent.exists() else ROOT).free
+    if need > 0.9 * free:
+        raise SystemExit(f"bench-scale: needs about {need / 2**30:.0f} GiB on disk for {out}, only {free / 2**30:.0f} GiB free; "
+                         "pass --out on a larger disk or fewer --tiles")
+    res = {"tiles": rows * cols, "tile_shape": [h, w], "channels": channels, "counts_per_pixel": cpp}
+    t = time.perf_counter()
+    st = simulate(out / "montage.zarr", tiles=(rows, cols), tile_shape=(h, w), channels=channels, counts_per_pixel=cpp,
+                  seed=0, overwrite=True, progress=True)
+    info = st.info()
+    res["simulate"] = {"seconds": time.perf_counter() - t, "counts": info["total_counts"], "nnz": info["nnz"],
+                       "stored_bytes": info["stored_bytes"], "dense_float32_bytes": info["dense_float32_bytes"]}
+    nnz = info["nnz"]
+    m = xsi_dask.open_montage(st)
+    with dask.config.set({"xsi-dask.tile-cache": "1 GiB"}), dask_client(workers=2, memory_limit="11GiB") as client:
+        rss = WorkerRSS(client)
+        t = time.perf_counter()
+        svd = xsi_dask.decompose(m, k_svd, progress=True)
+        sec = time.perf_counter() - t
+        res["svd"] = {"seconds": sec, "passes": svd.attrs["passes"], "nnz_per_s": nnz * svd.attrs["passes"] / sec,
+                      "peak_rss_per_worker": list(rss.peak.values())}
+        rss.reset()
+        t = time.perf_counter()
+        nmf = xsi_dask.nmf(m, k_nmf, max_iter=nmf_iter, tol=0, progress=True)
+        sec = time.perf_counter() - t
+        res["nmf"] = {"seconds": sec, "iterations": nmf.attrs["n_iter"], "passes": nmf.attrs["passes"],
+                      "nnz_per_s": nnz * nmf.attrs["passes"] / sec, "peak_rss_per_worker": list(rss.peak.values())}
+        rss.reset()
+        t = time.perf_counter()
+        write_results(out / "results.zarr", {"svd": svd, "nmf": nmf}, overwrite=True, progress=True)
+        res["write_results"] = {"seconds": time.perf_counter() - t, "peak_rss_per_worker": list(rss.peak.values())}
+        rss.stop()
+    return res
+
+
+def table(results: list[dict]) -> str:
+    gib = 2**30
+    rows = ["| tiles | stage | wall (s) | passes | nnz/s | s per tile per pass | peak RSS per worker (GiB) |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        n = r["tiles"]
+        s = r["simulate"]
+        rows.append(f"| {n} | simulate ({s['counts']:.3g} counts, {s['nnz']:.3g} nnz; store {s['stored_bytes'] / gib:.1f} GiB, "
+                    f"dense float32 {s['dense_float32_bytes'] / 2**40:.2f} TiB) | {s['seconds']:.0f} | 1 | {s['nnz'] / s['seconds']:.3g} | {s['seconds'] / n:.2f} | |")
+        for key, label in (("svd", "randomized SVD k=20"), ("nmf", f"KL NMF k=8, {r['nmf']['iterations']} iterations (+ init)")):
+            x = r[key]
+            rows.append(f"| {n} | {label} | {x['seconds']:.0f} | {x['passes']} | {x['nnz_per_s']:.3g} | {x['seconds'] / x['passes'] / n:.3f} | "
+                        + ", ".join(f"{v / gib:.2f}" for v in x["peak_rss_per_worker"]) + " |")
+        x = r["write_results"]
+        rows.append(f"| {n} | write scores + abundances | {x['seconds']:.0f} | 1 | | {x['seconds'] / n:.2f} | "
+                    + ", ".join(f"{v / gib:.2f}" for v in x["peak_rss_per_worker"]) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=str(ROOT / "bench-out" / "scale"))
+    p.add_argument("--tiles", default="10x10")
+    p.add_argument("--tile-shape", default="1024x1024")
+    p.add_argument("--channels", type=int, default=4096)
+    p.add_argument("--counts-per-pixel", type=float, default=50.0)
+    p.add_argument("--nmf-iter", type=int, default=50)
+    p.add_argument("--series", action="store_true", help="1, 4, 16 and 64 tiles instead of --tiles")
+    p.add_argument("--report", default=str(ROOT / "docs" / "benchmarks-scale.md"))
+    a = p.parse_args()
+    h, w = (int(v) for v in a.tile_shape.lower().split("x"))
+    grids = [(1, 1), (2, 2), (4, 4), (8, 8)] if a.series else [tuple(int(v) for v in a.tiles.lower().split("x"))]
+    results = []
+    for rows, cols in grids:
+        out = Path(a.out) / f"{rows}x{cols}"
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"== {rows}x{cols} tiles of {h}x{w} px", flush=True)
+        results.append(run_case(out, rows, cols, h, w, a.channels, a.counts_per_pixel, a.nmf_iter))
+        print(json.dumps(results[-1], indent=1), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    cmd = "make bench-scale" if not a.series else "make bench-scale-series"
+    text = (f"# Paper-scale benchmark\n\nMeasured on: {machine()}.\nCommand: `{cmd}` "
+            f"(`benchmarks/bench_scale.py {' '.join(sys.argv[1:])}`).\n\n" + __doc__.split("\n\n", 1)[1] + "\n" + table(results) + "\n")
+    Path(a.report).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
