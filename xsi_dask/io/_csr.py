@@ -18,6 +18,17 @@ _BLOCK = 32  # words OR-ed together before looking inside: a vectorisable test o
 
 
 @numba.njit(nogil=True, cache=True)
+def grow(indices, values, n):  # pragma: no cover - compiled
+    """Double the capacity of a kernel's CSR output buffers, keeping the first ``n`` entries."""
+    size = max(2 * n, 1024)
+    new_i = np.empty(size, indices.dtype)
+    new_v = np.empty(size, values.dtype)
+    new_i[:n] = indices[:n]
+    new_v[:n] = values[:n]
+    return new_i, new_v
+
+
+@numba.njit(nogil=True, cache=True)
 def _scan_words(a, words, y0, y1, x0, x1, cap):  # pragma: no cover - compiled
     nw = words.shape[2]
     per = a.shape[2] // nw
@@ -43,14 +54,8 @@ def _scan_words(a, words, y0, y1, x0, x1, cap):  # pragma: no cover - compiled
                     for c in range(w * per, (w + 1) * per):
                         v = a[y, x, c]
                         if v != 0:
-                            if n == indices.size:  # grow by doubling
-                                grow = max(2 * n, 1024)
-                                new_i = np.empty(grow, np.int32)
-                                new_v = np.empty(grow, a.dtype)
-                                new_i[:n] = indices[:n]
-                                new_v[:n] = values[:n]
-                                indices = new_i
-                                values = new_v
+                            if n == indices.size:
+                                indices, values = grow(indices, values, n)
                             indices[n] = c
                             values[n] = v
                             n += 1

@@ -30,6 +30,7 @@ import zarr
 
 from .. import __version__
 from ..errors import LayoutError, XSIError
+from ..io._csr import grow
 from ..io.readers import EnergyAxis, to_json
 from ..io.store import FORMAT, FORMAT_VERSION, MontageStore, atomic_output, write_tile
 from ..montage.layout import parse_grid
@@ -79,13 +80,7 @@ def _sample_counts(seed, lam, cum_phase, cdfs, cap):  # pragma: no cover - compi
             while k + m < n and chans[k + m] == ch:
                 m += 1
             if nnz == indices.size:
-                grow = max(2 * nnz, 1024)
-                ni = np.empty(grow, np.int32)
-                nv = np.empty(grow, np.uint32)
-                ni[:nnz] = indices[:nnz]
-                nv[:nnz] = values[:nnz]
-                indices = ni
-                values = nv
+                indices, values = grow(indices, values, nnz)
             indices[nnz] = ch
             values[nnz] = m
             nnz += 1
