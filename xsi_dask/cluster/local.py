@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 from .. import config
 
@@ -18,7 +18,7 @@ def dask_client(
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
     quiet: bool = False,
-) -> Iterator["distributed.Client"]:  # noqa: F821
+) -> Iterator[Any]:
     """A ``distributed.Client`` for the duration of the block.
 
     Parameters

@@ -37,7 +37,7 @@ def tree_sum(parts: Sequence[Delayed], fanin: int = 8, name: str = "sum") -> Del
         raise ValueError("nothing to sum")
     while len(level) > 1:
         level = [
-            dask.delayed(_add, pure=True)(*level[i : i + fanin], dask_key_name=None)
+            dask.delayed(_add, pure=True)(*level[i : i + fanin])
             if len(level[i : i + fanin]) > 1
             else level[i]
             for i in range(0, len(level), fanin)

@@ -41,21 +41,22 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 # ---- tile tasks ----
 
-def _svd_u_norms(t: int, path: str, Vs: np.ndarray):
-    """Squared norms of the positive and negative parts of U_t = D_t V S^-1, shape (2, k)."""
+def _svd_u(t: int, path: str, Vs: np.ndarray) -> np.ndarray:
+    """U_t = D_t Vs (pixels x k): the pixel factors of the SVD behind NNDSVD."""
     store = MontageStore.cached(path)
     csr = store.tile_csr(t)
     U = np.empty((store.pixels_per_tile, Vs.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
+    return U
+
+
+def _pos_neg_norms(U: np.ndarray) -> np.ndarray:
+    """Squared norms of the positive and negative parts of each column of U, shape (2, k)."""
     return np.stack([(np.maximum(U, 0) ** 2).sum(0), (np.minimum(U, 0) ** 2).sum(0)])
 
 
-def _nndsvd_w(t: int, path: str, Vs: np.ndarray, sign: np.ndarray, scale: np.ndarray, fill: float):
+def _nndsvd_w(U: np.ndarray, sign: np.ndarray, scale: np.ndarray, fill: float) -> np.ndarray:
     """NNDSVDa W_t: per component the chosen sign part of U, scaled; zeros -> fill."""
-    store = MontageStore.cached(path)
-    csr = store.tile_csr(t)
-    U = np.empty((store.pixels_per_tile, Vs.shape[1]))
-    kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
     P = U * sign[None, :]
     P[:, 0] = np.abs(U[:, 0])  # the first component uses |U_0|
     W = np.maximum(P, 0.0) * scale[None, :]
@@ -122,7 +123,10 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     ny = np.linalg.norm(y, axis=0)
     y = y / np.where(ny > 0, ny, 1.0)
     Vs = np.ascontiguousarray(svd_op.wh[:, None] * V * (ny / S)[None, :] if poisson else V / S[None, :])
-    (norms,) = compute(tree_sum(map_tiles(_svd_u_norms, op.tiles, op.path, Vs)), progress=progress, label="NNDSVD norms pass")
+    # U_t is computed once and kept on its worker: the norms are reduced from it,
+    # and W_t is built from it where it lies
+    (Us,) = persist(map_tiles(_svd_u, op.tiles, op.path, Vs))
+    (norms,) = compute(tree_sum([dask.delayed(_pos_neg_norms, pure=True)(U) for U in Us]), progress=progress, label="NNDSVD norms pass")
     op.passes += 1
     x_p, x_n = np.sqrt(norms[0]), np.sqrt(norms[1])
     y_p = np.linalg.norm(np.maximum(y, 0), axis=0)
@@ -141,7 +145,7 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     avg = op.h.sum() / (op.n_pixels * op.n_channels)  # NNDSVDa: zeros -> the mean count
     H[H < 1e-6] = 0.0
     H[H == 0] = avg
-    Ws = [dask.delayed(_nndsvd_w, pure=True)(t, op.path, Vs, sign, w_scale, avg) for t in op.tiles]
+    Ws = [dask.delayed(_nndsvd_w, pure=True)(U, sign, w_scale, avg) for U in Us]
     return Ws, H
 
 
@@ -257,13 +261,16 @@ def nmf(
     (terms, w_sum, wtw) = loss_pass(Ws, H)
     sum_sq = float(terms[2])
 
-    def loss_value(kl_nz: float, cross: float, w_sum: np.ndarray, wtw: np.ndarray, H: np.ndarray) -> float:
-        """KL: sum d log(d/WH) + sum WH - sum d; Frobenius: 0.5 (sum d^2 - 2 <D, WH> + tr(W^T W H H^T))."""
-        if loss == "kl":
-            return kl_nz + float(w_sum @ H.sum(1)) - total
-        return 0.5 * (sum_sq - 2 * cross + float(np.sum(wtw * (H @ H.T))))
+    def loss_value(data_term: float, w_sum: np.ndarray, wtw: np.ndarray, H: np.ndarray) -> float:
+        """KL: sum d log(d/WH) + sum WH - sum d; Frobenius: 0.5 (sum d^2 - 2 <D, WH> + tr(W^T W H H^T)).
 
-    history = [loss_value(terms[0], terms[1], w_sum, wtw, H)]
+        ``data_term`` is sum d log(d/WH) for KL and <D, WH> for Frobenius.
+        """
+        if loss == "kl":
+            return data_term + float(w_sum @ H.sum(1)) - total
+        return 0.5 * (sum_sq - 2 * data_term + float(np.sum(wtw * (H @ H.T))))
+
+    history = [loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, H)]
     recorded = [0]  # history[i] is the loss after recorded[i] iterations
     loss_every = max(1, int(loss_every))
     n_iter = 0
@@ -281,9 +288,10 @@ def nmf(
         (red,) = compute(reduced, progress=show, label=f"NMF iteration {n_iter}/{max_iter}")
         op.passes += 1
         Ws = new_W
-        num_ht, stat, entry = red  # entry: the loss's data term with W and H on entry
+        # entry: the data term of the loss (KL: sum d log(d/WH); Frobenius: <D, WH>) with W and H on entry
+        num_ht, stat, entry = red
         if n_iter > 1 and (n_iter - 1) % loss_every == 0:  # the state on entry: after n_iter - 1 iterations
-            history.append(loss_value(float(entry), float(entry), w_sum, wtw, H))
+            history.append(loss_value(float(entry), w_sum, wtw, H))
             recorded.append(n_iter - 1)
         if loss == "kl":
             w_sum = stat
@@ -299,7 +307,7 @@ def nmf(
             break
     # the loss after the last update: one more evaluation pass (no update)
     terms, w_sum, wtw = loss_pass(Ws, H)
-    history.append(loss_value(terms[0], terms[1], w_sum, wtw, H))
+    history.append(loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, H))
     recorded.append(n_iter)
 
     # spectra normalised to 1, abundances in counts; largest endmember first

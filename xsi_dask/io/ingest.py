@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +13,7 @@ import dask
 import numpy as np
 import zarr
 
-from .. import __version__, config
+from .. import config
 from ..errors import (
     CalibrationMismatchError,
     CountsError,
@@ -25,8 +24,8 @@ from ..errors import (
 )
 from ..montage.layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
 from ._csr import dense_to_csr
-from .readers import EnergyAxis, SpectrumImage, read_spectrum_image, to_json
-from .store import FORMAT, FORMAT_VERSION, MontageStore, atomic_output, write_tile
+from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
+from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
 
 __all__ = ["ingest"]
 
@@ -53,10 +52,8 @@ def _check_counts(values: np.ndarray, spec: TileSpec) -> np.ndarray:
     return values
 
 
-def _tile_csr(si: SpectrumImage, spec: TileSpec):
-    """CSR arrays of one tile; lazily read maps are densified one row block at a time."""
-    y0, y1 = (spec.y0, spec.y1) if spec.y0 is not None else (0, si.shape[0])
-    x0, x1 = (spec.x0, spec.x1) if spec.x0 is not None else (0, si.shape[1])
+def _tile_csr(si: SpectrumImage, y0: int, y1: int, x0: int, x1: int):
+    """CSR arrays of ``si[y0:y1, x0:x1]``; lazily read maps are densified one row block at a time."""
     data = si.data
     if isinstance(data, np.ndarray):
         return dense_to_csr(data, y0, y1, x0, x1)
@@ -102,12 +99,9 @@ def _read(path: Path, reader_kwargs: dict[str, Any]) -> SpectrumImage:
 
 
 def _ingest_tile(si: SpectrumImage, spec: TileSpec, tiles: zarr.Group) -> dict[str, Any]:
-    indptr, indices, values = _tile_csr(si, spec)
+    y0, y1, x0, x1 = spec.window(si.shape[:2])
+    indptr, indices, values = _tile_csr(si, y0, y1, x0, x1)
     values = _check_counts(values, spec)
-    y0 = spec.y0 or 0
-    x0 = spec.x0 or 0
-    y1 = si.shape[0] if spec.y1 is None else spec.y1
-    x1 = si.shape[1] if spec.x1 is None else spec.x1
     images = {k: v[y0:y1, x0:x1] for k, v in si.images.items()}
     stage_y, stage_x = spec.stage_y, spec.stage_x
     if spec.y0 is not None and math.isnan(stage_y):  # a split map: tile origin inside the map
@@ -278,14 +272,10 @@ def ingest(
         _validate(layout, results, tolerance)
 
         ref = results[0]
-        tile_attrs = []
-        for spec, res in zip(layout.tiles, results):
-            tile_attrs.append({k: res[k] for k in ("row", "col", "source", "stage_x", "stage_y", "window", "nnz", "total_counts", "max_count", "values_dtype")})
-        max_count = max(r["max_count"] for r in results)
-        root.update_attributes(
-            to_json(
-                {
-                    "xsi_dask": {"format": FORMAT, "version": FORMAT_VERSION, "uuid": uuid.uuid4().hex, "package_version": __version__},
+        write_montage_attrs(
+            root,
+            tiles=results,
+            **{
                     "grid": [layout.rows, layout.cols],
                     "split": list(layout.split) if layout.split else None,
                     "tile_shape": ref["shape"],
@@ -293,13 +283,8 @@ def ingest(
                     "pixels": ref["pixels"].to_dict(),
                     "stage_units": layout.stage_units or ref["pixels"].units,
                     "image_names": ref["image_names"],
-                    "tiles": tile_attrs,
                     "sources": sources,
-                    "nnz": sum(r["nnz"] for r in results),
-                    "total_counts": sum(r["total_counts"] for r in results),
-                    "max_count": max_count,
                     "ingest_seconds": time.perf_counter() - started,
-                }
-            )
+            },
         )
     return MontageStore(out)

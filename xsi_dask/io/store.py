@@ -91,6 +91,29 @@ def _chunks(n: int) -> tuple[int]:
     return (max(1, min(n, int(config.get("csr-chunk")))),)
 
 
+TILE_KEYS = ("row", "col", "source", "stage_x", "stage_y", "window", "nnz", "total_counts", "max_count", "values_dtype")
+
+
+def write_montage_attrs(root: zarr.Group, *, tiles: list[dict[str, Any]], **fields: Any) -> None:
+    """Write the root attributes of a montage store (the format, the tiles' summaries, totals).
+
+    ``tiles`` are the per-tile results of :func:`write_tile` merged with the
+    tile's attributes; ``fields`` the montage description (grid, tile_shape,
+    energy, pixels, stage_units, sources, ...). Used by ingest and the simulator.
+    """
+    from .. import __version__
+    from .readers import to_json
+
+    root.update_attributes(to_json({
+        "xsi_dask": {"format": FORMAT, "version": FORMAT_VERSION, "uuid": uuid.uuid4().hex, "package_version": __version__},
+        **fields,
+        "tiles": [{k: t[k] for k in TILE_KEYS + tuple(k for k in t if k == "dose")} for t in tiles],
+        "nnz": sum(t["nnz"] for t in tiles),
+        "total_counts": sum(t["total_counts"] for t in tiles),
+        "max_count": max(t["max_count"] for t in tiles),
+    }))
+
+
 def write_tile(
     group: zarr.Group,
     name: str,

@@ -69,10 +69,10 @@ def csr_dense(indptr, indices, data, X, out):  # pragma: no cover - compiled
 
 @_jit
 def scaled_colsum_frob(indptr, indices, data, s, colsum):  # pragma: no cover - compiled
-    """colsum += D^T sqrt(s); returns sum_ij d_ij^2 s_i (before channel weights: see caller).
+    """Accumulate per channel j: colsum[0, j] += sum_i d_ij sqrt(s_i), colsum[1, j] += sum_i d_ij^2 s_i.
 
-    ``s`` is 1/g per pixel; the Frobenius part needs the channel weights, so this
-    returns per-channel sums of d^2 s instead, in ``colsum``'s second row.
+    With s = 1/g these give D~^T 1 and ||D~||_F^2 once the channel weights are
+    applied by the caller (the centring mean and the total scaled variance).
     """
     n = indptr.size - 1
     for i in range(n):

@@ -42,6 +42,12 @@ class TileSpec:
     stage_x: float = math.nan
     stage_y: float = math.nan
 
+    def window(self, map_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of the tile in a source map of ``map_shape`` pixels."""
+        if self.y0 is None:
+            return 0, int(map_shape[0]), 0, int(map_shape[1])
+        return self.y0, self.y1, self.x0, self.x1  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -16,7 +16,7 @@ __all__ = ["open_montage", "montage_store", "MontageAccessor"]
 
 
 def _load_block(store_path: str, height: int, width: int, dtype: np.dtype, block_id=None) -> sparse.COO:
-    store = MontageStore(store_path)
+    store = MontageStore.cached(store_path)
     t = block_id[0]
     csr = store.tile_csr(t)
     coo = sparse.COO.from_scipy_sparse(csr.to_scipy(dtype=dtype))

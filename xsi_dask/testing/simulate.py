@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .. import __version__
 from ..errors import LayoutError, XSIError
 from ..io._csr import grow
-from ..io.readers import EnergyAxis, to_json
-from ..io.store import FORMAT, FORMAT_VERSION, MontageStore, atomic_output, write_tile
+from ..io.readers import EnergyAxis
+from ..io.store import MontageStore, atomic_output, write_montage_attrs, write_tile
 from ..montage.layout import parse_grid
 from .physics import Detector, mean_z, phase_spectrum
 from .presets import PRESETS, Preset
@@ -291,31 +289,27 @@ def simulate(
                 (results,) = dask.compute(tasks, scheduler="threads", num_workers=n_threads)
         else:
             (results,) = dask.compute(tasks, scheduler="threads", num_workers=n_threads)
-        keep = ("row", "col", "source", "stage_x", "stage_y", "window", "nnz", "total_counts", "max_count", "values_dtype", "dose")
-        root.update_attributes(to_json({
-            "xsi_dask": {"format": FORMAT, "version": FORMAT_VERSION, "uuid": uuid.uuid4().hex, "package_version": __version__},
-            "grid": list(grid),
-            "split": None,
-            "tile_shape": list(shape),
-            "energy": plan.energy.to_dict(),
-            "pixels": {"scale_y": stage_scale, "scale_x": stage_scale, "offset_y": 0.0, "offset_x": 0.0, "units": "µm"},
-            "stage_units": "µm",
-            "image_names": ["HAADF"],
-            "tiles": [{k: r[k] for k in keep} for r in results],
-            "sources": [{"path": f"simulated:{preset}", "shape": None, "signal_type": "EDS_TEM", "dtype": "uint32",
-                         "metadata": {"Acquisition_instrument": {"TEM": {"beam_energy": pre.beam_kev,
-                                      "Detector": {"EDS": {"energy_resolution_MnKa": detector.fwhm_mnka_ev}}}},
-                                      "General": {"title": pre.description}}}],
-            "nnz": sum(r["nnz"] for r in results),
-            "total_counts": sum(r["total_counts"] for r in results),
-            "generated_counts": sum(r["generated_counts"] for r in results),
-            "max_count": max(r["max_count"] for r in results),
-            "simulation": {"preset": preset, "tiles": list(grid), "tile_shape": list(shape), "channels": channels,
-                           "counts_per_pixel": counts_per_pixel, "seed": seed, "overlap": overlap,
-                           "low_count_tile": low_count_tile, "dose_variation": dose_variation, "pixel_size_nm": px_nm,
-                           "detector": detector.__dict__, "dose_scale": plan.dose_scale},
-            "ingest_seconds": time.perf_counter() - started,
-        }))
+        write_montage_attrs(
+            root,
+            tiles=results,
+            grid=list(grid),
+            split=None,
+            tile_shape=list(shape),
+            energy=plan.energy.to_dict(),
+            pixels={"scale_y": stage_scale, "scale_x": stage_scale, "offset_y": 0.0, "offset_x": 0.0, "units": "µm"},
+            stage_units="µm",
+            image_names=["HAADF"],
+            sources=[{"path": f"simulated:{preset}", "shape": None, "signal_type": "EDS_TEM", "dtype": "uint32",
+                      "metadata": {"Acquisition_instrument": {"TEM": {"beam_energy": pre.beam_kev,
+                                   "Detector": {"EDS": {"energy_resolution_MnKa": detector.fwhm_mnka_ev}}}},
+                                   "General": {"title": pre.description}}}],
+            generated_counts=sum(r["generated_counts"] for r in results),
+            simulation={"preset": preset, "tiles": list(grid), "tile_shape": list(shape), "channels": channels,
+                        "counts_per_pixel": counts_per_pixel, "seed": seed, "overlap": overlap,
+                        "low_count_tile": low_count_tile, "dose_variation": dose_variation, "pixel_size_nm": px_nm,
+                        "detector": detector.__dict__, "dose_scale": plan.dose_scale},
+            ingest_seconds=time.perf_counter() - started,
+        )
     return MontageStore(out)
 
 
