@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import dask
 from dask.delayed import Delayed
 
-__all__ = ["tree_sum", "compute", "persist", "current_client"]
+__all__ = ["tree_sum", "compute", "persist", "current_client", "worker_count"]
 
 
 def _add(*parts):
@@ -53,6 +53,14 @@ def current_client():
         return get_client()
     except (ImportError, ValueError):
         return None
+
+
+def worker_count() -> int:
+    """Worker processes the passes run on: the active client's workers, else 1 (this process)."""
+    client = current_client()
+    if client is None:
+        return 1
+    return max(1, len(client.scheduler_info().get("workers", {})))
 
 
 @contextlib.contextmanager

@@ -326,8 +326,30 @@ class MontageStore:
             raise IndexError(f"tile {t} out of range: the store has {self.n_tiles} tiles")
         return self.root[f"tiles/{t}"]  # type: ignore[return-value]
 
+    def tile_nbytes(self, t: int) -> int:
+        """Bytes of tile ``t``'s CSR arrays in memory (as :meth:`tile_csr` returns them)."""
+        info = self.tiles[t]
+        nnz = int(info["nnz"])
+        idx = 2 if self.channels <= np.iinfo(np.uint16).max + 1 else 4
+        ptr = 4 if nnz <= np.iinfo(np.uint32).max else 8
+        return nnz * (idx + np.dtype(info["values_dtype"]).itemsize) + (self.pixels_per_tile + 1) * ptr
+
+    def cache_fits(self, tiles: list[int], workers: int = 1) -> bool:
+        """Whether each worker's share of ``tiles`` fits the tile cache (``xsi-dask.tile-cache``).
+
+        A pass visits the tiles in the same order every time; when a worker's
+        share is larger than an LRU cache, every visit evicts the tile the next
+        pass wants first, so the cache never hits and only holds memory. The
+        passes therefore cache tiles only when this is true.
+        """
+        if not tiles:
+            return True
+        share = -(-len(tiles) // max(1, workers))
+        biggest = sorted((self.tile_nbytes(t) for t in tiles), reverse=True)[:share]
+        return sum(biggest) <= config.get_bytes("tile-cache")
+
     def tile_csr(self, t: int, *, cache: bool = True) -> TileCSR:
-        """CSR arrays of tile ``t`` (pixels x channels), cached per process."""
+        """CSR arrays of tile ``t`` (pixels x channels), cached per process unless ``cache=False``."""
 
         def load() -> TileCSR:
             g = self._tile(t)

@@ -22,6 +22,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ..cluster.passes import worker_count
 from ..errors import DecompositionError
 from ..io.store import MontageStore, tile_cache
 from ..montage.view import montage_store
@@ -30,7 +31,7 @@ from . import kernels
 __all__ = ["PoissonOperator", "tile_pixel_weights"]
 
 
-def tile_pixel_weights(store: MontageStore, t: int, poisson: bool) -> np.ndarray:
+def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True) -> np.ndarray:
     """1/g per pixel of tile ``t`` (0 where g = 0), or ones; cached per process with the tile."""
 
     def load():
@@ -41,16 +42,18 @@ def tile_pixel_weights(store: MontageStore, t: int, poisson: bool) -> np.ndarray
         np.divide(1.0, g, out=s, where=g > 0)
         return s
 
+    if not cache:
+        return load()
     return tile_cache.get((str(store.path.resolve()), store.uuid, t, "pixel-weights", poisson), load)
 
 
 # ---- tile tasks: module-level functions, so they pickle by reference ----
 
-def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bool):
+def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bool, cache: bool = True):
     """(D_t^T S_t D_t Xh, stats) for one tile; stats = [D^T sqrt(s), sum_i d^2 s] per channel."""
     store = MontageStore.cached(path)
-    csr = store.tile_csr(t)
-    s = tile_pixel_weights(store, t, poisson)
+    csr = store.tile_csr(t, cache=cache)
+    s = tile_pixel_weights(store, t, poisson, cache)
     Y = np.zeros_like(Xh)
     kernels.gram_apply(csr.indptr, csr.indices, csr.data, s, Xh, Y)
     stats = None
@@ -60,11 +63,11 @@ def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bo
     return Y, stats
 
 
-def _gram_task(t: int, path: str, poisson: bool):
+def _gram_task(t: int, path: str, poisson: bool, cache: bool = True):
     """(D_t^T S_t D_t as dense channels x channels, stats) for one tile."""
     store = MontageStore.cached(path)
-    csr = store.tile_csr(t)
-    s = tile_pixel_weights(store, t, poisson)
+    csr = store.tile_csr(t, cache=cache)
+    s = tile_pixel_weights(store, t, poisson, cache)
     D = csr.to_scipy(np.float64)
     G = (D.T @ D.multiply(s[:, None]).tocsr()).toarray()
     stats = np.zeros((2, store.channels))
@@ -72,10 +75,10 @@ def _gram_task(t: int, path: str, poisson: bool):
     return G, stats
 
 
-def _scores_task(t: int, path: str, poisson: bool, Vh: np.ndarray, shift: np.ndarray | None):
+def _scores_task(t: int, path: str, poisson: bool, Vh: np.ndarray, shift: np.ndarray | None, cache: bool = True):
     """Unweighted scores of one tile: D_t Vh - sqrt(g) shift, shape (1, y, x, k)."""
     store = MontageStore.cached(path)
-    csr = store.tile_csr(t)
+    csr = store.tile_csr(t, cache=cache)
     out = np.empty((store.pixels_per_tile, Vh.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, np.ascontiguousarray(Vh), out)
     if shift is not None:
@@ -114,6 +117,7 @@ class PoissonOperator:
     colsum: np.ndarray | None = field(init=False, default=None)
     frob2: float | None = field(init=False, default=None)
     passes: int = field(init=False, default=0)
+    cache: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         self.store = montage_store(self.montage)
@@ -128,6 +132,8 @@ class PoissonOperator:
                 "with isel(tile=...), energy ranges are not supported yet)"
             )
         self.tiles = self.montage.xsi.tiles
+        # tiles stay in the workers' memory between passes only if every worker's share fits
+        self.cache = st.cache_fits(self.tiles, worker_count())
         self.h = np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
         if self.poisson:
             self.wh = np.zeros_like(self.h)
@@ -173,7 +179,7 @@ class PoissonOperator:
         from ..cluster.passes import map_tiles, tree_sum
 
         Xh = np.ascontiguousarray(self.wh[:, None] * X)
-        parts = map_tiles(_apply_task, self.tiles, self.path, self.poisson, Xh, self.colsum is None)
+        parts = map_tiles(_apply_task, self.tiles, self.path, self.poisson, Xh, self.colsum is None, self.cache)
         return tree_sum(parts)
 
     def finish_apply(self, X: np.ndarray, Y: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
@@ -198,7 +204,7 @@ class PoissonOperator:
         """A = D~^T D~ (channels x channels), one pass over the tiles."""
         from ..cluster.passes import compute, map_tiles, tree_sum
 
-        parts = map_tiles(_gram_task, self.tiles, self.path, self.poisson)
+        parts = map_tiles(_gram_task, self.tiles, self.path, self.poisson, self.cache)
         ((G, stats),) = compute(tree_sum(parts), progress=progress, label="gram pass")
         self.passes += 1
         self._take_stats(stats)
@@ -220,7 +226,7 @@ class PoissonOperator:
         k = V.shape[1]
         blocks = [
             da.from_delayed(
-                dask.delayed(_scores_task, pure=True)(t, self.path, self.poisson, Vd, shift),
+                dask.delayed(_scores_task, pure=True)(t, self.path, self.poisson, Vd, shift, self.cache),
                 shape=(1, h, w, k), dtype=np.float64,
             )
             for t in self.tiles
