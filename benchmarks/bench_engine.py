@@ -70,7 +70,7 @@ def kernel_rows(tmp: str) -> list[str]:
         den = Ht.sum(0)
 
         def kl():
-            kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W.copy(), Ht, den, np.zeros_like(Ht), np.zeros(k), False)
+            kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W.copy(), Ht, den, np.zeros_like(Ht), np.zeros(k), False, 0.0, np.ones(k), np.zeros(k))
 
         kl()
         nmf_k = nnz / _best(kl)

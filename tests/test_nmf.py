@@ -86,8 +86,80 @@ def test_random_init_seeded(p45):
     np.testing.assert_array_equal(a.spectra.values, b.spectra.values)
 
 
+def _sparse_kl_mu(X, W, H, lam, n_iter):
+    """Dense NumPy reference of KL MU with the L1/2 term lam sum sqrt(W_ic s_c), s = H.sum(1)."""
+    eps = np.finfo(np.float32).eps
+    X = X.toarray()
+    nz = X > 0
+    for _ in range(n_iter):
+        s = H.sum(1)
+        R = np.where(nz, X / np.maximum(W @ H, eps), 0.0)
+        with np.errstate(divide="ignore"):
+            W = W * (R @ H.T) / (s + 0.5 * lam * np.sqrt(s) / np.sqrt(W))
+        R = np.where(nz, X / np.maximum(W @ H, eps), 0.0)
+        H = H * (W.T @ R) / (W.sum(0) + 0.5 * lam * np.sqrt(W).sum(0) / np.sqrt(s))[:, None]
+        H[H < np.finfo(np.float64).eps] = 0.0
+    return W, H
+
+
+def test_sparsity_iterates_equal_dense_reference(p45):
+    m, X = p45
+    k, n_iter, lam = 4, 25, 3.0
+    rng = np.random.default_rng(2)
+    W0 = np.abs(rng.standard_normal((X.shape[0], k))) * 0.3
+    H0 = np.abs(rng.standard_normal((k, X.shape[1]))) * 0.3
+    Wr, Hr = _sparse_kl_mu(X, W0, H0, lam, n_iter)
+    npix = 25 * 25
+    ds = xsi_dask.nmf(m, k, init=([W0[t * npix : (t + 1) * npix] for t in range(12)], H0), max_iter=n_iter, tol=0,
+                      loss_every=1, sparsity=lam, refit_iter=0)
+    scale = Hr.sum(1)
+    order = np.argsort(-(Wr.sum(0) * scale), kind="stable")
+    np.testing.assert_allclose(ds.spectra.values, (Hr / scale[:, None])[order], rtol=1e-6, atol=1e-12)
+    ab = ds.abundances.values.reshape(-1, k)
+    np.testing.assert_allclose(ab, (Wr * scale)[:, order], rtol=1e-6, atol=1e-9 * ab.max())
+    # the objective: KL + lam sum_ic sqrt(W_ic s_c), recorded every iteration, never increasing here
+    WH = Wr @ Hr
+    Xd = X.toarray()
+    nz = Xd > 0
+    kl = float((Xd[nz] * np.log(Xd[nz] / np.maximum(WH[nz], np.finfo(np.float32).eps))).sum() + WH.sum() - Xd.sum())
+    assert ds.loss.values[-1] == pytest.approx(kl + lam * float(np.sqrt(Wr * scale).sum()), rel=1e-9)
+    assert ds.attrs["divergence"] == pytest.approx(kl, rel=1e-9)
+    assert np.all(np.diff(ds.loss.values) <= 1e-12 * ds.loss.values[0])
+
+
+def test_sparsity_refit_returns_abundances_in_counts(p45):
+    """The L1/2 term shrinks abundances; the refit with the spectra fixed puts them back in counts."""
+    m, X = p45
+    shrunk = xsi_dask.nmf(m, 4, max_iter=80, tol=0, sparsity=3.0, refit_iter=0)
+    refit = xsi_dask.nmf(m, 4, max_iter=80, tol=0, sparsity=3.0, refit_iter=30)
+    np.testing.assert_array_equal(refit.spectra.values, shrunk.spectra.values)
+    assert shrunk.abundances.values.sum() < 0.9 * X.sum()
+    assert refit.abundances.values.sum() == pytest.approx(X.sum(), rel=2e-3)
+    assert refit.attrs["divergence"] < shrunk.attrs["divergence"]
+    assert refit.attrs["refit_iter"] == 30 and refit.attrs["sparsity"] == 3.0
+
+
+def test_scratch_folder_goes_with_the_result(p45):
+    """W lives in a scratch folder beside the store between passes; it is removed with the result."""
+    import gc
+
+    m, _ = p45
+    parent = m.xsi.store.path.parent
+    ds = xsi_dask.nmf(m, 3, max_iter=3, tol=0)
+    left = list(parent.glob(".xsi-dask-nmf-*"))
+    assert len(left) == 1 and sorted(p.name for p in left[0].iterdir()) == [f"W{t}.1.npy" for t in sorted(range(12), key=str)]
+    assert ds.abundances.values.shape == (12, 25, 25, 3)  # the lazy abundances read it
+    del ds
+    gc.collect()
+    assert not list(parent.glob(".xsi-dask-nmf-*"))
+
+
 def test_bad_requests(p45):
     m, _ = p45
+    with pytest.raises(DecompositionError, match="sparsity"):
+        xsi_dask.nmf(m, 3, sparsity=-1)
+    with pytest.raises(DecompositionError, match="sparsity"):
+        xsi_dask.nmf(m, 3, loss="frobenius", sparsity=1)
     with pytest.raises(DecompositionError, match="loss"):
         xsi_dask.nmf(m, 3, loss="itakura-saito")
     with pytest.raises(DecompositionError, match="init"):

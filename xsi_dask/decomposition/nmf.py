@@ -1,7 +1,7 @@
 """Distributed Poisson (KL) and Frobenius NMF of a montage: :func:`nmf`.
 
 D (pixels x channels, raw counts) ~ W H with W >= 0 (pixels x k) kept per tile
-on the workers and H >= 0 (k x channels) reduced. Lee & Seung's multiplicative
+in a scratch folder between passes and H >= 0 (k x channels) reduced. Lee & Seung's multiplicative
 updates in scikit-learn's MU order: per iteration and tile, W_t is updated with
 H fixed, then W_t^T (D_t / W_t H) and the column sums of W_t are accumulated;
 the reduced sums update H. WH is evaluated only at the non-zeros of D, so an
@@ -18,7 +18,14 @@ doi:10.1016/j.patcog.2007.09.010 (NNDSVD).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
+import uuid
+import weakref
+from pathlib import Path
 from typing import Literal, Sequence
 
 import dask
@@ -26,8 +33,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .. import __version__
-from ..cluster.passes import compute, map_tiles, persist, tree_sum
+from .. import __version__, config
+from ..cluster.passes import compute, tree_sum
 from ..errors import DecompositionError
 from ..io.store import MontageStore
 from ..linalg import kernels, rsvd
@@ -39,70 +46,136 @@ __all__ = ["nmf"]
 _EPS64 = float(np.finfo(np.float64).eps)
 
 
+# ---- per-tile state between passes: W_t in a scratch folder, not in worker memory ----
+
+class _ScratchFiles:
+    """Per-tile float64 arrays in a folder every worker can reach (``.npy``, written atomically)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def __reduce__(self):
+        return (_ScratchFiles, (str(self.path),))
+
+    def load(self, name: str) -> np.ndarray:
+        return np.load(self.path / f"{name}.npy")
+
+    def save(self, name: str, a: np.ndarray) -> None:
+        tmp = self.path / f".{name}.{uuid.uuid4().hex[:8]}.npy"
+        np.save(tmp, a)
+        os.replace(tmp, self.path / f"{name}.npy")
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path / f"{name}.npy")
+
+
+class _Scratch(_ScratchFiles):
+    """The scratch folder of one NMF run, removed when the result (its lazy abundances) is gone.
+
+    W of a tile is 8 k bytes a pixel (64 MiB for 1024 x 1024 pixels and k = 8);
+    kept in worker memory it would make a worker's memory grow with its share
+    of the montage. Iteration n reads ``W<t>.<(n-1) % 2>`` and writes
+    ``W<t>.<n % 2>``, so a task that is run again gives the same result.
+    """
+
+    def __init__(self, store: MontageStore):
+        base = config.get("scratch")
+        if base:
+            parent = Path(base)
+        elif os.access(store.path.parent, os.W_OK):
+            parent = store.path.parent
+        else:
+            parent = Path(tempfile.gettempdir())
+        path = parent / f".xsi-dask-nmf-{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise DecompositionError(f"cannot create the NMF scratch folder {path} ({exc}); set xsi-dask.scratch") from exc
+        super().__init__(str(path))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(path), True)
+
+
+def _w(t: int, slot: int) -> str:
+    return f"W{t}.{slot}"
+
+
 # ---- tile tasks ----
 
-def _svd_u(t: int, path: str, Vs: np.ndarray) -> np.ndarray:
-    """U_t = D_t Vs (pixels x k): the pixel factors of the SVD behind NNDSVD."""
+def _svd_u(t: int, path: str, Vs: np.ndarray, scratch: _ScratchFiles, cache: bool) -> np.ndarray:
+    """U_t = D_t Vs (pixels x k), the pixel factors of the SVD behind NNDSVD, saved; returns its sign-part norms."""
     store = MontageStore.cached(path)
-    csr = store.tile_csr(t)
+    csr = store.tile_csr(t, cache=cache)
     U = np.empty((store.pixels_per_tile, Vs.shape[1]))
     kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
-    return U
-
-
-def _pos_neg_norms(U: np.ndarray) -> np.ndarray:
-    """Squared norms of the positive and negative parts of each column of U, shape (2, k)."""
+    scratch.save(f"U{t}", U)
     return np.stack([(np.maximum(U, 0) ** 2).sum(0), (np.minimum(U, 0) ** 2).sum(0)])
 
 
-def _nndsvd_w(U: np.ndarray, sign: np.ndarray, scale: np.ndarray, fill: float) -> np.ndarray:
-    """NNDSVDa W_t: per component the chosen sign part of U, scaled; zeros -> fill."""
+def _nndsvd_w(t: int, scratch: _ScratchFiles, sign: np.ndarray, scale: np.ndarray, fill: float) -> None:
+    """NNDSVDa W_t from the saved U_t: per component the chosen sign part of U, scaled; zeros -> fill."""
+    U = scratch.load(f"U{t}")
     P = U * sign[None, :]
     P[:, 0] = np.abs(U[:, 0])  # the first component uses |U_0|
     W = np.maximum(P, 0.0) * scale[None, :]
     W[W < 1e-6] = 0.0
     W[W == 0] = fill
-    return W
+    scratch.save(_w(t, 0), W)
+    scratch.remove(f"U{t}")
 
 
-def _random_w(t: int, path: str, k: int, avg: float, seed: int):
+def _random_w(t: int, path: str, k: int, avg: float, seed: int, scratch: _ScratchFiles) -> None:
     store = MontageStore.cached(path)
     rng = np.random.default_rng([seed, t])
-    return np.abs(avg * rng.standard_normal((store.pixels_per_tile, k)))
+    scratch.save(_w(t, 0), np.abs(avg * rng.standard_normal((store.pixels_per_tile, k))))
 
 
-def _kl_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool):
-    csr = MontageStore.cached(path).tile_csr(t)
-    W = W.copy()  # never mutate a task's input (it may be recomputed)
+def _kl_step(t: int, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool,
+             lam: float, sqrt_s: np.ndarray, cache: bool):
+    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
+    W = scratch.load(_w(t, src))
+    k = W.shape[1]
     num_ht = np.zeros_like(Ht)
-    w_sum = np.zeros(W.shape[1])
-    loss = kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, denom_w, num_ht, w_sum, with_loss)
-    return W, (num_ht, w_sum, np.array(loss))
+    w_sum = np.zeros(k)
+    w_root = np.zeros(k)
+    loss = kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root)
+    scratch.save(_w(t, 1 - src), W)
+    return num_ht, w_sum, w_root, np.array(loss)
 
 
-def _fro_step(t: int, path: str, W: np.ndarray, Ht: np.ndarray, HHt: np.ndarray):
-    csr = MontageStore.cached(path).tile_csr(t)
-    W = W.copy()
+def _fro_step(t: int, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, HHt: np.ndarray, cache: bool):
+    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
+    W = scratch.load(_w(t, src))
     num_ht = np.zeros_like(Ht)
     wtw = np.zeros((W.shape[1], W.shape[1]))
     cross = kernels.fro_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, HHt, num_ht, wtw)
-    return W, (num_ht, wtw, np.array(cross))
+    scratch.save(_w(t, 1 - src), W)
+    return num_ht, wtw, np.array(cross)
 
 
-def _loss_terms(t: int, path: str, W: np.ndarray, Ht: np.ndarray):
-    csr = MontageStore.cached(path).tile_csr(t)
+def _loss_terms(t: int, path: str, scratch: _ScratchFiles, slot: int, Ht: np.ndarray, cache: bool):
+    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
+    W = scratch.load(_w(t, slot))
     kl, cross, sq = kernels.nmf_loss_terms(csr.indptr, csr.indices, csr.data, W, Ht)
-    return np.array([kl, cross, sq]), W.sum(0), W.T @ W
+    return np.array([kl, cross, sq]), W.sum(0), W.T @ W, np.sqrt(W).sum(0)
 
 
-def _abundance(W: np.ndarray, scale: np.ndarray, order: np.ndarray, shape: tuple[int, int]):
+def _abundance(t: int, scratch: _ScratchFiles, slot: int, scale: np.ndarray, order: np.ndarray, shape: tuple[int, int]):
+    W = scratch.load(_w(t, slot))
     return (W[:, order] * scale[None, :]).reshape(1, *shape, order.size)
+
+
+def _tasks(fn, tiles: Sequence[int], *args) -> list:
+    """One task per tile; the shared arguments enter the graph once. Not pure: the tasks write scratch files."""
+    shared = [a if isinstance(a, (int, float, bool, str, _ScratchFiles)) else dask.delayed(a, traverse=False) for a in args]
+    return [dask.delayed(fn, pure=False)(t, *shared) for t in tiles]
 
 
 # ---- driver ----
 
-def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, progress: bool, poisson: bool):
-    """NNDSVDa (scikit-learn's variant: zeros filled with the mean count).
+def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, progress: bool, poisson: bool,
+             scratch: _Scratch) -> np.ndarray:
+    """NNDSVDa (scikit-learn's variant: zeros filled with the mean count): W_t saved to ``scratch`` slot 0, H returned.
 
     ``poisson=False`` starts from the SVD of the raw counts, as scikit-learn.
     ``poisson=True`` starts from the Poisson-scaled SVD, unweighted back to
@@ -123,10 +196,10 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     ny = np.linalg.norm(y, axis=0)
     y = y / np.where(ny > 0, ny, 1.0)
     Vs = np.ascontiguousarray(svd_op.wh[:, None] * V * (ny / S)[None, :] if poisson else V / S[None, :])
-    # U_t is computed once and kept on its worker: the norms are reduced from it,
-    # and W_t is built from it where it lies
-    (Us,) = persist(map_tiles(_svd_u, op.tiles, op.path, Vs))
-    (norms,) = compute(tree_sum([dask.delayed(_pos_neg_norms, pure=True)(U) for U in Us]), progress=progress, label="NNDSVD norms pass")
+    # U_t = D_t Vs is computed once per tile and saved: the norms are reduced
+    # from it, and W_t is built from it in a second, cheap task
+    (norms,) = compute(tree_sum(_tasks(_svd_u, op.tiles, op.path, Vs, scratch, op.cache)), progress=progress,
+                       label="NNDSVD pass")
     op.passes += 1
     x_p, x_n = np.sqrt(norms[0]), np.sqrt(norms[1])
     y_p = np.linalg.norm(np.maximum(y, 0), axis=0)
@@ -145,8 +218,8 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     avg = op.h.sum() / (op.n_pixels * op.n_channels)  # NNDSVDa: zeros -> the mean count
     H[H < 1e-6] = 0.0
     H[H == 0] = avg
-    Ws = [dask.delayed(_nndsvd_w, pure=True)(U, sign, w_scale, avg) for U in Us]
-    return Ws, H
+    compute(_tasks(_nndsvd_w, op.tiles, scratch, sign, w_scale, avg))
+    return H
 
 
 def nmf(
@@ -160,6 +233,8 @@ def nmf(
     seed: int = 0,
     power_iters: int | None = None,
     loss_every: int = 10,
+    sparsity: float = 0.0,
+    refit_iter: int = 20,
     progress: bool = False,
 ) -> xr.Dataset:
     """Non-negative matrix factorization of a count montage, one pass over the tiles per iteration.
@@ -201,6 +276,21 @@ def nmf(
         Evaluate the loss every this many iterations (default 10, as
         scikit-learn's convergence check) and after the last; its logarithm
         per non-zero costs as much as an update. 1 records every iteration.
+    sparsity : float
+        Weight lam >= 0 of the L1/2 sparsity term ``lam sum_ic sqrt(A_ic)``
+        on the abundances A (counts of endmember c in pixel i; KL loss only).
+        Default 0: plain NMF, iterate for iterate as scikit-learn. A few
+        (3-10) resolve the ambiguity of count data at tens of counts per pixel,
+        where plain NMF fits each pixel's Poisson noise with small amounts of
+        every endmember and trades shared peaks (the C K line of a carbide on a
+        carbon film) between endmembers; the term prefers fewer endmembers per
+        pixel. In nats per square root of a count, so its effect fades as the
+        counts grow (Qian et al. 2011; Fevotte & Idier 2011 for the MU form).
+    refit_iter : int
+        With ``sparsity`` > 0: passes that then refit the abundances to the
+        counts with the spectra fixed and no penalty (default 20), because the
+        term shrinks every abundance; the sparsity shapes the spectra, and the
+        abundances stay in counts.
     progress : bool
         Progress bars.
 
@@ -210,13 +300,32 @@ def nmf(
         ``spectra (component, energy)``: endmember spectra normalised to sum 1;
         ``abundances (tile, y, x, component)``: counts of each endmember per
         pixel (lazy, one chunk per tile), so D ~ abundances @ spectra;
-        ``loss (iteration)``: the divergence after 0, ``loss_every``,
-        2 ``loss_every``, ... iterations and after the last. Components are ordered by total counts, largest first.
+        ``loss (iteration)``: the objective (divergence plus the sparsity
+        term) after 0, ``loss_every``, 2 ``loss_every``, ... iterations and
+        after the last; ``attrs["divergence"]``: the loss of the returned
+        factors without the sparsity term. Components are ordered by total counts, largest first.
 
     Raises
     ------
     DecompositionError
-        Bad ``n_components``, ``loss``, ``init`` or array shapes.
+        Bad ``n_components``, ``loss``, ``init``, ``sparsity`` or array
+        shapes; the scratch folder cannot be created.
+
+    Notes
+    -----
+    W of each tile lives in a scratch folder between iterations (config
+    ``xsi-dask.scratch``; default beside the montage store, which every
+    worker reaches), so a worker holds only the tiles it is working on; the
+    folder is removed with the returned dataset. The lazy ``abundances`` read it.
+
+    References
+    ----------
+    Qian, Y., Jia, S., Zhou, J. & Robles-Kelly, A. (2011). Hyperspectral
+    unmixing via L1/2 sparsity-constrained nonnegative matrix factorization.
+    IEEE Trans. Geosci. Remote Sens. 49, 4282-4297. doi:10.1109/TGRS.2011.2144605
+    Fevotte, C. & Idier, J. (2011). Algorithms for nonnegative matrix
+    factorization with the beta-divergence. Neural Comput. 23, 2421-2456.
+    doi:10.1162/NECO_a_00168
     """
     started = time.perf_counter()
     op = PoissonOperator(montage, poisson=False)
@@ -225,77 +334,92 @@ def nmf(
         raise DecompositionError(f"n_components must be between 1 and {M} (channels); got {n_components}")
     if loss not in ("kl", "frobenius"):
         raise DecompositionError(f"loss must be 'kl' or 'frobenius'; got {loss!r}")
+    lam = float(sparsity)
+    if not lam >= 0 or (lam > 0 and loss != "kl"):
+        raise DecompositionError(f"sparsity must be >= 0, and is for the KL loss only; got {sparsity!r} with loss {loss!r}")
     npix = op.store.pixels_per_tile
     total = float(op.h.sum())
+    tiles = op.tiles
+    if not (isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda", "random")) and not (isinstance(init, tuple) and len(init) == 2):
+        raise DecompositionError(f"init must be 'poisson-nndsvda', 'nndsvda', 'random' or a (W, H) pair; got {init!r}")
+    scratch = _Scratch(op.store)
 
     if isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda"):
-        Ws, H = _nndsvda(op, k, seed, power_iters, progress, poisson=init == "poisson-nndsvda")
-    elif isinstance(init, str) and init == "random":
+        H = _nndsvda(op, k, seed, power_iters, progress, init == "poisson-nndsvda", scratch)
+    elif isinstance(init, str):  # random
         avg = np.sqrt(total / (op.n_pixels * M) / k)
         rng = np.random.default_rng(seed)
         H = np.abs(avg * rng.standard_normal((k, M)))
-        Ws = [dask.delayed(_random_w, pure=True)(t, op.path, k, avg, seed) for t in op.tiles]
-    elif isinstance(init, tuple) and len(init) == 2:
+        compute(_tasks(_random_w, tiles, op.path, k, avg, seed, scratch))
+    else:
         W0, H = init
         H = np.array(H, dtype=np.float64)
-        W0 = [np.asarray(w, dtype=np.float64).reshape(npix, k) for w in W0]
-        if H.shape != (k, M) or len(W0) != len(op.tiles):
+        W0 = list(W0)
+        if H.shape != (k, M) or len(W0) != len(tiles):
             raise DecompositionError(
-                f"init (W, H): expected {len(op.tiles)} tiles of W ({npix}, {k}) and H ({k}, {M}); "
+                f"init (W, H): expected {len(tiles)} tiles of W ({npix}, {k}) and H ({k}, {M}); "
                 f"got {len(W0)} tiles and H {H.shape}"
             )
-        Ws = [dask.delayed(w, traverse=False) for w in W0]
-    else:
-        raise DecompositionError(f"init must be 'poisson-nndsvda', 'nndsvda', 'random' or a (W, H) pair; got {init!r}")
-    (Ws,) = persist(Ws)
+        for t, w in zip(tiles, W0):
+            w = np.asarray(w, dtype=np.float64)
+            if w.size != npix * k:
+                raise DecompositionError(f"init (W, H): W of tile {t} has shape {w.shape}; expected ({npix}, {k})")
+            scratch.save(_w(t, 0), w.reshape(npix, k))
     H = np.ascontiguousarray(H, dtype=np.float64)
 
-    # loss terms of the initial state: one pass (also gives sum D^2 for Frobenius)
-    def loss_pass(Ws, H):
+    def loss_pass(slot: int, H: np.ndarray):
+        """The loss terms of the state in ``slot``: one pass (also gives sum D^2 for Frobenius)."""
         Ht = np.ascontiguousarray(H.T)
-        parts = [dask.delayed(_loss_terms, pure=True)(t, op.path, W, Ht) for t, W in zip(op.tiles, Ws)]
-        (res,) = compute(tree_sum(parts), progress=False)
+        (res,) = compute(tree_sum(_tasks(_loss_terms, tiles, op.path, scratch, slot, Ht, op.cache)), progress=False)
         op.passes += 1
         return res
 
-    (terms, w_sum, wtw) = loss_pass(Ws, H)
+    (terms, w_sum, wtw, w_root) = loss_pass(0, H)
     sum_sq = float(terms[2])
 
-    def loss_value(data_term: float, w_sum: np.ndarray, wtw: np.ndarray, H: np.ndarray) -> float:
-        """KL: sum d log(d/WH) + sum WH - sum d; Frobenius: 0.5 (sum d^2 - 2 <D, WH> + tr(W^T W H H^T)).
+    def loss_value(data_term: float, w_sum: np.ndarray, wtw: np.ndarray, w_root: np.ndarray, H: np.ndarray, penalty: bool = True) -> float:
+        """KL: sum d log(d/WH) + sum WH - sum d (+ lam sum sqrt(W_ic s_c)); Frobenius: 0.5 (sum d^2 - 2 <D, WH> + tr(W^T W H H^T)).
 
         ``data_term`` is sum d log(d/WH) for KL and <D, WH> for Frobenius.
         """
         if loss == "kl":
-            return data_term + float(w_sum @ H.sum(1)) - total
+            pen = lam * float(w_root @ np.sqrt(H.sum(1))) if lam > 0 and penalty else 0.0
+            return data_term + float(w_sum @ H.sum(1)) - total + pen
         return 0.5 * (sum_sq - 2 * data_term + float(np.sum(wtw * (H @ H.T))))
 
-    history = [loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, H)]
+    history = [loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, w_root, H)]
     recorded = [0]  # history[i] is the loss after recorded[i] iterations
     loss_every = max(1, int(loss_every))
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
+        src = (n_iter - 1) % 2  # W after n_iter - 1 iterations; this one writes the other slot
         Ht = np.ascontiguousarray(H.T)
+        s_h = H.sum(1)
         if loss == "kl":
-            denom_w = H.sum(1)
+            denom_w = s_h.copy()
             denom_w[denom_w == 0] = kernels.EPSILON
             with_loss = n_iter > 1 and (n_iter - 1) % loss_every == 0
-            steps = [dask.delayed(_kl_step, pure=True, nout=2)(t, op.path, W, Ht, denom_w, with_loss) for t, W in zip(op.tiles, Ws)]
+            steps = _tasks(_kl_step, tiles, op.path, scratch, src, Ht, denom_w, with_loss, lam, np.sqrt(s_h), op.cache)
         else:
-            steps = [dask.delayed(_fro_step, pure=True, nout=2)(t, op.path, W, Ht, H @ H.T) for t, W in zip(op.tiles, Ws)]
-        new_W, reduced = persist([s[0] for s in steps], tree_sum([s[1] for s in steps]))
+            steps = _tasks(_fro_step, tiles, op.path, scratch, src, Ht, H @ H.T, op.cache)
         show = progress and (n_iter == 1 or n_iter % 10 == 0)
-        (red,) = compute(reduced, progress=show, label=f"NMF iteration {n_iter}/{max_iter}")
+        (red,) = compute(tree_sum(steps), progress=show, label=f"NMF iteration {n_iter}/{max_iter}")
         op.passes += 1
-        Ws = new_W
         # entry: the data term of the loss (KL: sum d log(d/WH); Frobenius: <D, WH>) with W and H on entry
-        num_ht, stat, entry = red
+        if loss == "kl":
+            num_ht, stat, new_root, entry = red
+        else:
+            num_ht, stat, entry = red
+            new_root = w_root
         if n_iter > 1 and (n_iter - 1) % loss_every == 0:  # the state on entry: after n_iter - 1 iterations
-            history.append(loss_value(float(entry), w_sum, wtw, H))
+            history.append(loss_value(float(entry), w_sum, wtw, w_root, H))
             recorded.append(n_iter - 1)
+        w_root = new_root
         if loss == "kl":
             w_sum = stat
             W_sum = np.where(stat == 0, 1.0, stat)
+            if lam > 0:  # the H gradient of lam sum_c sqrt(s_c) sum_i sqrt(W_ic)
+                W_sum = W_sum + 0.5 * lam * w_root / np.sqrt(np.where(s_h > 0, s_h, 1.0))
             H = H * (num_ht.T / W_sum[:, None])
             H[H < _EPS64] = 0.0
         else:
@@ -305,10 +429,27 @@ def nmf(
             H = H * (num_ht.T / den)
         if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and abs(history[-2] - history[-1]) < tol * abs(history[0]):
             break
+    slot = n_iter % 2
     # the loss after the last update: one more evaluation pass (no update)
-    terms, w_sum, wtw = loss_pass(Ws, H)
-    history.append(loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, H))
+    terms, w_sum, wtw, w_root = loss_pass(slot, H)
+    history.append(loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, w_root, H))
     recorded.append(n_iter)
+    if lam > 0 and refit_iter > 0:
+        # the penalty shrinks every abundance (a pure pixel of g counts ends near
+        # (sqrt(g + lam^2/4) - lam/2)^2): refit W to the counts with the spectra
+        # fixed and no penalty, the Poisson MLE of the abundances given H
+        Ht = np.ascontiguousarray(H.T)
+        denom_w = H.sum(1)
+        denom_w[denom_w == 0] = kernels.EPSILON
+        for n_refit in range(1, refit_iter + 1):
+            steps = _tasks(_kl_step, tiles, op.path, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), op.cache)
+            compute(tree_sum(steps), progress=progress and n_refit == 1, label=f"abundance refit ({refit_iter} passes)")
+            op.passes += 1
+            slot = 1 - slot
+        terms, w_sum, wtw, w_root = loss_pass(slot, H)
+    divergence = loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, w_root, H, penalty=False)
+    for t in tiles:  # the other slot is no longer needed
+        scratch.remove(_w(t, 1 - slot))
 
     # spectra normalised to 1, abundances in counts; largest endmember first
     scale = H.sum(1)
@@ -316,8 +457,9 @@ def nmf(
     order = np.argsort(-(w_sum * scale), kind="stable")
     h, w = op.store.tile_shape
     blocks = [
-        da.from_delayed(dask.delayed(_abundance, pure=True)(W, scale[order], order, (h, w)), shape=(1, h, w, k), dtype=np.float64)
-        for W in Ws
+        da.from_delayed(dask.delayed(_abundance, pure=True)(t, scratch, slot, scale[order], order, (h, w)),
+                        shape=(1, h, w, k), dtype=np.float64)
+        for t in tiles
     ]
     ds = xr.Dataset(
         {
@@ -335,6 +477,9 @@ def nmf(
             "tol": tol,
             "n_iter": n_iter,
             "loss_every": loss_every,
+            "sparsity": lam,
+            "refit_iter": refit_iter if lam > 0 else 0,
+            "divergence": divergence,
             "seed": seed,
             "passes": op.passes,
             "nnz": op.nnz,
@@ -345,5 +490,5 @@ def nmf(
     )
     ds["abundances"].attrs["units"] = "counts"
     ds["spectra"].attrs["description"] = "endmember spectra, each summing to 1"
-    ds["loss"].attrs["description"] = "loss after each iteration (entry 0: the initial state)"
+    ds["loss"].attrs["description"] = "objective after each iteration (entry 0: the initial state)"
     return ds

@@ -88,7 +88,7 @@ def scaled_colsum_frob(indptr, indices, data, s, colsum):  # pragma: no cover - 
 
 
 @_jit
-def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss):  # pragma: no cover - compiled
+def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root):  # pragma: no cover - compiled
     """One Lee-Seung KL step on a tile, as scikit-learn's MU solver orders it.
 
     W (pixels, k) is updated in place with H fixed; then, with the new W, the
@@ -98,6 +98,12 @@ def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss):
     sum d log(d / WH) over the non-zeros with the W and H on entry (the data
     part of the KL loss; the log costs as much as the rest of the step, so it is
     evaluated only on the iterations that record the loss), else 0.
+
+    With ``lam`` > 0 the objective has the L1/2 sparsity term
+    lam sum_ic sqrt(W_ic s_c), s = the row sums of H (``sqrt_s`` = sqrt(s)):
+    its W gradient lam sqrt(s_c) / (2 sqrt(W_ic)) joins the denominator of the
+    W update, and sum_i sqrt(W_ic) of the new W is accumulated into ``w_root``
+    (k) for the H update.
     """
     n = indptr.size - 1
     k = W.shape[1]
@@ -121,8 +127,15 @@ def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss):
             r = v / wh
             for c in range(k):
                 num[c] += r * Ht[j, c]
-        for c in range(k):
-            W[i, c] *= num[c] / denom_w[c]
+        if lam > 0.0:
+            for c in range(k):
+                w = W[i, c]
+                if w > 0.0:
+                    W[i, c] = w * num[c] / (denom_w[c] + 0.5 * lam * sqrt_s[c] / math.sqrt(w))
+                w_root[c] += math.sqrt(W[i, c])
+        else:
+            for c in range(k):
+                W[i, c] *= num[c] / denom_w[c]
         for p in range(a, b):
             j = indices[p]
             wh = 0.0
