@@ -148,7 +148,7 @@ class SimulationPlan:
 
 def _plan(preset: Preset, tiles: tuple[int, int], tile_shape: tuple[int, int], channels: int, counts_per_pixel: float,
           seed: int, overlap: int, low_count_tile: int | None, dose_variation: float, pixel_size_nm: float,
-          detector: Detector, energy_scale_kev: float) -> SimulationPlan:
+          detector: Detector, energy_scale_kev: float, particle_density: float = 1.0) -> SimulationPlan:
     rows, cols = tiles
     h, w = tile_shape
     if not 0 <= overlap < min(h, w):
@@ -167,7 +167,7 @@ def _plan(preset: Preset, tiles: tuple[int, int], tile_shape: tuple[int, int], c
     for k, ph in enumerate(preset.particles, start=1):
         r_px = ph.radius_nm / pixel_size_nm
         mean_area = math.pi * (r_px**2) * math.exp(2 * ph.radius_sigma**2)
-        n = max(ph.min_count, int(rng.poisson(ph.area_fraction * full_h * full_w / mean_area)))
+        n = max(ph.min_count, int(rng.poisson(particle_density * ph.area_fraction * full_h * full_w / mean_area)))
         radii = np.maximum(r_px * rng.lognormal(0.0, ph.radius_sigma, n), 1.0)
         ys = rng.uniform(0, full_h, n)
         xs = rng.uniform(0, full_w, n)
@@ -177,7 +177,7 @@ def _plan(preset: Preset, tiles: tuple[int, int], tile_shape: tuple[int, int], c
     if low_count_tile is not None:
         doses[low_count_tile] *= 0.1  # an acquisition fault: the beam current dropped
     # expected yield per pixel over the montage, from the area fractions
-    f = np.array([p.area_fraction for p in preset.particles])
+    f = particle_density * np.array([p.area_fraction for p in preset.particles])
     mean_yield = (1 - f.sum()) * yields[0] + float(f @ yields[1:])
     return SimulationPlan(preset, rows, cols, h, w, overlap, energy, spectra, yields, counts_per_pixel / mean_yield,
                           doses, particles, seed)
@@ -218,6 +218,7 @@ def simulate(
     overlap: int = 0,
     low_count_tile: int | None = None,
     dose_variation: float = 0.05,
+    particle_density: float = 1.0,
     pixel_size_nm: float | None = None,
     energy_scale_kev: float = 0.01,
     detector: Detector = Detector(),
@@ -247,6 +248,9 @@ def simulate(
         This tile gets a tenth of the dose (a beam-current fault).
     dose_variation : float
         Per-tile dose drawn uniformly in 1 +- this.
+    particle_density : float
+        Multiplies the area fraction of every particle phase (default 1: the
+        preset's; replicas vary in particle density).
     pixel_size_nm : float, optional
         Default: the preset's (2 nm).
 
@@ -270,7 +274,7 @@ def simulate(
     shape = parse_grid(tile_shape, "tile shape")
     px_nm = float(pixel_size_nm or pre.pixel_size_nm)
     plan = _plan(pre, grid, shape, int(channels), float(counts_per_pixel), int(seed), int(overlap), low_count_tile,
-                 float(dose_variation), px_nm, detector, float(energy_scale_kev))
+                 float(dose_variation), px_nm, detector, float(energy_scale_kev), float(particle_density))
     stage_scale = px_nm / 1000.0  # um per pixel
     with atomic_output(out, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -306,7 +310,8 @@ def simulate(
             generated_counts=sum(r["generated_counts"] for r in results),
             simulation={"preset": preset, "tiles": list(grid), "tile_shape": list(shape), "channels": channels,
                         "counts_per_pixel": counts_per_pixel, "seed": seed, "overlap": overlap,
-                        "low_count_tile": low_count_tile, "dose_variation": dose_variation, "pixel_size_nm": px_nm,
+                        "low_count_tile": low_count_tile, "dose_variation": dose_variation, "particle_density": particle_density,
+                        "pixel_size_nm": px_nm,
                         "detector": detector.__dict__, "dose_scale": plan.dose_scale},
             ingest_seconds=time.perf_counter() - started,
         )
