@@ -190,6 +190,7 @@ def test_tiles_are_cached_only_when_a_workers_share_fits(small):
     per_tile = max(small.tile_nbytes(t) for t in range(small.n_tiles))
     csr = small.tile_csr(0, cache=False)
     assert small.tile_nbytes(0) == csr.nbytes
+    first = None
     for budget, cached in ((4 * per_tile + 1024, True), (3 * per_tile, False)):
         tile_cache.clear()
         with dask.config.set({"xsi-dask.tile-cache": budget}):
