@@ -6,7 +6,10 @@ float32 - into a sparse store, then on a 2-worker LocalCluster: the
 Poisson-scaled randomized SVD (k = 20, default power iterations), 50 KL NMF
 iterations (k = 8), and the writing of every score and abundance map. Per stage:
 wall time, passes over the tiles, non-zeros per second (nnz x passes / wall)
-and peak RSS of each worker process (sampled every 0.5 s). `--tiles`,
+and peak RSS of each worker process (sampled every 0.5 s). The workers' tile
+cache is 1 GiB; tiles stay cached between passes only when a worker's share
+of the montage fits it (4 and 16 tiles here), else every pass reads them
+again. NMF keeps W of each tile in a scratch folder beside the store. `--tiles`,
 `--tile-shape` and `--series` (1, 4, 16, 64 tiles) size it down or run the
 scaling series.
 """
@@ -59,7 +62,8 @@ def needed_bytes(tiles: int, h: int, w: int, cpp: float, k_svd: int, k_nmf: int)
     counts = tiles * h * w * cpp
     store = counts * 3.2  # uint16 index + small count + pointers, measured ~2.5-3 B per count compressed
     results = tiles * h * w * (k_svd + k_nmf) * 8
-    return int(store + results + tiles * h * w * 6 * 4)  # + truth abundances
+    nmf_scratch = 2 * tiles * h * w * k_nmf * 8  # W per tile, two slots, between NMF iterations
+    return int(store + results + nmf_scratch + tiles * h * w * 6 * 4)  # + truth abundances
 
 
 def run_case(out: Path, rows: int, cols: int, h: int, w: int, channels: int, cpp: float, nmf_iter: int, k_svd: int = 20, k_nmf: int = 8) -> dict:
