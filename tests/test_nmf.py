@@ -147,7 +147,7 @@ def test_scratch_folder_goes_with_the_result(p45):
     parent = m.xsi.store.path.parent
     ds = xsi_dask.nmf(m, 3, max_iter=3, tol=0)
     left = list(parent.glob(".xsi-dask-nmf-*"))
-    assert len(left) == 1 and sorted(p.name for p in left[0].iterdir()) == [f"W{t}.1.npy" for t in sorted(range(12), key=str)]
+    assert len(left) == 1 and sorted(p.name for p in left[0].iterdir()) == sorted(f"W{t}-0.1.npy" for t in range(12))
     assert ds.abundances.values.shape == (12, 25, 25, 3)  # the lazy abundances read it
     del ds
     gc.collect()

@@ -96,79 +96,90 @@ class _Scratch(_ScratchFiles):
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(path), True)
 
 
-def _w(t: int, slot: int) -> str:
-    return f"W{t}.{slot}"
+Unit = tuple  # (tile, first pixel, end pixel): a whole tile, or a row block when there are fewer tiles than workers
+
+
+def _w(unit: Unit, slot: int) -> str:
+    return f"W{unit[0]}-{unit[1]}.{slot}"
+
+
+def _rows(path: str, unit: Unit, cache: bool):
+    """(indptr, indices, data) of the unit's pixels: the kernels index data by the pointers, so a block is a view."""
+    t, a, b = unit
+    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
+    return csr.indptr[a : b + 1], csr.indices, csr.data
 
 
 # ---- tile tasks ----
 
-def _svd_u(t: int, path: str, Vs: np.ndarray, scratch: _ScratchFiles, cache: bool) -> np.ndarray:
-    """U_t = D_t Vs (pixels x k), the pixel factors of the SVD behind NNDSVD, saved; returns its sign-part norms."""
-    store = MontageStore.cached(path)
-    csr = store.tile_csr(t, cache=cache)
-    U = np.empty((store.pixels_per_tile, Vs.shape[1]))
-    kernels.csr_dense(csr.indptr, csr.indices, csr.data, Vs, U)
-    scratch.save(f"U{t}", U)
+def _svd_u(unit: Unit, path: str, Vs: np.ndarray, scratch: _ScratchFiles, cache: bool) -> np.ndarray:
+    """U_u = D_u Vs (pixels x k), the pixel factors of the SVD behind NNDSVD, saved; returns its sign-part norms."""
+    ip, idx, data = _rows(path, unit, cache)
+    U = np.empty((unit[2] - unit[1], Vs.shape[1]))
+    kernels.csr_dense(ip, idx, data, Vs, U)
+    scratch.save("U" + _w(unit, 0), U)
     return np.stack([(np.maximum(U, 0) ** 2).sum(0), (np.minimum(U, 0) ** 2).sum(0)])
 
 
-def _nndsvd_w(t: int, scratch: _ScratchFiles, sign: np.ndarray, scale: np.ndarray, fill: float) -> None:
-    """NNDSVDa W_t from the saved U_t: per component the chosen sign part of U, scaled; zeros -> fill."""
-    U = scratch.load(f"U{t}")
+def _nndsvd_w(unit: Unit, scratch: _ScratchFiles, sign: np.ndarray, scale: np.ndarray, fill: float) -> None:
+    """NNDSVDa W_u from the saved U_u: per component the chosen sign part of U, scaled; zeros -> fill."""
+    U = scratch.load("U" + _w(unit, 0))
     P = U * sign[None, :]
     P[:, 0] = np.abs(U[:, 0])  # the first component uses |U_0|
     W = np.maximum(P, 0.0) * scale[None, :]
     W[W < 1e-6] = 0.0
     W[W == 0] = fill
-    scratch.save(_w(t, 0), W)
-    scratch.remove(f"U{t}")
+    scratch.save(_w(unit, 0), W)
+    scratch.remove("U" + _w(unit, 0))
 
 
-def _random_w(t: int, path: str, k: int, avg: float, seed: int, scratch: _ScratchFiles) -> None:
-    store = MontageStore.cached(path)
-    rng = np.random.default_rng([seed, t])
-    scratch.save(_w(t, 0), np.abs(avg * rng.standard_normal((store.pixels_per_tile, k))))
+def _random_w(unit: Unit, path: str, k: int, avg: float, seed: int, scratch: _ScratchFiles) -> None:
+    t, a, b = unit
+    rng = np.random.default_rng([seed, t])  # drawn for the whole tile: the same W however tiles are split
+    W = np.abs(avg * rng.standard_normal((MontageStore.cached(path).pixels_per_tile, k)))
+    scratch.save(_w(unit, 0), W[a:b])
 
 
-def _kl_step(t: int, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool,
+def _kl_step(unit: Unit, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool,
              lam: float, sqrt_s: np.ndarray, cache: bool):
-    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
-    W = scratch.load(_w(t, src))
+    ip, idx, data = _rows(path, unit, cache)
+    W = scratch.load(_w(unit, src))
     k = W.shape[1]
     num_ht = np.zeros_like(Ht)
     w_sum = np.zeros(k)
     w_root = np.zeros(k)
-    loss = kernels.kl_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root)
-    scratch.save(_w(t, 1 - src), W)
+    loss = kernels.kl_mu_step(ip, idx, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root)
+    scratch.save(_w(unit, 1 - src), W)
     return num_ht, w_sum, w_root, np.array(loss)
 
 
-def _fro_step(t: int, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, HHt: np.ndarray, cache: bool):
-    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
-    W = scratch.load(_w(t, src))
+def _fro_step(unit: Unit, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, HHt: np.ndarray, cache: bool):
+    ip, idx, data = _rows(path, unit, cache)
+    W = scratch.load(_w(unit, src))
     num_ht = np.zeros_like(Ht)
     wtw = np.zeros((W.shape[1], W.shape[1]))
-    cross = kernels.fro_mu_step(csr.indptr, csr.indices, csr.data, W, Ht, HHt, num_ht, wtw)
-    scratch.save(_w(t, 1 - src), W)
+    cross = kernels.fro_mu_step(ip, idx, data, W, Ht, HHt, num_ht, wtw)
+    scratch.save(_w(unit, 1 - src), W)
     return num_ht, wtw, np.array(cross)
 
 
-def _loss_terms(t: int, path: str, scratch: _ScratchFiles, slot: int, Ht: np.ndarray, cache: bool):
-    csr = MontageStore.cached(path).tile_csr(t, cache=cache)
-    W = scratch.load(_w(t, slot))
-    kl, cross, sq = kernels.nmf_loss_terms(csr.indptr, csr.indices, csr.data, W, Ht)
+def _loss_terms(unit: Unit, path: str, scratch: _ScratchFiles, slot: int, Ht: np.ndarray, cache: bool):
+    ip, idx, data = _rows(path, unit, cache)
+    W = scratch.load(_w(unit, slot))
+    kl, cross, sq = kernels.nmf_loss_terms(ip, idx, data, W, Ht)
     return np.array([kl, cross, sq]), W.sum(0), W.T @ W, np.sqrt(W).sum(0)
 
 
-def _abundance(t: int, scratch: _ScratchFiles, slot: int, scale: np.ndarray, order: np.ndarray, shape: tuple[int, int]):
-    W = scratch.load(_w(t, slot))
+def _abundance(units: list, scratch: _ScratchFiles, slot: int, scale: np.ndarray, order: np.ndarray, shape: tuple[int, int]):
+    """Abundances of one tile (1, y, x, k) from the W of its units."""
+    W = np.concatenate([scratch.load(_w(u, slot)) for u in units])
     return (W[:, order] * scale[None, :]).reshape(1, *shape, order.size)
 
 
-def _tasks(fn, tiles: Sequence[int], *args) -> list:
-    """One task per tile; the shared arguments enter the graph once. Not pure: the tasks write scratch files."""
+def _tasks(fn, units: Sequence[Unit], *args) -> list:
+    """One task per unit; the shared arguments enter the graph once. Not pure: the tasks write scratch files."""
     shared = [a if isinstance(a, (int, float, bool, str, _ScratchFiles)) else dask.delayed(a, traverse=False) for a in args]
-    return [dask.delayed(fn, pure=False)(t, *shared) for t in tiles]
+    return [dask.delayed(fn, pure=False)(u, *shared) for u in units]
 
 
 # ---- driver ----
@@ -198,7 +209,7 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     Vs = np.ascontiguousarray(svd_op.wh[:, None] * V * (ny / S)[None, :] if poisson else V / S[None, :])
     # U_t = D_t Vs is computed once per tile and saved: the norms are reduced
     # from it, and W_t is built from it in a second, cheap task
-    (norms,) = compute(tree_sum(_tasks(_svd_u, op.tiles, op.path, Vs, scratch, op.cache)), progress=progress,
+    (norms,) = compute(tree_sum(_tasks(_svd_u, op.units, op.path, Vs, scratch, op.cache)), progress=progress,
                        label="NNDSVD pass")
     op.passes += 1
     x_p, x_n = np.sqrt(norms[0]), np.sqrt(norms[1])
@@ -218,7 +229,7 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     avg = op.h.sum() / (op.n_pixels * op.n_channels)  # NNDSVDa: zeros -> the mean count
     H[H < 1e-6] = 0.0
     H[H == 0] = avg
-    compute(_tasks(_nndsvd_w, op.tiles, scratch, sign, w_scale, avg))
+    compute(_tasks(_nndsvd_w, op.units, scratch, sign, w_scale, avg))
     return H
 
 
@@ -339,7 +350,7 @@ def nmf(
         raise DecompositionError(f"sparsity must be >= 0, and is for the KL loss only; got {sparsity!r} with loss {loss!r}")
     npix = op.store.pixels_per_tile
     total = float(op.h.sum())
-    tiles = op.tiles
+    tiles, units = op.tiles, op.units
     if not (isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda", "random")) and not (isinstance(init, tuple) and len(init) == 2):
         raise DecompositionError(f"init must be 'poisson-nndsvda', 'nndsvda', 'random' or a (W, H) pair; got {init!r}")
     scratch = _Scratch(op.store)
@@ -350,7 +361,7 @@ def nmf(
         avg = np.sqrt(total / (op.n_pixels * M) / k)
         rng = np.random.default_rng(seed)
         H = np.abs(avg * rng.standard_normal((k, M)))
-        compute(_tasks(_random_w, tiles, op.path, k, avg, seed, scratch))
+        compute(_tasks(_random_w, units, op.path, k, avg, seed, scratch))
     else:
         W0, H = init
         H = np.array(H, dtype=np.float64)
@@ -364,13 +375,16 @@ def nmf(
             w = np.asarray(w, dtype=np.float64)
             if w.size != npix * k:
                 raise DecompositionError(f"init (W, H): W of tile {t} has shape {w.shape}; expected ({npix}, {k})")
-            scratch.save(_w(t, 0), w.reshape(npix, k))
+            w = w.reshape(npix, k)
+            for u in units:
+                if u[0] == t:
+                    scratch.save(_w(u, 0), w[u[1] : u[2]])
     H = np.ascontiguousarray(H, dtype=np.float64)
 
     def loss_pass(slot: int, H: np.ndarray):
         """The loss terms of the state in ``slot``: one pass (also gives sum D^2 for Frobenius)."""
         Ht = np.ascontiguousarray(H.T)
-        (res,) = compute(tree_sum(_tasks(_loss_terms, tiles, op.path, scratch, slot, Ht, op.cache)), progress=False)
+        (res,) = compute(tree_sum(_tasks(_loss_terms, units, op.path, scratch, slot, Ht, op.cache)), progress=False)
         op.passes += 1
         return res
 
@@ -399,9 +413,9 @@ def nmf(
             denom_w = s_h.copy()
             denom_w[denom_w == 0] = kernels.EPSILON
             with_loss = n_iter > 1 and (n_iter - 1) % loss_every == 0
-            steps = _tasks(_kl_step, tiles, op.path, scratch, src, Ht, denom_w, with_loss, lam, np.sqrt(s_h), op.cache)
+            steps = _tasks(_kl_step, units, op.path, scratch, src, Ht, denom_w, with_loss, lam, np.sqrt(s_h), op.cache)
         else:
-            steps = _tasks(_fro_step, tiles, op.path, scratch, src, Ht, H @ H.T, op.cache)
+            steps = _tasks(_fro_step, units, op.path, scratch, src, Ht, H @ H.T, op.cache)
         show = progress and (n_iter == 1 or n_iter % 10 == 0)
         (red,) = compute(tree_sum(steps), progress=show, label=f"NMF iteration {n_iter}/{max_iter}")
         op.passes += 1
@@ -442,14 +456,14 @@ def nmf(
         denom_w = H.sum(1)
         denom_w[denom_w == 0] = kernels.EPSILON
         for n_refit in range(1, refit_iter + 1):
-            steps = _tasks(_kl_step, tiles, op.path, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), op.cache)
+            steps = _tasks(_kl_step, units, op.path, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), op.cache)
             compute(tree_sum(steps), progress=progress and n_refit == 1, label=f"abundance refit ({refit_iter} passes)")
             op.passes += 1
             slot = 1 - slot
         terms, w_sum, wtw, w_root = loss_pass(slot, H)
     divergence = loss_value(terms[0] if loss == "kl" else terms[1], w_sum, wtw, w_root, H, penalty=False)
-    for t in tiles:  # the other slot is no longer needed
-        scratch.remove(_w(t, 1 - slot))
+    for u in units:  # the other slot is no longer needed
+        scratch.remove(_w(u, 1 - slot))
 
     # spectra normalised to 1, abundances in counts; largest endmember first
     scale = H.sum(1)
@@ -457,7 +471,7 @@ def nmf(
     order = np.argsort(-(w_sum * scale), kind="stable")
     h, w = op.store.tile_shape
     blocks = [
-        da.from_delayed(dask.delayed(_abundance, pure=True)(t, scratch, slot, scale[order], order, (h, w)),
+        da.from_delayed(dask.delayed(_abundance, pure=True)([u for u in units if u[0] == t], scratch, slot, scale[order], order, (h, w)),
                         shape=(1, h, w, k), dtype=np.float64)
         for t in tiles
     ]

@@ -28,7 +28,7 @@ from ..io.store import MontageStore, tile_cache
 from ..montage.view import montage_store
 from . import kernels
 
-__all__ = ["PoissonOperator", "tile_pixel_weights"]
+__all__ = ["PoissonOperator", "tile_pixel_weights", "split_units"]
 
 
 def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True) -> np.ndarray:
@@ -49,29 +49,39 @@ def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool =
 
 # ---- tile tasks: module-level functions, so they pickle by reference ----
 
-def _apply_task(t: int, path: str, poisson: bool, Xh: np.ndarray, with_stats: bool, cache: bool = True):
-    """(D_t^T S_t D_t Xh, stats) for one tile; stats = [D^T sqrt(s), sum_i d^2 s] per channel."""
+def split_units(tiles: list[int], pixels: int, workers: int) -> list[tuple[int, int, int]]:
+    """Work units (tile, first pixel, end pixel) of a pass: whole tiles, or equal row blocks when there are fewer tiles than workers."""
+    parts = -(-workers // len(tiles)) if 0 < len(tiles) < workers else 1
+    edges = np.linspace(0, pixels, parts + 1).astype(int)
+    return [(t, int(edges[i]), int(edges[i + 1])) for t in tiles for i in range(parts)]
+
+
+def _apply_task(unit: tuple[int, int, int], path: str, poisson: bool, Xh: np.ndarray, with_stats: bool, cache: bool = True):
+    """(D_u^T S_u D_u Xh, stats) for one unit (pixels a:b of tile t); stats = [D^T sqrt(s), sum_i d^2 s] per channel."""
+    t, a, b = unit
     store = MontageStore.cached(path)
     csr = store.tile_csr(t, cache=cache)
-    s = tile_pixel_weights(store, t, poisson, cache)
+    s = tile_pixel_weights(store, t, poisson, cache)[a:b]
+    ip = csr.indptr[a : b + 1]  # the kernels index data by the pointers themselves: a row block is a view
     Y = np.zeros_like(Xh)
-    kernels.gram_apply(csr.indptr, csr.indices, csr.data, s, Xh, Y)
+    kernels.gram_apply(ip, csr.indices, csr.data, s, Xh, Y)
     stats = None
     if with_stats:
         stats = np.zeros((2, store.channels))
-        kernels.scaled_colsum_frob(csr.indptr, csr.indices, csr.data, s, stats)
+        kernels.scaled_colsum_frob(ip, csr.indices, csr.data, s, stats)
     return Y, stats
 
 
-def _gram_task(t: int, path: str, poisson: bool, cache: bool = True):
-    """(D_t^T S_t D_t as dense channels x channels, stats) for one tile."""
+def _gram_task(unit: tuple[int, int, int], path: str, poisson: bool, cache: bool = True):
+    """(D_u^T S_u D_u as dense channels x channels, stats) for one unit (pixels a:b of tile t)."""
+    t, a, b = unit
     store = MontageStore.cached(path)
     csr = store.tile_csr(t, cache=cache)
-    s = tile_pixel_weights(store, t, poisson, cache)
-    D = csr.to_scipy(np.float64)
+    s = tile_pixel_weights(store, t, poisson, cache)[a:b]
+    D = csr.to_scipy(np.float64)[a:b]
     G = (D.T @ D.multiply(s[:, None]).tocsr()).toarray()
     stats = np.zeros((2, store.channels))
-    kernels.scaled_colsum_frob(csr.indptr, csr.indices, csr.data, s, stats)
+    kernels.scaled_colsum_frob(csr.indptr[a : b + 1], csr.indices, csr.data, s, stats)
     return G, stats
 
 
@@ -112,6 +122,7 @@ class PoissonOperator:
     center: bool = False
     store: MontageStore = field(init=False)
     tiles: list[int] = field(init=False)
+    units: list[tuple[int, int, int]] = field(init=False)
     h: np.ndarray = field(init=False)
     wh: np.ndarray = field(init=False)
     colsum: np.ndarray | None = field(init=False, default=None)
@@ -133,7 +144,10 @@ class PoissonOperator:
             )
         self.tiles = self.montage.xsi.tiles
         # tiles stay in the workers' memory between passes only if every worker's share fits
-        self.cache = st.cache_fits(self.tiles, worker_count())
+        workers = worker_count()
+        self.cache = st.cache_fits(self.tiles, workers)
+        # one task per tile, or row blocks of the tiles when there are fewer tiles than workers
+        self.units = split_units(self.tiles, st.pixels_per_tile, workers)
         self.h = np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
         if self.poisson:
             self.wh = np.zeros_like(self.h)
@@ -179,7 +193,7 @@ class PoissonOperator:
         from ..cluster.passes import map_tiles, tree_sum
 
         Xh = np.ascontiguousarray(self.wh[:, None] * X)
-        parts = map_tiles(_apply_task, self.tiles, self.path, self.poisson, Xh, self.colsum is None, self.cache)
+        parts = map_tiles(_apply_task, self.units, self.path, self.poisson, Xh, self.colsum is None, self.cache)
         return tree_sum(parts)
 
     def finish_apply(self, X: np.ndarray, Y: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
@@ -204,7 +218,7 @@ class PoissonOperator:
         """A = D~^T D~ (channels x channels), one pass over the tiles."""
         from ..cluster.passes import compute, map_tiles, tree_sum
 
-        parts = map_tiles(_gram_task, self.tiles, self.path, self.poisson, self.cache)
+        parts = map_tiles(_gram_task, self.units, self.path, self.poisson, self.cache)
         ((G, stats),) = compute(tree_sum(parts), progress=progress, label="gram pass")
         self.passes += 1
         self._take_stats(stats)
