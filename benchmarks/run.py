@@ -32,6 +32,10 @@ def main() -> None:
         f"Command: `make bench` (= `.venv/bin/python benchmarks/run.py --out docs/benchmarks.md`).\n"
         "Every comparison is made side by side in one run, and ratios are what to read: the "
         "machines are shared and absolute times drift.\n\n"
+        "The paper-size montage (10 x 10 tiles of 1024 x 1024 x 4096, `make bench-scale`) and the "
+        "scaling series over 1-64 such tiles (`make bench-scale-series`) are not part of this run: "
+        "see [benchmarks-scale.md](benchmarks-scale.md) and "
+        "[benchmarks-scale-series.md](benchmarks-scale-series.md).\n\n"
     )
     out = ROOT / args.out
     out.write_text(head + "\n".join(sections))

@@ -42,7 +42,10 @@ def test_split_units():
 
     assert split_units([0, 1, 2], 100, 2) == [(0, 0, 100), (1, 0, 100), (2, 0, 100)]
     assert split_units([5], 100, 2) == [(5, 0, 50), (5, 50, 100)]
-    assert split_units([0, 1], 99, 5) == [(0, 0, 33), (0, 33, 66), (0, 66, 99), (1, 0, 33), (1, 33, 66), (1, 66, 99)]
+    # 2 tiles on 4 workers: halves; 3 tiles on 4 workers: quarters (12 blocks, 3 rounds of a quarter tile)
+    assert split_units([0, 1], 100, 4) == [(0, 0, 50), (0, 50, 100), (1, 0, 50), (1, 50, 100)]
+    assert split_units([0, 1, 2], 99, 4)[:4] == [(0, 0, 24), (0, 24, 49), (0, 49, 74), (0, 74, 99)]
+    assert len(split_units([0, 1, 2], 99, 4)) == 12
 
 
 def test_one_tile_on_two_workers_runs_as_row_blocks(tmp_path):
@@ -69,6 +72,25 @@ def test_one_tile_on_two_workers_runs_as_row_blocks(tmp_path):
     np.testing.assert_allclose(gram_c.singular_values.values, gram_s.singular_values.values, rtol=1e-10)
     np.testing.assert_allclose(nmf_c.spectra.values, nmf_s.spectra.values, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(ab_c, ab_s, rtol=1e-9, atol=1e-9 * ab_s.max())
+
+
+def test_units_are_pinned_so_each_worker_caches_its_own_tiles(tmp_path):
+    """On a cluster a unit goes to the same worker every pass: its tile cache holds its share, not every tile."""
+    from xsi_dask.testing.simulate import simulate
+
+    m = xsi_dask.open_montage(simulate(tmp_path / "four.zarr", tiles="2x2", tile_shape="64x64", channels=512,
+                                       counts_per_pixel=20, seed=2, progress=False))
+
+    def cached_tiles():
+        from xsi_dask.io.store import tile_cache
+
+        return sorted(k[2] for k in tile_cache._items if len(k) == 3)
+
+    with dask_client(workers=2, quiet=True) as client:
+        xsi_dask.decompose(m, 3)
+        xsi_dask.nmf(m, 2, max_iter=3, tol=0)
+        held = sorted(client.run(cached_tiles).values())
+    assert held == [[0, 2], [1, 3]], held
 
 
 def test_run_end_to_end(tmp_path, capsys):

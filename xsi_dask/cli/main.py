@@ -63,7 +63,7 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"], default="poisson-nndsvda",
                    help="NMF initialisation (default: NNDSVDa from the Poisson-scaled SVD)")
     p.add_argument("--sparsity", type=float, default=0.0, metavar="LAMBDA",
-                   help="L1/2 sparsity weight on the abundances (KL only; default 0). 3-10 at tens of counts "
+                   help="L1/2 sparsity weight on the abundances (KL only; default 0). 3-6 at tens of counts "
                         "per pixel keeps endmembers from trading shared peaks; abundances are refit without it")
 
 

@@ -1,8 +1,13 @@
-"""One pass over the tiles: a task per tile, a tree reduction of the small results.
+"""One pass over the tiles: a task per unit (a tile, or a row block of one), a tree reduction of the small results.
 
-The reduction tree has a fixed shape (fan-in 8 in tile order), so the floating
+The reduction tree has a fixed shape (fan-in 8 in unit order), so the floating
 point sums are the same on the synchronous scheduler, dask threads and a
-distributed cluster: results do not depend on where tasks ran.
+distributed cluster: results do not depend on where tasks ran. They depend on
+the number of workers only when there are fewer tiles than workers, because
+the tiles are then split into row blocks (more partial sums).
+On a cluster the units are pinned round-robin to the workers (other workers may
+still take them), so a worker sees the same tiles on every pass and its tile
+cache holds its own share.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, Callable, Sequence
 import dask
 from dask.delayed import Delayed
 
-__all__ = ["tree_sum", "compute", "persist", "current_client", "worker_count"]
+__all__ = ["tree_sum", "compute", "current_client", "worker_count", "map_tiles"]
 
 
 def _add(*parts):
@@ -60,7 +65,7 @@ def worker_count() -> int:
     client = current_client()
     if client is None:
         return 1
-    return max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, len(client.nthreads()))  # scheduler_info() lists at most 5 workers in some releases
 
 
 @contextlib.contextmanager
@@ -91,12 +96,25 @@ def compute(*objs: Any, progress: bool = False, label: str = "", scheduler: str 
         return dask.compute(*objs, scheduler=scheduler)
 
 
-def persist(*objs: Any, scheduler: str | None = None):
-    """``dask.persist``: on a cluster the results stay on the workers that made them."""
-    return dask.persist(*objs, scheduler=scheduler)
+def map_tiles(fn: Callable, units: Sequence[Any], *args: Any, pure: bool = True, literal: tuple = ()) -> list[Delayed]:
+    """One delayed ``fn(unit, *args)`` per unit (a tile or a (tile, a, b) row block), pinned round-robin to workers.
+
+    Array arguments enter the graph once and are shared, not copied per task;
+    instances of the ``literal`` types are passed as they are.
+    """
+    shared = [a if isinstance(a, (Delayed, int, float, bool, str, type(None)) + literal) else dask.delayed(a, traverse=False)
+              for a in args]
+    workers = _worker_addresses()
+    tasks = []
+    for i, u in enumerate(units):
+        if workers:
+            with dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True):
+                tasks.append(dask.delayed(fn, pure=pure)(u, *shared))
+        else:
+            tasks.append(dask.delayed(fn, pure=pure)(u, *shared))
+    return tasks
 
 
-def map_tiles(fn: Callable, tiles: Sequence[int], *args: Any, **kwargs: Any) -> list[Delayed]:
-    """One delayed ``fn(tile, *args)`` per tile (args are shared, not copied per task)."""
-    shared = [a if isinstance(a, Delayed) else dask.delayed(a, traverse=False) for a in args]
-    return [dask.delayed(fn, pure=True)(t, *shared, **kwargs) for t in tiles]
+def _worker_addresses() -> list[str]:
+    client = current_client()
+    return sorted(client.nthreads()) if client is not None else []

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__, config
-from ..cluster.passes import compute, tree_sum
+from ..cluster.passes import compute, current_client, map_tiles, tree_sum
 from ..errors import DecompositionError
 from ..io.store import MontageStore
 from ..linalg import kernels, rsvd
@@ -75,18 +75,27 @@ class _Scratch(_ScratchFiles):
 
     W of a tile is 8 k bytes a pixel (64 MiB for 1024 x 1024 pixels and k = 8);
     kept in worker memory it would make a worker's memory grow with its share
-    of the montage. Iteration n reads ``W<t>.<(n-1) % 2>`` and writes
-    ``W<t>.<n % 2>``, so a task that is run again gives the same result.
+    of the montage. Iteration n of unit (t, a, b) reads ``W<t>-<a>.<(n-1) % 2>``
+    and writes ``W<t>-<a>.<n % 2>``, so a task that is run again gives the same
+    result. The lazy abundances of the result read the last slot: compute or
+    write them while the result is referenced (``persist`` on a cluster
+    returns before the tasks have read it).
     """
 
     def __init__(self, store: MontageStore):
         base = config.get("scratch")
+        beside = store.path.resolve().parent
         if base:
-            parent = Path(base)
-        elif os.access(store.path.parent, os.W_OK):
-            parent = store.path.parent
-        else:
+            parent = Path(base).resolve()
+        elif os.access(beside, os.W_OK):
+            parent = beside
+        elif current_client() is None:
             parent = Path(tempfile.gettempdir())
+        else:  # a temporary folder of this machine may not exist on the workers
+            raise DecompositionError(
+                f"NMF needs a scratch folder every worker can reach, and {beside} (beside the store) is not "
+                "writable: set xsi-dask.scratch (dask.config.set({'xsi-dask.scratch': PATH}))"
+            )
         path = parent / f".xsi-dask-nmf-{uuid.uuid4().hex[:12]}"
         try:
             path.mkdir(parents=True)
@@ -130,7 +139,6 @@ def _nndsvd_w(unit: Unit, scratch: _ScratchFiles, sign: np.ndarray, scale: np.nd
     W[W < 1e-6] = 0.0
     W[W == 0] = fill
     scratch.save(_w(unit, 0), W)
-    scratch.remove("U" + _w(unit, 0))
 
 
 def _random_w(unit: Unit, path: str, k: int, avg: float, seed: int, scratch: _ScratchFiles) -> None:
@@ -172,14 +180,19 @@ def _loss_terms(unit: Unit, path: str, scratch: _ScratchFiles, slot: int, Ht: np
 
 def _abundance(units: list, scratch: _ScratchFiles, slot: int, scale: np.ndarray, order: np.ndarray, shape: tuple[int, int]):
     """Abundances of one tile (1, y, x, k) from the W of its units."""
-    W = np.concatenate([scratch.load(_w(u, slot)) for u in units])
+    try:
+        W = np.concatenate([scratch.load(_w(u, slot)) for u in units])
+    except FileNotFoundError as exc:
+        raise DecompositionError(
+            f"the NMF scratch folder {scratch.path} is gone: the lazy abundances are read from it while the nmf() "
+            "result is referenced; keep the dataset until they are computed or written"
+        ) from exc
     return (W[:, order] * scale[None, :]).reshape(1, *shape, order.size)
 
 
 def _tasks(fn, units: Sequence[Unit], *args) -> list:
-    """One task per unit; the shared arguments enter the graph once. Not pure: the tasks write scratch files."""
-    shared = [a if isinstance(a, (int, float, bool, str, _ScratchFiles)) else dask.delayed(a, traverse=False) for a in args]
-    return [dask.delayed(fn, pure=False)(u, *shared) for u in units]
+    """One task per unit, pinned like the SVD passes; not pure: the tasks write scratch files."""
+    return map_tiles(fn, units, *args, pure=False, literal=(_ScratchFiles,))
 
 
 # ---- driver ----
@@ -230,6 +243,8 @@ def _nndsvda(op: PoissonOperator, k: int, seed: int, power_iters: int | None, pr
     H[H < 1e-6] = 0.0
     H[H == 0] = avg
     compute(_tasks(_nndsvd_w, op.units, scratch, sign, w_scale, avg))
+    for u in op.units:  # removed here, not in the tasks, so a task that is run again still finds its U
+        scratch.remove("U" + _w(u, 0))
     return H
 
 
@@ -290,8 +305,8 @@ def nmf(
     sparsity : float
         Weight lam >= 0 of the L1/2 sparsity term ``lam sum_ic sqrt(A_ic)``
         on the abundances A (counts of endmember c in pixel i; KL loss only).
-        Default 0: plain NMF, iterate for iterate as scikit-learn. A few
-        (3-10) resolve the ambiguity of count data at tens of counts per pixel,
+        Default 0: plain NMF, iterate for iterate as scikit-learn. About 3-6
+        resolve the ambiguity of count data at tens of counts per pixel,
         where plain NMF fits each pixel's Poisson noise with small amounts of
         every endmember and trades shared peaks (the C K line of a carbide on a
         carbon film) between endmembers; the term prefers fewer endmembers per

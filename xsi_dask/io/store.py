@@ -345,7 +345,8 @@ class MontageStore:
         if not tiles:
             return True
         share = -(-len(tiles) // max(1, workers))
-        biggest = sorted((self.tile_nbytes(t) for t in tiles), reverse=True)[:share]
+        # each tile's CSR arrays and its pixel weights (float64 per pixel) share the cache
+        biggest = sorted((self.tile_nbytes(t) + 8 * self.pixels_per_tile for t in tiles), reverse=True)[:share]
         return sum(biggest) <= config.get_bytes("tile-cache")
 
     def tile_csr(self, t: int, *, cache: bool = True) -> TileCSR:

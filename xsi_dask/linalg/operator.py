@@ -16,10 +16,12 @@ multivariate analysis of ToF-SIMS spectrum images. Surf. Interface Anal. 36,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import dask
 import numpy as np
+import scipy.sparse as sp
 import xarray as xr
 
 from ..cluster.passes import worker_count
@@ -51,9 +53,9 @@ def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool =
 
 def split_units(tiles: list[int], pixels: int, workers: int) -> list[tuple[int, int, int]]:
     """Work units (tile, first pixel, end pixel) of a pass: whole tiles, or equal row blocks when there are fewer tiles than workers."""
-    parts = -(-workers // len(tiles)) if 0 < len(tiles) < workers else 1
-    edges = np.linspace(0, pixels, parts + 1).astype(int)
-    return [(t, int(edges[i]), int(edges[i + 1])) for t in tiles for i in range(parts)]
+    n = len(tiles)
+    parts = workers // math.gcd(n, workers) if 0 < n < workers else 1  # n * parts is a multiple of workers
+    return [(t, i * pixels // parts, (i + 1) * pixels // parts) for t in tiles for i in range(parts)]
 
 
 def _apply_task(unit: tuple[int, int, int], path: str, poisson: bool, Xh: np.ndarray, with_stats: bool, cache: bool = True):
@@ -78,10 +80,13 @@ def _gram_task(unit: tuple[int, int, int], path: str, poisson: bool, cache: bool
     store = MontageStore.cached(path)
     csr = store.tile_csr(t, cache=cache)
     s = tile_pixel_weights(store, t, poisson, cache)[a:b]
-    D = csr.to_scipy(np.float64)[a:b]
+    ip = csr.indptr[a : b + 1]
+    lo, hi = int(ip[0]), int(ip[-1])
+    D = sp.csr_array((csr.data[lo:hi].astype(np.float64), csr.indices[lo:hi].astype(np.int32), (ip - lo).astype(np.int64)),
+                     shape=(b - a, store.channels))
     G = (D.T @ D.multiply(s[:, None]).tocsr()).toarray()
     stats = np.zeros((2, store.channels))
-    kernels.scaled_colsum_frob(csr.indptr[a : b + 1], csr.indices, csr.data, s, stats)
+    kernels.scaled_colsum_frob(ip, csr.indices, csr.data, s, stats)
     return G, stats
 
 

@@ -14,6 +14,7 @@ counts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -176,11 +177,15 @@ def _plan(preset: Preset, tiles: tuple[int, int], tile_shape: tuple[int, int], c
     doses = 1.0 + dose_variation * rng.uniform(-1, 1, n_tiles)
     if low_count_tile is not None:
         doses[low_count_tile] *= 0.1  # an acquisition fault: the beam current dropped
-    # expected yield per pixel over the montage, from the area fractions
-    f = particle_density * np.array([p.area_fraction for p in preset.particles])
-    mean_yield = (1 - f.sum()) * yields[0] + float(f @ yields[1:])
-    return SimulationPlan(preset, rows, cols, h, w, overlap, energy, spectra, yields, counts_per_pixel / mean_yield,
+    # dose_scale is calibrated on the rasterised abundances by simulate(): particles
+    # overlap, so their area fractions do not simply add up
+    return SimulationPlan(preset, rows, cols, h, w, overlap, energy, spectra, yields, float("nan"),
                           doses, particles, seed)
+
+
+def _mean_rate(plan: SimulationPlan, t: int) -> float:
+    """Mean detected yield per pixel of tile ``t`` at unit dose (abundances x phase yields)."""
+    return float((plan.abundances(t) @ plan.yields).mean())
 
 
 def _simulate_tile(plan: SimulationPlan, t: int, tiles_g: zarr.Group, stage_scale: float) -> dict[str, Any]:
@@ -249,8 +254,9 @@ def simulate(
     dose_variation : float
         Per-tile dose drawn uniformly in 1 +- this.
     particle_density : float
-        Multiplies the area fraction of every particle phase (default 1: the
-        preset's; replicas vary in particle density).
+        Multiplies the number of particles of every phase (default 1: the
+        preset's area fractions; replicas vary in particle density). Particles
+        may overlap, so the covered area grows more slowly than this.
     pixel_size_nm : float, optional
         Default: the preset's (2 nm).
 
@@ -264,7 +270,8 @@ def simulate(
     Raises
     ------
     XSIError
-        Unknown preset; LayoutError for bad tiles/overlap; StoreExistsError.
+        Unknown preset, particle density < 0, counts per pixel <= 0;
+        LayoutError for bad tiles/overlap; StoreExistsError.
     """
     started = time.perf_counter()
     if preset not in PRESETS:
@@ -273,8 +280,18 @@ def simulate(
     grid = parse_grid(tiles, "tiles")
     shape = parse_grid(tile_shape, "tile shape")
     px_nm = float(pixel_size_nm or pre.pixel_size_nm)
+    if not (math.isfinite(particle_density) and particle_density >= 0):
+        raise XSIError(f"particle_density must be a finite number >= 0; got {particle_density!r}")
+    if not (math.isfinite(counts_per_pixel) and counts_per_pixel > 0):
+        raise XSIError(f"counts_per_pixel must be a positive number; got {counts_per_pixel!r}")
     plan = _plan(pre, grid, shape, int(channels), float(counts_per_pixel), int(seed), int(overlap), low_count_tile,
                  float(dose_variation), px_nm, detector, float(energy_scale_kev), float(particle_density))
+    n_threads = threads or len(os.sched_getaffinity(0))
+    # the dose that gives counts_per_pixel on average at dose 1, from the abundances as rasterised
+    plan_d = dask.delayed(plan, traverse=False)
+    (rates,) = dask.compute([dask.delayed(_mean_rate, pure=True)(plan_d, t) for t in range(plan.n_tiles)],
+                            scheduler="threads", num_workers=n_threads)
+    plan = dataclasses.replace(plan, dose_scale=float(counts_per_pixel) / float(np.mean(rates)))
     stage_scale = px_nm / 1000.0  # um per pixel
     with atomic_output(out, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -285,7 +302,6 @@ def simulate(
         truth.create_array("spectra", data=plan.spectra)
         truth.create_array("particles", data=plan.particles)
         tasks = [dask.delayed(_simulate_tile, pure=False)(dask.delayed(plan, traverse=False), t, tiles_g, stage_scale) for t in range(plan.n_tiles)]
-        n_threads = threads or len(os.sched_getaffinity(0))
         if progress:
             from dask.diagnostics import ProgressBar
 
