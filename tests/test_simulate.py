@@ -193,12 +193,12 @@ def test_tiles_are_cached_only_when_a_workers_share_fits(small):
     from xsi_dask.io.store import tile_cache
 
     m = xsi_dask.open_montage(small)
-    per_tile = max(small.tile_nbytes(t) for t in range(small.n_tiles))
+    # each tile's CSR arrays and its pixel weights
+    total = sum(small.tile_nbytes(t) + 8 * small.pixels_per_tile for t in range(small.n_tiles))
     csr = small.tile_csr(0, cache=False)
     assert small.tile_nbytes(0) == csr.nbytes
     first = None
-    per_tile += 8 * small.pixels_per_tile  # and its pixel weights
-    for budget, cached in ((4 * per_tile + 1024, True), (4 * per_tile - 1024, False)):
+    for budget, cached in ((total, True), (total - 1, False)):
         tile_cache.clear()
         with dask.config.set({"xsi-dask.tile-cache": budget}):
             assert small.cache_fits(list(range(4))) is cached
