@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test bench bench-scale bench-scale-series venv install install-test install-bench clean
+.PHONY: demo test bench bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-scale: $(VENV)/.installed-bench
 
 bench-scale-series: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_scale.py --series --nmf-iter 10 --report docs/benchmarks-scale-series.md
+
+# the same series with the tile cache off: every pass reads its tiles, at every size
+bench-scale-series-nocache: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_scale.py --series --nmf-iter 10 --tile-cache 0 --report docs/benchmarks-scale-series-nocache.md
 
 clean:
 	rm -rf $(DEMO) bench-out .pytest_cache

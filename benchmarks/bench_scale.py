@@ -8,10 +8,9 @@ iterations (k = 8), and the writing of every score and abundance map. Per stage:
 wall time, passes over the tiles, non-zeros per second (nnz x passes / wall)
 and peak RSS of each worker process (sampled every 0.5 s), after a warm-up job
 on a 64 x 64 pixel tile (module imports and numba's cached kernels load once
-per worker). The workers' tile
-cache is 1 GiB; tiles stay cached between passes only when a worker's share
-of the montage fits it (4 and 16 tiles here), else every pass reads them
-again. NMF keeps W of each tile in a scratch folder beside the store. `--tiles`,
+per worker). The workers' tile cache is 1 GiB (`--tile-cache`); tiles stay
+cached between passes only when a worker's share of the montage fits it (1, 4
+and 16 tiles here), else every pass reads them again. NMF keeps W of each tile in a scratch folder beside the store. `--tiles`,
 `--tile-shape` and `--series` (1, 4, 16, 64 tiles) size it down or run the
 scaling series.
 """
@@ -68,7 +67,8 @@ def needed_bytes(tiles: int, h: int, w: int, cpp: float, k_svd: int, k_nmf: int)
     return int(store + results + nmf_scratch + tiles * h * w * 6 * 4)  # + truth abundances
 
 
-def run_case(out: Path, rows: int, cols: int, h: int, w: int, channels: int, cpp: float, nmf_iter: int, k_svd: int = 20, k_nmf: int = 8) -> dict:
+def run_case(out: Path, rows: int, cols: int, h: int, w: int, channels: int, cpp: float, nmf_iter: int, k_svd: int = 20, k_nmf: int = 8,
+             tile_cache: str = "1 GiB") -> dict:
     import dask
 
     import xsi_dask
@@ -90,7 +90,7 @@ def run_case(out: Path, rows: int, cols: int, h: int, w: int, channels: int, cpp
                        "stored_bytes": info["stored_bytes"], "dense_float32_bytes": info["dense_float32_bytes"]}
     nnz = info["nnz"]
     m = xsi_dask.open_montage(st)
-    with dask.config.set({"xsi-dask.tile-cache": "1 GiB"}), dask_client(workers=2, memory_limit="11GiB") as client:
+    with dask.config.set({"xsi-dask.tile-cache": tile_cache}), dask_client(workers=2, memory_limit="11GiB") as client:
         # warm-up outside the timings: imports and numba's cached kernels load once per worker process
         # (about a second), which would otherwise weigh on the one-tile case
         warm = simulate(out / "warmup.zarr", tiles=(1, 1), tile_shape=(64, 64), channels=channels, counts_per_pixel=cpp,
@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--counts-per-pixel", type=float, default=50.0)
     p.add_argument("--nmf-iter", type=int, default=50)
     p.add_argument("--series", action="store_true", help="1, 4, 16 and 64 tiles instead of --tiles")
+    p.add_argument("--tile-cache", default="1 GiB", help="the workers' tile cache (xsi-dask.tile-cache; 0: read every pass)")
     p.add_argument("--report", default=str(ROOT / "docs" / "benchmarks-scale.md"))
     a = p.parse_args()
     h, w = (int(v) for v in a.tile_shape.lower().split("x"))
@@ -173,7 +174,7 @@ def main() -> None:
         out = Path(a.out) / f"{rows}x{cols}"
         out.mkdir(parents=True, exist_ok=True)
         print(f"== {rows}x{cols} tiles of {h}x{w} px", flush=True)
-        results.append(run_case(out, rows, cols, h, w, a.channels, a.counts_per_pixel, a.nmf_iter))
+        results.append(run_case(out, rows, cols, h, w, a.channels, a.counts_per_pixel, a.nmf_iter, tile_cache=a.tile_cache))
         print(json.dumps(results[-1], indent=1), flush=True)
         shutil.rmtree(out, ignore_errors=True)
     cmd = "make bench-scale" if not a.series else "make bench-scale-series"
