@@ -62,10 +62,7 @@ def current_client():
 
 def worker_count() -> int:
     """Worker processes the passes run on: the active client's workers, else 1 (this process)."""
-    client = current_client()
-    if client is None:
-        return 1
-    return max(1, len(client.nthreads()))  # scheduler_info() lists at most 5 workers in some releases
+    return max(1, len(_worker_addresses()))
 
 
 @contextlib.contextmanager
@@ -107,14 +104,14 @@ def map_tiles(fn: Callable, units: Sequence[Any], *args: Any, pure: bool = True,
     workers = _worker_addresses()
     tasks = []
     for i, u in enumerate(units):
-        if workers:
-            with dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True):
-                tasks.append(dask.delayed(fn, pure=pure)(u, *shared))
-        else:
+        pin = dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True) if workers else contextlib.nullcontext()
+        with pin:
             tasks.append(dask.delayed(fn, pure=pure)(u, *shared))
     return tasks
 
 
 def _worker_addresses() -> list[str]:
+    """The active client's worker addresses, sorted ([] without a client); ``nthreads`` lists every worker,
+    ``scheduler_info()`` only the first 5 in some distributed releases."""
     client = current_client()
     return sorted(client.nthreads()) if client is not None else []

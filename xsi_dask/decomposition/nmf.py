@@ -149,14 +149,14 @@ def _random_w(unit: Unit, path: str, k: int, avg: float, seed: int, scratch: _Sc
 
 
 def _kl_step(unit: Unit, path: str, scratch: _ScratchFiles, src: int, Ht: np.ndarray, denom_w: np.ndarray, with_loss: bool,
-             lam: float, sqrt_s: np.ndarray, cache: bool):
+             lam: float, sqrt_s: np.ndarray, cache: bool, with_h: bool = True):
     ip, idx, data = _rows(path, unit, cache)
     W = scratch.load(_w(unit, src))
     k = W.shape[1]
     num_ht = np.zeros_like(Ht)
     w_sum = np.zeros(k)
     w_root = np.zeros(k)
-    loss = kernels.kl_mu_step(ip, idx, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root)
+    loss = kernels.kl_mu_step(ip, idx, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root, with_h)
     scratch.save(_w(unit, 1 - src), W)
     return num_ht, w_sum, w_root, np.array(loss)
 
@@ -366,6 +366,7 @@ def nmf(
     npix = op.store.pixels_per_tile
     total = float(op.h.sum())
     tiles, units = op.tiles, op.units
+    units_of = {t: [u for u in units if u[0] == t] for t in tiles}
     if not (isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda", "random")) and not (isinstance(init, tuple) and len(init) == 2):
         raise DecompositionError(f"init must be 'poisson-nndsvda', 'nndsvda', 'random' or a (W, H) pair; got {init!r}")
     scratch = _Scratch(op.store)
@@ -391,9 +392,8 @@ def nmf(
             if w.size != npix * k:
                 raise DecompositionError(f"init (W, H): W of tile {t} has shape {w.shape}; expected ({npix}, {k})")
             w = w.reshape(npix, k)
-            for u in units:
-                if u[0] == t:
-                    scratch.save(_w(u, 0), w[u[1] : u[2]])
+            for u in units_of[t]:
+                scratch.save(_w(u, 0), w[u[1] : u[2]])
     H = np.ascontiguousarray(H, dtype=np.float64)
 
     def loss_pass(slot: int, H: np.ndarray):
@@ -471,7 +471,7 @@ def nmf(
         denom_w = H.sum(1)
         denom_w[denom_w == 0] = kernels.EPSILON
         for n_refit in range(1, refit_iter + 1):
-            steps = _tasks(_kl_step, units, op.path, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), op.cache)
+            steps = _tasks(_kl_step, units, op.path, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), op.cache, False)
             compute(tree_sum(steps), progress=progress and n_refit == 1, label=f"abundance refit ({refit_iter} passes)")
             op.passes += 1
             slot = 1 - slot
@@ -486,7 +486,7 @@ def nmf(
     order = np.argsort(-(w_sum * scale), kind="stable")
     h, w = op.store.tile_shape
     blocks = [
-        da.from_delayed(dask.delayed(_abundance, pure=True)([u for u in units if u[0] == t], scratch, slot, scale[order], order, (h, w)),
+        da.from_delayed(dask.delayed(_abundance, pure=True)(units_of[t], scratch, slot, scale[order], order, (h, w)),
                         shape=(1, h, w, k), dtype=np.float64)
         for t in tiles
     ]

@@ -88,7 +88,7 @@ def scaled_colsum_frob(indptr, indices, data, s, colsum):  # pragma: no cover - 
 
 
 @_jit
-def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root):  # pragma: no cover - compiled
+def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss, lam, sqrt_s, w_root, with_h=True):  # pragma: no cover - compiled
     """One Lee-Seung KL step on a tile, as scikit-learn's MU solver orders it.
 
     W (pixels, k) is updated in place with H fixed; then, with the new W, the
@@ -103,7 +103,8 @@ def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss, 
     lam sum_ic sqrt(W_ic s_c), s = the row sums of H (``sqrt_s`` = sqrt(s)):
     its W gradient lam sqrt(s_c) / (2 sqrt(W_ic)) joins the denominator of the
     W update, and sum_i sqrt(W_ic) of the new W is accumulated into ``w_root``
-    (k) for the H update.
+    (k) for the H update. ``with_h=False`` updates W only (H stays fixed):
+    the second sweep over the row and the sums for H are skipped.
     """
     n = indptr.size - 1
     k = W.shape[1]
@@ -136,6 +137,8 @@ def kl_mu_step(indptr, indices, data, W, Ht, denom_w, num_ht, w_sum, with_loss, 
         else:
             for c in range(k):
                 W[i, c] *= num[c] / denom_w[c]
+        if not with_h:
+            continue
         for p in range(a, b):
             j = indices[p]
             wh = 0.0
