@@ -22,6 +22,9 @@ __all__ = [
     "StoreFormatError",
     "DecompositionError",
     "XSIWarning",
+    "BackendError",
+    "ViewError",
+    "ResourceUnavailableError",
 ]
 
 
@@ -75,3 +78,15 @@ class DecompositionError(XSIError, ValueError):
 
 class XSIWarning(UserWarning):
     """Warnings issued by xsi_dask (treated as errors in the test suite)."""
+
+
+class BackendError(XSIError, ValueError):
+    """A kernel backend is unknown or cannot be loaded (``xsi-dask.backend``)."""
+
+
+class ViewError(DecompositionError):
+    """The montage view asks for something the engine cannot honour (arithmetic, an energy slice, binning, ...)."""
+
+
+class ResourceUnavailableError(XSIError, RuntimeError):
+    """A task needs a worker resource (e.g. ``GPU``) that no worker of the cluster offers."""

@@ -19,7 +19,7 @@ def _montage_store(args: argparse.Namespace, out: Path):
     """The store to analyse: the given one, a matching one in DIR, or a new ingest."""
     from ..io.ingest import ingest
     from ..io.store import MontageStore
-    from ..montage.layout import expand_inputs
+    from ..io.layout import expand_inputs
 
     if len(args.inputs) == 1 and _is_store(args.inputs[0]):
         return MontageStore(args.inputs[0]), False

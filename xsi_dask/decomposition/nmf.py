@@ -37,7 +37,8 @@ from .. import __version__, config
 from ..cluster.passes import compute, current_client, map_tiles, tree_sum
 from ..errors import DecompositionError
 from ..io.store import MontageStore
-from ..linalg import kernels, rsvd
+from ..engine.backends import _numba_kernels as kernels
+from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
 from .svd import map_coords
 

@@ -22,7 +22,7 @@ from ..errors import (
     TileShapeMismatchError,
     XSIWarning,
 )
-from ..montage.layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
+from .layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
 from ._csr import dense_to_csr
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
 from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
@@ -191,7 +191,7 @@ def ingest(
     grid : "ROWSxCOLS", optional
         Lay the files out row-major on this grid. Needed for several files.
     manifest : path, optional
-        CSV ``path,row,col[,stage_x,stage_y]`` (see :func:`xsi_dask.montage.layout.manifest_layout`).
+        CSV ``path,row,col[,stage_x,stage_y]`` (see :func:`xsi_dask.io.layout.manifest_layout`).
     split : "ROWSxCOLS", optional
         Cut one map into this many equal tiles.
     overwrite : bool

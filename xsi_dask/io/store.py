@@ -101,7 +101,7 @@ def write_montage_attrs(root: zarr.Group, *, tiles: list[dict[str, Any]], **fiel
     tile's attributes; ``fields`` the montage description (grid, tile_shape,
     energy, pixels, stage_units, sources, ...). Used by ingest and the simulator.
     """
-    from .. import __version__
+    from .._version import __version__
     from .readers import to_json
 
     root.update_attributes(to_json({
@@ -260,7 +260,8 @@ class MontageStore:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        # absolute: the path is sent to workers that may run in another directory
+        self.path = Path(path).resolve()
         if not self.path.is_dir():
             raise StoreFormatError(f"{self.path}: no such store (expected a .zarr folder)")
         try:
@@ -361,7 +362,7 @@ class MontageStore:
 
         if not cache:
             return load()
-        return tile_cache.get((str(self.path.resolve()), self.uuid, t), load)
+        return tile_cache.get((str(self.path), self.uuid, t), load)
 
     def sum_spectrum(self, t: int | None = None) -> np.ndarray:
         """Summed counts per channel of tile ``t`` (or the montage), uint64 ``(channels,)``."""

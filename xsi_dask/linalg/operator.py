@@ -28,7 +28,7 @@ from ..cluster.passes import worker_count
 from ..errors import DecompositionError
 from ..io.store import MontageStore, tile_cache
 from ..montage.view import montage_store
-from . import kernels
+from ..engine.backends import _numba_kernels as kernels
 
 __all__ = ["PoissonOperator", "tile_pixel_weights", "split_units"]
 

@@ -32,7 +32,7 @@ from ..errors import LayoutError, XSIError
 from ..io._csr import grow
 from ..io.readers import EnergyAxis
 from ..io.store import MontageStore, atomic_output, write_montage_attrs, write_tile
-from ..montage.layout import parse_grid
+from ..io.layout import parse_grid
 from .physics import Detector, mean_z, phase_spectrum
 from .presets import PRESETS, Preset
 

@@ -1,0 +1,441 @@
+"""The frozen plan of a montage analysis, derived from the view the user hands in, and its verbs.
+
+A :class:`Plan` says what the passes read: the absolute store path and the
+store's id, the tiles of the view, the channel selection and pixel binning
+(fields of the plan; today only "all channels" and "no binning" exist, and a
+view asking for anything else is refused), the work units, whether tiles stay
+cached on the workers, which worker each unit is pinned to, and the kernel
+backend. Every algorithm uses its three verbs:
+
+- :meth:`Plan.reduce` - a reduction pass: one task per unit, a fixed-shape
+  tree sum of the small results (fan-in 8 in unit order, so the floating-point
+  sums do not depend on where tasks ran), one entry in the pass log;
+- :meth:`Plan.map` - a map pass: a lazy dask array with one chunk per tile
+  (scores, abundances, reconstructions);
+- :func:`xsi_dask.engine.run_on_resource` - one task on a worker offering a
+  resource such as ``GPU``.
+
+A task function receives a :class:`Block` (the CSR arrays of its unit, its
+pixel weights, the backend's kernels) and the pass's arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from .._dask import compute, current_client
+from ..errors import ViewError
+from ..io.store import MontageStore, tile_cache
+from ..montage.view import open_montage
+from .backends import backend_name, get_backend
+
+__all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses"]
+
+
+class Unit(NamedTuple):
+    """A work unit: pixels ``start:stop`` (row-major) of store tile ``tile``."""
+
+    tile: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One pass over the montage: its label, wall seconds, the non-zeros it read and its task count."""
+
+    label: str
+    seconds: float
+    nnz: int
+    units: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a task needs to read its unit: small and picklable (sent with every task)."""
+
+    store: str
+    store_uuid: str
+    cache: bool
+    backend: str
+
+
+def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True) -> np.ndarray:
+    """1/g per pixel of tile ``t`` (0 where g = 0), or ones; cached per process with the tile."""
+
+    def load():
+        if not poisson:
+            return np.ones(store.pixels_per_tile)
+        g = store.count_map(t).reshape(-1).astype(np.float64)
+        s = np.zeros_like(g)
+        np.divide(1.0, g, out=s, where=g > 0)
+        return s
+
+    if not cache:
+        return load()
+    return tile_cache.get((str(store.path), store.uuid, t, "pixel-weights", poisson), load)
+
+
+class Block:
+    """The data of one unit as a task sees it.
+
+    Attributes
+    ----------
+    unit : Unit
+    indptr : ndarray (rows + 1,)
+        The unit's slice of the tile's row pointers (``indptr[0]`` need not be 0).
+    indices, data : ndarray (nnz,)
+        The tile's channel indices and counts, in their stored compact dtypes.
+    kernels
+        The plan's kernel backend (:mod:`xsi_dask.engine.backends`).
+    """
+
+    __slots__ = ("source", "unit", "store", "indptr", "indices", "data", "kernels")
+
+    def __init__(self, source: Source, unit: Unit):
+        self.source, self.unit = source, unit
+        self.store = MontageStore.cached(source.store)
+        csr = self.store.tile_csr(unit.tile, cache=source.cache)
+        self.indptr = csr.indptr[unit.start : unit.stop + 1]
+        self.indices, self.data = csr.indices, csr.data
+        self.kernels = get_backend(source.backend)
+
+    @property
+    def rows(self) -> int:
+        return self.unit.stop - self.unit.start
+
+    @property
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, indices, data), the first arguments of every kernel."""
+        return self.indptr, self.indices, self.data
+
+    def pixel_weights(self, poisson: bool) -> np.ndarray:
+        """1/g of the unit's pixels (0 where g = 0) with ``poisson``, else ones; float64 (rows,)."""
+        return tile_pixel_weights(self.store, self.unit.tile, poisson, self.source.cache)[self.unit.start : self.unit.stop]
+
+    def counts_per_pixel(self) -> np.ndarray:
+        """g, the counts of the unit's pixels, float64 (rows,)."""
+        return self.store.count_map(self.unit.tile).reshape(-1)[self.unit.start : self.unit.stop].astype(np.float64)
+
+
+# ---- graph pieces ----
+
+def _add(*parts):
+    total = parts[0]
+    if total is None:
+        return None
+    if isinstance(total, tuple):
+        return tuple(_add(*items) for items in zip(*parts))
+    if isinstance(total, dict):
+        return {k: _add(*(p[k] for p in parts)) for k in total}
+    total = total.copy() if hasattr(total, "copy") else total
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def tree_sum(parts: Sequence[Delayed], fanin: int = 8) -> Delayed:
+    """Sum delayed partial results (arrays, numbers, tuples or dicts of them) in a fixed-shape tree."""
+    level = list(parts)
+    if not level:
+        raise ValueError("nothing to sum")
+    while len(level) > 1:
+        level = [
+            dask.delayed(_add, pure=True)(*level[i : i + fanin]) if len(level[i : i + fanin]) > 1 else level[i]
+            for i in range(0, len(level), fanin)
+        ]
+    return level[0]
+
+
+def worker_addresses() -> list[str]:
+    """The active client's worker addresses, sorted ([] without a client); ``nthreads`` lists every
+    worker, ``scheduler_info()`` only the first few in some distributed releases."""
+    client = current_client()
+    return sorted(client.nthreads()) if client is not None else []
+
+
+def split_units(tiles: Sequence[int], pixels: int, workers: int) -> list[Unit]:
+    """Work units of a pass: whole tiles, or equal row blocks when there are fewer tiles than workers."""
+    n = len(tiles)
+    parts = workers // math.gcd(n, workers) if 0 < n < workers else 1  # n * parts is a multiple of workers
+    return [Unit(int(t), i * pixels // parts, (i + 1) * pixels // parts) for t in tiles for i in range(parts)]
+
+
+def _unit_task(fn: Callable, source: Source, unit: Unit, *args):
+    return fn(Block(source, unit), *args)
+
+
+def _tile_task(fn: Callable, source: Source, units: tuple[Unit, ...], *args):
+    return fn([Block(source, u) for u in units], *args)
+
+
+def _share(args: tuple, literal: tuple) -> list:
+    """Array arguments enter the graph once and are shared by the tasks, not copied per task."""
+    plain = (Delayed, int, float, bool, str, type(None), Source, Unit) + literal
+    return [a if isinstance(a, plain) else dask.delayed(a, traverse=False) for a in args]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """The work of one analysis over a montage view; build it with :func:`make_plan`.
+
+    Attributes
+    ----------
+    store : str
+        Absolute path of the montage store.
+    store_uuid : str
+        The store's id (a store rewritten at the same path has another).
+    tiles : tuple of int
+        Store tile numbers of the view, in view order.
+    tile_shape : (int, int)
+        Pixels (y, x) of a tile.
+    n_channels : int
+        Channels of the store.
+    channels : tuple of int or None
+        Channel selection (None: all). Only None is honoured today.
+    bin : int
+        Pixel binning factor (1: none). Only 1 is honoured today.
+    units : tuple of Unit
+        Tasks of a pass: whole tiles, or row blocks when tiles < workers.
+    cache : bool
+        Tiles stay in the workers' tile cache between passes.
+    workers : tuple of str
+        Worker addresses the units are pinned to round-robin (empty: no cluster).
+    backend : str
+        Kernel backend name (``xsi-dask.backend`` when the plan was made).
+    log : list of PassRecord
+        Every pass run on this plan, in order.
+    """
+
+    store: str
+    store_uuid: str
+    tiles: tuple[int, ...]
+    tile_shape: tuple[int, int]
+    n_channels: int
+    units: tuple[Unit, ...]
+    cache: bool
+    workers: tuple[str, ...]
+    backend: str
+    channels: tuple[int, ...] | None = None
+    bin: int = 1
+    log: list[PassRecord] = field(default_factory=list, repr=False)
+
+    # ---- what the plan covers ----
+
+    @property
+    def source(self) -> Source:
+        return Source(self.store, self.store_uuid, self.cache, self.backend)
+
+    def open_store(self) -> MontageStore:
+        return MontageStore.cached(self.store)
+
+    @property
+    def pixels_per_tile(self) -> int:
+        return self.tile_shape[0] * self.tile_shape[1]
+
+    @property
+    def n_pixels(self) -> int:
+        return len(self.tiles) * self.pixels_per_tile
+
+    @property
+    def nnz(self) -> int:
+        st = self.open_store()
+        return sum(int(st.tiles[t]["nnz"]) for t in self.tiles)
+
+    def sum_spectrum(self) -> np.ndarray:
+        """Counts per channel over the plan's tiles, float64 (channels,)."""
+        st = self.open_store()
+        return np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
+
+    def units_of(self, tile: int) -> tuple[Unit, ...]:
+        return tuple(u for u in self.units if u.tile == tile)
+
+    @property
+    def passes(self) -> int:
+        """Passes run on this plan so far."""
+        return len(self.log)
+
+    def passes_since(self, mark: int) -> list[PassRecord]:
+        return self.log[mark:]
+
+    # ---- verbs ----
+
+    def _pinned(self, i: int):
+        if not self.workers:
+            return contextlib.nullcontext()
+        return dask.annotate(workers=[self.workers[i % len(self.workers)]], allow_other_workers=True)
+
+    def unit_tasks(self, fn: Callable, *args: Any, pure: bool = True, literal: tuple = ()) -> list[Delayed]:
+        """One delayed ``fn(Block, *args)`` per unit, pinned round-robin to the workers."""
+        shared = _share(args, literal)
+        tasks = []
+        for i, u in enumerate(self.units):
+            with self._pinned(i):
+                tasks.append(dask.delayed(_unit_task, pure=pure)(fn, self.source, u, *shared))
+        return tasks
+
+    def reduce(self, fn: Callable, *args: Any, label: str, pure: bool = True, literal: tuple = ()) -> Any:
+        """A reduction pass: ``sum over units of fn(Block, *args)``, computed now and logged.
+
+        ``fn`` returns an array, a number, None, or a tuple/dict of those; the
+        sum is a fixed-shape tree (fan-in 8 in unit order). ``pure=False`` for
+        tasks with side effects (NMF's scratch files), so they are never merged.
+        """
+        t0 = time.perf_counter()
+        (out,) = compute(tree_sum(self.unit_tasks(fn, *args, pure=pure, literal=literal)))
+        self.log.append(PassRecord(label, time.perf_counter() - t0, self.nnz, len(self.units)))
+        return out
+
+    def map(self, fn: Callable, *args: Any, tail: tuple[int, ...], dtype: Any = np.float64, name: str = "map",
+            pure: bool = True, literal: tuple = ()) -> da.Array:
+        """A map pass: a lazy dask array (tile, y, x, *tail) with one chunk per tile.
+
+        ``fn(blocks, *args)`` gets the blocks of one tile's units (one, or the
+        row blocks) and returns that tile as an array of shape (1, y, x, *tail).
+        Nothing runs until the array is computed or written; the computation is
+        not in the pass log.
+        """
+        shared = _share(args, literal)
+        h, w = self.tile_shape
+        blocks = []
+        for i, t in enumerate(self.tiles):
+            with self._pinned(i):
+                task = dask.delayed(_tile_task, pure=pure)(fn, self.source, self.units_of(t), *shared)
+            blocks.append(da.from_delayed(task, shape=(1, h, w, *tail), dtype=dtype, name=f"{name}-{task.key}"))
+        return da.concatenate(blocks, axis=0)
+
+
+# ---- the plan from the view ----
+
+def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
+    """What in the view the engine cannot honour, judged from dims, sizes, dtype and coordinates."""
+    want = ("tile", "y", "x", "energy")
+    if v.dims != want:
+        if "tile" not in v.dims and "tile" in v.coords:
+            return (f"a single tile was selected with a scalar (dims {v.dims}); keep the tile dimension: "
+                    "isel(tile=[t]) instead of isel(tile=t)")
+        return f"its dims are {v.dims}, not {want} (transposed, stacked or reduced views are not supported)"
+    h, w = st.tile_shape
+    if v.sizes["energy"] != st.channels or not np.array_equal(np.asarray(v["energy"].values), st.energy):
+        return (f"it has {v.sizes['energy']} of the store's {st.channels} channels or another energy axis "
+                "(sel/isel on energy): energy ranges are not supported yet; pass the whole energy axis")
+    if (v.sizes["y"], v.sizes["x"]) != (h, w):
+        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels, the store's {h} x {w} "
+                "(a pixel slice or coarsen()): pixel selections and binning are not supported yet")
+    return None
+
+
+def _pristine_names(st: MontageStore, tiles: list[int]) -> set[str]:
+    """Dask names of the unmodified view of ``tiles``: open_montage, and one isel/sel on tile of it."""
+    p = open_montage(st)
+    n = st.n_tiles
+    names = set()
+    if tiles == list(range(n)):
+        names.add(p.data.name)
+    idx = np.asarray(tiles, dtype=np.int64)
+    names.add(p.isel(tile=idx).data.name)
+    names.add(p.isel(tile=list(tiles)).data.name)
+    if len(tiles) > 1:
+        steps = set(np.diff(idx).tolist())
+        if len(steps) == 1 and 0 not in steps:
+            step = steps.pop()
+            stop = tiles[-1] + (1 if step > 0 else -1)
+            names.add(p.isel(tile=slice(tiles[0], stop if stop >= 0 else None, step)).data.name)
+    else:
+        names.add(p.isel(tile=slice(tiles[0], tiles[0] + 1)).data.name)
+    if list(idx) == sorted(set(tiles)):
+        mask = np.zeros(n, dtype=bool)
+        mask[idx] = True
+        names.add(p.isel(tile=mask).data.name)
+        names.add(p.isel(tile=xr.DataArray(mask, dims="tile")).data.name)
+    return names
+
+
+def _operation(v: xr.DataArray) -> str:
+    """A short description of the last operation in the view's graph ("mul", "where", ...)."""
+    name = v.data.name.rsplit("-", 1)[0]
+    return name or "an operation"
+
+
+def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
+    """The plan of the work on a montage view, or a :class:`ViewError` if the view cannot be honoured.
+
+    Parameters
+    ----------
+    montage : xarray.DataArray
+        Counts (tile, y, x, energy) from :func:`xsi_dask.open_montage`, as is
+        or with the tiles selected by one ``isel``/``sel`` on ``tile``.
+    backend : str, optional
+        Kernel backend (default ``xsi-dask.backend``).
+
+    Returns
+    -------
+    Plan
+        Units split for the active client's workers (whole tiles; row blocks
+        when there are fewer tiles than workers), tile caching when each
+        worker's share fits ``xsi-dask.tile-cache``.
+
+    Raises
+    ------
+    ViewError
+        The view was modified in a way the engine does not honour:
+        arithmetic, ``where``, a dtype change, rechunking, an energy or pixel
+        selection, ``coarsen``, a scalar or chained tile selection, repeated
+        tiles, or it is not a montage view at all. The engine reads the stored
+        counts, so honouring such a view silently would give a wrong result.
+    StoreFormatError
+        The store behind the view is gone or not a montage store.
+    """
+    if not isinstance(montage, xr.DataArray):
+        raise ViewError(f"expected the xarray.DataArray from xsi_dask.open_montage; got {type(montage).__name__}")
+    path = montage.attrs.get("store")
+    uid = montage.attrs.get("store_uuid")
+    if path is None or uid is None:
+        raise ViewError("this DataArray is not a montage view (no 'store' attribute); open it with xsi_dask.open_montage")
+    st = MontageStore.cached(path)
+    if st.uuid != uid:
+        raise ViewError(f"the store {st.path} was rewritten since this view was opened; open it again with open_montage")
+    if not isinstance(montage.data, da.Array):
+        raise ViewError("the view holds computed data, not the lazy montage: the engine reads the store itself; "
+                        "pass the DataArray from open_montage (optionally isel(tile=...))")
+    problem = _view_problem(montage, st)
+    if problem:
+        raise ViewError(f"the montage view cannot be honoured: {problem}")
+    tiles = [int(t) for t in np.atleast_1d(montage["tile"].values)]
+    if len(set(tiles)) != len(tiles):
+        raise ViewError(f"the view repeats tiles {sorted({t for t in tiles if tiles.count(t) > 1})}; select each tile once")
+    if not tiles:
+        raise ViewError("the view selects no tiles")
+    if montage.dtype != open_montage(st).dtype:
+        raise ViewError(f"the view's dtype is {montage.dtype}, not the stored counts' {open_montage(st).dtype} "
+                        "(astype): the engine computes in float64 from the stored integer counts; drop the astype")
+    if montage.data.name not in _pristine_names(st, tiles):
+        raise ViewError(
+            f"the montage view was modified after open_montage ({_operation(montage)!r} in its dask graph): the engine "
+            "computes on the stored counts and cannot honour arithmetic, where(), fillna, rechunking or chained "
+            "selections. Select tiles with one isel(tile=[...]) or sel(tile=...) on the view from open_montage; "
+            "energy ranges and binning are not supported yet"
+        )
+    workers = worker_addresses()
+    n_workers = max(1, len(workers))
+    return Plan(
+        store=str(st.path),
+        store_uuid=st.uuid,
+        tiles=tuple(tiles),
+        tile_shape=tuple(st.tile_shape),
+        n_channels=st.channels,
+        units=tuple(split_units(tiles, st.pixels_per_tile, n_workers)),
+        cache=st.cache_fits(tiles, n_workers),
+        workers=tuple(workers),
+        backend=backend_name(backend),
+    )

@@ -1,0 +1,59 @@
+"""The third verb of the engine: one task on a worker that offers a resource (a GPU)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .._dask import current_client
+from ..errors import ResourceUnavailableError
+
+__all__ = ["run_on_resource", "worker_resources"]
+
+
+def worker_resources() -> dict[str, dict[str, float]]:
+    """Resources each worker of the active cluster offers ({address: {"GPU": 1, ...}}; {} without a client)."""
+    client = current_client()
+    if client is None:
+        return {}
+
+    def _resources(dask_scheduler=None):
+        return {addr: dict(ws.resources) for addr, ws in dask_scheduler.workers.items()}
+
+    return client.run_on_scheduler(_resources)
+
+
+def run_on_resource(fn: Callable, *args: Any, resources: dict[str, float], **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` as one task on a worker offering ``resources`` and return its result.
+
+    Parameters
+    ----------
+    fn : callable
+        A picklable function (module level).
+    resources : dict
+        Abstract worker resources the task holds while it runs, e.g.
+        ``{"GPU": 1}`` (workers declare them with ``--resources GPU=1`` or
+        ``distributed.worker.resources``).
+
+    Raises
+    ------
+    ResourceUnavailableError
+        At once, when no dask.distributed client is active or no worker of its
+        cluster offers every requested amount. Dask itself would keep such a
+        task waiting forever.
+    """
+    client = current_client()
+    want = {str(k): float(v) for k, v in resources.items()}
+    if client is None:
+        raise ResourceUnavailableError(
+            f"this task needs a worker offering {want}, and no dask.distributed cluster is active; "
+            "start one whose workers declare the resource (dask worker --resources 'GPU=1')"
+        )
+    offered = worker_resources()
+    able = [a for a, r in offered.items() if all(r.get(k, 0.0) >= v for k, v in want.items())]
+    if not able:
+        have = {a: r for a, r in offered.items() if r} or "none"
+        raise ResourceUnavailableError(
+            f"no worker of the cluster offers {want} (workers: {len(offered)}, resources offered: {have}); "
+            "add a worker started with --resources, e.g. 'GPU=1'"
+        )
+    return client.submit(fn, *args, resources=want, pure=False, **kwargs).result()
