@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..errors import StoreExistsError
 
 
