@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask
 import numpy as np
 import zarr
+from dask.system import CPU_COUNT
 
 from .. import config
 from ..errors import (
@@ -22,8 +23,8 @@ from ..errors import (
     TileShapeMismatchError,
     XSIWarning,
 )
-from .layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
 from ._csr import dense_to_csr
+from .layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
 from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
 
@@ -260,7 +261,7 @@ def ingest(
             )
         tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
         meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
-        n_threads = int(config.get("ingest-threads", threads) or len(os.sched_getaffinity(0)))
+        n_threads = int(config.get("ingest-threads", threads) or CPU_COUNT)
         if progress:
             from dask.diagnostics import ProgressBar
 
@@ -275,16 +276,14 @@ def ingest(
         write_montage_attrs(
             root,
             tiles=results,
-            **{
-                    "grid": [layout.rows, layout.cols],
-                    "split": list(layout.split) if layout.split else None,
-                    "tile_shape": ref["shape"],
-                    "energy": ref["energy"].to_dict(),
-                    "pixels": ref["pixels"].to_dict(),
-                    "stage_units": layout.stage_units or ref["pixels"].units,
-                    "image_names": ref["image_names"],
-                    "sources": sources,
-                    "ingest_seconds": time.perf_counter() - started,
-            },
+            grid=[layout.rows, layout.cols],
+            split=list(layout.split) if layout.split else None,
+            tile_shape=ref["shape"],
+            energy=ref["energy"].to_dict(),
+            pixels=ref["pixels"].to_dict(),
+            stage_units=layout.stage_units or ref["pixels"].units,
+            image_names=ref["image_names"],
+            sources=sources,
+            ingest_seconds=time.perf_counter() - started,
         )
     return MontageStore(out)
