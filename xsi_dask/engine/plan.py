@@ -336,10 +336,10 @@ def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
         return f"its dims are {v.dims}, not {want} (transposed, stacked or reduced views are not supported)"
     h, w = st.tile_shape
     if v.sizes["energy"] != st.channels or not np.array_equal(np.asarray(v["energy"].values), st.energy):
-        return (f"it has {v.sizes['energy']} of the store's {st.channels} channels or another energy axis "
+        return (f"it has {v.sizes['energy']} of the store's {st.channels} points along 'energy', or another energy axis "
                 "(sel/isel on energy): energy ranges are not supported yet; pass the whole energy axis")
     if (v.sizes["y"], v.sizes["x"]) != (h, w):
-        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels, the store's {h} x {w} "
+        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels along ('y', 'x'), the store's {h} x {w} "
                 "(a pixel slice or coarsen()): pixel selections and binning are not supported yet")
     return None
 
