@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test bench bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
+.PHONY: demo test lint bench bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,13 @@ demo: $(VENV)/.installed
 	  echo && echo "Report: $(DEMO)/simulated/report.html"; \
 	fi
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	$(PY) -m pytest -q
+
+# style (ruff) and the package's layering (import-linter contracts in pyproject.toml)
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check xsi_dask tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py --out docs/benchmarks.md

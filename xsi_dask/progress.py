@@ -50,7 +50,7 @@ class Progress:
 
             self._bar = tqdm(total=self.total, desc=label, unit=unit.rstrip("s") or unit, leave=True, file=sys.stderr)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

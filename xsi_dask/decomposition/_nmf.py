@@ -21,8 +21,9 @@ doi:10.1016/j.patcog.2007.09.010 (NNDSVD).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -383,7 +384,6 @@ def nmf(
     M, npix = plan.n_channels, plan.pixels_per_tile
     h = plan.sum_spectrum()
     total = float(h.sum())
-    units = plan.units
     sweep_scratch(plan.store, plan.store_uuid)  # folders of killed runs on this store
     n_init = 1 + svd_passes("randomized", power_iters) if isinstance(init, str) and "nndsvda" in init else \
         (1 if isinstance(init, xr.Dataset) else 0)

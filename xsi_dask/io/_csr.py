@@ -13,7 +13,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
 _BLOCK = 32  # words OR-ed together before looking inside: a vectorisable test of 256 bytes
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import (
-    XSIWarning,
     CorruptFileError,
     InputFileNotFoundError,
     NoSpectrumImageError,
     UnsupportedFormatError,
+    XSIWarning,
 )
 
 __all__ = [

@@ -25,8 +25,9 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -241,7 +242,7 @@ class _TileCache:
 
 
 tile_cache = _TileCache()
-_open_stores: dict[str, tuple[int, "MontageStore"]] = {}
+_open_stores: dict[str, tuple[int, MontageStore]] = {}
 _open_lock = threading.Lock()
 
 
@@ -290,7 +291,7 @@ class MontageStore:
         return (MontageStore, (str(self.path),))
 
     @classmethod
-    def cached(cls, path: str | Path) -> "MontageStore":
+    def cached(cls, path: str | Path) -> MontageStore:
         """The store at ``path``, opened once per process (reopened if it was rewritten).
 
         Tile tasks call this on every pass; opening the Zarr group costs

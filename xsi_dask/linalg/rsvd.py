@@ -24,7 +24,7 @@ decompositions. SIAM Review 53(2), 217-288. doi:10.1137/090771806
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
