@@ -532,7 +532,7 @@ def nmf(
         ds["loss"].attrs["description"] = "objective after each iteration (entry 0: the initial state)"
         # the abundances are read from the scratch folder: written or loaded before it goes
         if out is not None:
-            write_results(out, {"nmf": ds}, overwrite=overwrite)
+            write_results(out, {"nmf": ds}, overwrite=overwrite, progress=progress)
             result = open_results(out, "nmf")
         else:
             result = ds.load()

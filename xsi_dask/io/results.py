@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 
 from .._dask import compute
+from ..progress import Progress
 from ..errors import StoreExistsError
 from .readers import to_json
 from .store import atomic_output
@@ -33,7 +34,7 @@ def _encoding(ds: xr.Dataset) -> dict:
     return enc
 
 
-def _write_group(ds: xr.Dataset, root: Path, name: str, progress: bool) -> None:
+def _write_group(ds: xr.Dataset, root: Path, name: str, bar: Progress) -> None:
     ds = ds.copy()
     ds.attrs = to_json(ds.attrs)
     delayed = ds.to_zarr(
@@ -41,6 +42,7 @@ def _write_group(ds: xr.Dataset, root: Path, name: str, progress: bool) -> None:
         encoding=_encoding(ds), compute=False,
     )
     compute(delayed)
+    bar.update()
 
 
 def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: bool = False, progress: bool = False) -> Path:
@@ -59,11 +61,16 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
         A group exists and ``overwrite`` is false.
     """
     out = Path(out)
+    with Progress(f"writing {out.name} ({', '.join(groups)}, tile by tile)", len(groups), unit="groups", enabled=progress) as bar:
+        return _write(out, groups, overwrite, bar)
+
+
+def _write(out: Path, groups: dict[str, xr.Dataset], overwrite: bool, bar: Progress) -> Path:
     if not out.exists():
         with atomic_output(out) as tmp:
             zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name, ds in groups.items():
-                _write_group(ds, tmp, name, progress)
+                _write_group(ds, tmp, name, bar)
         _consolidate(out)
         return out
     existing = [n for n in groups if (out / n).exists()]
@@ -72,7 +79,7 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
     for name, ds in groups.items():
         tmp_name = f"tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
-            _write_group(ds, out, tmp_name, progress)
+            _write_group(ds, out, tmp_name, bar)
             if (out / name).exists():
                 trash = out / f"old-{name}-{uuid.uuid4().hex[:8]}"
                 os.replace(out / name, trash)

@@ -297,9 +297,12 @@ class MontageStore:
         Tile tasks call this on every pass; opening the Zarr group costs
         milliseconds, comparable to a small tile's kernel.
         """
-        p = Path(path)
-        key = str(p.resolve())
-        mtime = (p / "zarr.json").stat().st_mtime_ns
+        p = Path(path).resolve()
+        key = str(p)
+        try:
+            mtime = (p / "zarr.json").stat().st_mtime_ns
+        except OSError as exc:
+            raise StoreFormatError(f"{p}: no montage store there ({exc.strerror})") from exc
         with _open_lock:
             hit = _open_stores.get(key)
             if hit is not None and hit[0] == mtime:
