@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputFileNotFoundError, ParameterError
 from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
 

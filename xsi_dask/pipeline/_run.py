@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputFileNotFoundError, ParameterError, StoreExistsError
 from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
 
