@@ -209,3 +209,19 @@ def test_manifest_layout_is_recorded_with_its_hash(tmp_path):
     man.write_text(f"# stage_units: um\npath,row,col\n{P45},0,0\n")  # same tiles, another file content
     with pytest.raises(StoreExistsError, match="content"):
         pipeline.run([], tmp_path / "run", layout=LayoutParams(manifest=man), progress=False)
+
+
+def test_clean_command_calls_the_scratch_cleaner(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("xsi_dask.engine.scratch")
+    fake.clean = lambda store: calls.append(store) or [Path(store).parent / ".scratch-dead-1"]
+    monkeypatch.setitem(sys.modules, "xsi_dask.engine.scratch", fake)
+    assert main(["clean", str(tmp_path / "m.zarr")]) == 0
+    assert calls == [str(tmp_path / "m.zarr")]
+    assert f"removed {tmp_path / '.scratch-dead-1'}" in capsys.readouterr().out
+    fake.clean = lambda store: []
+    assert main(["clean", str(tmp_path / "m.zarr")]) == 0
+    assert "no scratch folders" in capsys.readouterr().out
