@@ -38,7 +38,7 @@ def test_local_cluster_equals_sync(tmp_path):
 
 
 def test_split_units():
-    from xsi_dask.linalg.operator import split_units
+    from xsi_dask.engine import split_units
 
     assert split_units([0, 1, 2], 100, 2) == [(0, 0, 100), (1, 0, 100), (2, 0, 100)]
     assert split_units([5], 100, 2) == [(5, 0, 50), (5, 50, 100)]
@@ -50,19 +50,19 @@ def test_split_units():
 
 def test_one_tile_on_two_workers_runs_as_row_blocks(tmp_path):
     """Fewer tiles than workers: each pass runs as row blocks so no worker idles; same results as one task per tile."""
-    from xsi_dask.linalg.operator import PoissonOperator
+    from xsi_dask.engine import make_plan
     from xsi_dask.testing.simulate import simulate
 
     m = xsi_dask.open_montage(simulate(tmp_path / "one.zarr", tiles="1x1", tile_shape="64x64", channels=512,
                                        counts_per_pixel=20, seed=2, progress=False))
     with dask.config.set(scheduler="sync"):
-        assert PoissonOperator(m).units == [(0, 0, 4096)]
+        assert make_plan(m).units == ((0, 0, 4096),)
         svd_s = xsi_dask.decompose(m, 4)
         gram_s = xsi_dask.decompose(m, 4, solver="gram")
         nmf_s = xsi_dask.nmf(m, 3, max_iter=10, tol=0, sparsity=1.0, refit_iter=5)
         ab_s = nmf_s.abundances.values
     with dask_client(workers=2, quiet=True):
-        assert PoissonOperator(m).units == [(0, 0, 2048), (0, 2048, 4096)]
+        assert make_plan(m).units == ((0, 0, 2048), (0, 2048, 4096))
         svd_c = xsi_dask.decompose(m, 4)
         gram_c = xsi_dask.decompose(m, 4, solver="gram")
         nmf_c = xsi_dask.nmf(m, 3, max_iter=10, tol=0, sparsity=1.0, refit_iter=5)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
+
+from dask.system import CPU_COUNT
 
 from .. import config
 
@@ -38,10 +41,8 @@ def dask_client(
     if scheduler:
         client = Client(scheduler)
     else:
-        import os
-
         cluster = LocalCluster(
-            n_workers=int(config.get("workers", workers) or len(os.sched_getaffinity(0))),
+            n_workers=int(config.get("workers", workers) or CPU_COUNT),
             threads_per_worker=int(config.get("threads-per-worker", threads_per_worker)),
             memory_limit=config.get("memory-limit", memory_limit),
             host="127.0.0.1",

@@ -92,32 +92,38 @@ class Block:
     Attributes
     ----------
     unit : Unit
-    indptr : ndarray (rows + 1,)
-        The unit's slice of the tile's row pointers (``indptr[0]`` need not be 0).
-    indices, data : ndarray (nnz,)
-        The tile's channel indices and counts, in their stored compact dtypes.
+    csr : (indptr, indices, data)
+        ``indptr`` (rows + 1,) the unit's slice of the tile's row pointers
+        (``indptr[0]`` need not be 0); ``indices``, ``data`` (nnz,) the tile's
+        channel indices and counts in their stored compact dtypes. Read from
+        the store (or the worker's tile cache) on first access.
     kernels
         The plan's kernel backend (:mod:`xsi_dask.engine.backends`).
     """
 
-    __slots__ = ("source", "unit", "store", "indptr", "indices", "data", "kernels")
+    __slots__ = ("source", "unit", "store", "_csr", "kernels")
 
     def __init__(self, source: Source, unit: Unit):
         self.source, self.unit = source, unit
         self.store = MontageStore.cached(source.store)
-        csr = self.store.tile_csr(unit.tile, cache=source.cache)
-        self.indptr = csr.indptr[unit.start : unit.stop + 1]
-        self.indices, self.data = csr.indices, csr.data
+        self._csr = None  # read on first use: a task that only touches its scratch files reads no counts
         self.kernels = get_backend(source.backend)
+
+    @property
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, indices, data), the first arguments of every kernel (a row block's indptr is a view)."""
+        if self._csr is None:
+            csr = self.store.tile_csr(self.unit.tile, cache=self.source.cache)
+            self._csr = (csr.indptr[self.unit.start : self.unit.stop + 1], csr.indices, csr.data)
+        return self._csr
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.csr[0]
 
     @property
     def rows(self) -> int:
         return self.unit.stop - self.unit.start
-
-    @property
-    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indptr, indices, data), the first arguments of every kernel."""
-        return self.indptr, self.indices, self.data
 
     def pixel_weights(self, poisson: bool) -> np.ndarray:
         """1/g of the unit's pixels (0 where g = 0) with ``poisson``, else ones; float64 (rows,)."""
@@ -262,8 +268,8 @@ class Plan:
 
     @property
     def passes(self) -> int:
-        """Passes run on this plan so far."""
-        return len(self.log)
+        """Passes over the counts run on this plan so far (steps that read no counts are logged, not counted)."""
+        return sum(1 for r in self.log if r.nnz)
 
     def passes_since(self, mark: int) -> list[PassRecord]:
         return self.log[mark:]
@@ -284,16 +290,19 @@ class Plan:
                 tasks.append(dask.delayed(_unit_task, pure=pure)(fn, self.source, u, *shared))
         return tasks
 
-    def reduce(self, fn: Callable, *args: Any, label: str, pure: bool = True, literal: tuple = ()) -> Any:
+    def reduce(self, fn: Callable, *args: Any, label: str, pure: bool = True, literal: tuple = (),
+               reads_counts: bool = True) -> Any:
         """A reduction pass: ``sum over units of fn(Block, *args)``, computed now and logged.
 
         ``fn`` returns an array, a number, None, or a tuple/dict of those; the
         sum is a fixed-shape tree (fan-in 8 in unit order). ``pure=False`` for
         tasks with side effects (NMF's scratch files), so they are never merged.
+        ``reads_counts=False`` for a step over the units that reads no counts
+        (logged with nnz 0, not counted in :attr:`passes`).
         """
         t0 = time.perf_counter()
         (out,) = compute(tree_sum(self.unit_tasks(fn, *args, pure=pure, literal=literal)))
-        self.log.append(PassRecord(label, time.perf_counter() - t0, self.nnz, len(self.units)))
+        self.log.append(PassRecord(label, time.perf_counter() - t0, self.nnz if reads_counts else 0, len(self.units)))
         return out
 
     def map(self, fn: Callable, *args: Any, tail: tuple[int, ...], dtype: Any = np.float64, name: str = "map",
@@ -327,10 +336,10 @@ def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
         return f"its dims are {v.dims}, not {want} (transposed, stacked or reduced views are not supported)"
     h, w = st.tile_shape
     if v.sizes["energy"] != st.channels or not np.array_equal(np.asarray(v["energy"].values), st.energy):
-        return (f"it has {v.sizes['energy']} of the store's {st.channels} channels or another energy axis "
+        return (f"it has {v.sizes['energy']} of the store's {st.channels} points along 'energy', or another energy axis "
                 "(sel/isel on energy): energy ranges are not supported yet; pass the whole energy axis")
     if (v.sizes["y"], v.sizes["x"]) != (h, w):
-        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels, the store's {h} x {w} "
+        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels along ('y', 'x'), the store's {h} x {w} "
                 "(a pixel slice or coarsen()): pixel selections and binning are not supported yet")
     return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 import dask
 import numpy as np
 import zarr
+from dask.system import CPU_COUNT
 
 from .. import config
 from ..errors import (
@@ -270,7 +270,7 @@ def ingest(
             )
         tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
         meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
-        n_threads = int(config.get("ingest-threads", threads) or len(os.sched_getaffinity(0)))
+        n_threads = int(config.get("ingest-threads", threads) or CPU_COUNT)
         if progress:
             from dask.diagnostics import ProgressBar
 

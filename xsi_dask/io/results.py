@@ -11,12 +11,12 @@ from pathlib import Path
 import xarray as xr
 import zarr
 
-from ..cluster.passes import compute
+from .._dask import compute
 from ..errors import StoreExistsError
 from .readers import to_json
 from .store import atomic_output
 
-__all__ = ["write_results", "open_results"]
+__all__ = ["write_results", "open_results", "has_group"]
 
 
 def _consolidate(out: Path) -> None:
@@ -40,7 +40,7 @@ def _write_group(ds: xr.Dataset, root: Path, name: str, progress: bool) -> None:
         str(root), group=name, mode="w", zarr_format=3, consolidated=False,
         encoding=_encoding(ds), compute=False,
     )
-    compute(delayed, progress=progress, label=f"writing {name} (tile by tile)")
+    compute(delayed)
 
 
 def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: bool = False, progress: bool = False) -> Path:
@@ -84,6 +84,11 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
             shutil.rmtree(out / tmp_name, ignore_errors=True)
     _consolidate(out)
     return out
+
+
+def has_group(path: str | Path, group: str) -> bool:
+    """Whether the results store ``path`` exists and has group ``group``."""
+    return (Path(path) / group / "zarr.json").is_file()
 
 
 def open_results(path: str | Path, group: str) -> xr.Dataset:

@@ -16,144 +16,66 @@ multivariate analysis of ToF-SIMS spectrum images. Surf. Interface Anal. 36,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import dask
+import dask.array as da
 import numpy as np
-import scipy.sparse as sp
-import xarray as xr
 
-from ..cluster.passes import worker_count
-from ..errors import DecompositionError
-from ..io.store import MontageStore, tile_cache
-from ..montage.view import montage_store
-from ..engine.backends import _numba_kernels as kernels
+from ..engine import Block, Plan
 
-__all__ = ["PoissonOperator", "tile_pixel_weights", "split_units"]
+__all__ = ["PoissonOperator"]
 
 
-def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True) -> np.ndarray:
-    """1/g per pixel of tile ``t`` (0 where g = 0), or ones; cached per process with the tile."""
+# ---- unit tasks: module-level functions, so they pickle by reference ----
 
-    def load():
-        if not poisson:
-            return np.ones(store.pixels_per_tile)
-        g = store.count_map(t).reshape(-1).astype(np.float64)
-        s = np.zeros_like(g)
-        np.divide(1.0, g, out=s, where=g > 0)
-        return s
-
-    if not cache:
-        return load()
-    return tile_cache.get((str(store.path.resolve()), store.uuid, t, "pixel-weights", poisson), load)
-
-
-# ---- tile tasks: module-level functions, so they pickle by reference ----
-
-def split_units(tiles: list[int], pixels: int, workers: int) -> list[tuple[int, int, int]]:
-    """Work units (tile, first pixel, end pixel) of a pass: whole tiles, or equal row blocks when there are fewer tiles than workers."""
-    n = len(tiles)
-    parts = workers // math.gcd(n, workers) if 0 < n < workers else 1  # n * parts is a multiple of workers
-    return [(t, i * pixels // parts, (i + 1) * pixels // parts) for t in tiles for i in range(parts)]
-
-
-def _apply_task(unit: tuple[int, int, int], path: str, poisson: bool, Xh: np.ndarray, with_stats: bool, cache: bool = True):
-    """(D_u^T S_u D_u Xh, stats) for one unit (pixels a:b of tile t); stats = [D^T sqrt(s), sum_i d^2 s] per channel."""
-    t, a, b = unit
-    store = MontageStore.cached(path)
-    csr = store.tile_csr(t, cache=cache)
-    s = tile_pixel_weights(store, t, poisson, cache)[a:b]
-    ip = csr.indptr[a : b + 1]  # the kernels index data by the pointers themselves: a row block is a view
-    Y = np.zeros_like(Xh)
-    kernels.gram_apply(ip, csr.indices, csr.data, s, Xh, Y)
-    stats = None
-    if with_stats:
-        stats = np.zeros((2, store.channels))
-        kernels.scaled_colsum_frob(ip, csr.indices, csr.data, s, stats)
+def _apply_task(b: Block, poisson: bool, Xh: np.ndarray, with_stats: bool):
+    """(D_u^T S_u D_u Xh, stats) for one unit; stats = [D^T sqrt(s), sum_i d^2 s] per channel, or None."""
+    s = b.pixel_weights(poisson)
+    Y = b.kernels.gram_apply(*b.csr, s, Xh)
+    stats = b.kernels.colsum_frob(*b.csr, s, Xh.shape[0]) if with_stats else None
     return Y, stats
 
 
-def _gram_task(unit: tuple[int, int, int], path: str, poisson: bool, cache: bool = True):
-    """(D_u^T S_u D_u as dense channels x channels, stats) for one unit (pixels a:b of tile t)."""
-    t, a, b = unit
-    store = MontageStore.cached(path)
-    csr = store.tile_csr(t, cache=cache)
-    s = tile_pixel_weights(store, t, poisson, cache)[a:b]
-    ip = csr.indptr[a : b + 1]
-    lo, hi = int(ip[0]), int(ip[-1])
-    D = sp.csr_array((csr.data[lo:hi].astype(np.float64), csr.indices[lo:hi].astype(np.int32), (ip - lo).astype(np.int64)),
-                     shape=(b - a, store.channels))
-    G = (D.T @ D.multiply(s[:, None]).tocsr()).toarray()
-    stats = np.zeros((2, store.channels))
-    kernels.scaled_colsum_frob(ip, csr.indices, csr.data, s, stats)
-    return G, stats
+def _gram_task(b: Block, poisson: bool, channels: int):
+    """(D_u^T S_u D_u as dense channels x channels, stats) for one unit."""
+    s = b.pixel_weights(poisson)
+    return b.kernels.gram_block(*b.csr, s, channels), b.kernels.colsum_frob(*b.csr, s, channels)
 
 
-def _scores_task(t: int, path: str, poisson: bool, Vh: np.ndarray, shift: np.ndarray | None, cache: bool = True):
+def _scores_task(blocks: list[Block], poisson: bool, Vh: np.ndarray, shift: np.ndarray | None):
     """Unweighted scores of one tile: D_t Vh - sqrt(g) shift, shape (1, y, x, k)."""
-    store = MontageStore.cached(path)
-    csr = store.tile_csr(t, cache=cache)
-    out = np.empty((store.pixels_per_tile, Vh.shape[1]))
-    kernels.csr_dense(csr.indptr, csr.indices, csr.data, np.ascontiguousarray(Vh), out)
+    out = np.concatenate([b.kernels.csr_dense(*b.csr, Vh) for b in blocks])
     if shift is not None:
-        g = store.count_map(t).reshape(-1).astype(np.float64) if poisson else np.ones(store.pixels_per_tile)
+        g = np.concatenate([b.counts_per_pixel() if poisson else np.ones(b.rows) for b in blocks])
         out -= np.sqrt(g)[:, None] * shift[None, :]
-    return out.reshape(1, *store.tile_shape, Vh.shape[1])
+    return out.reshape(1, *blocks[0].store.tile_shape, Vh.shape[1])
 
 
 @dataclass
 class PoissonOperator:
-    """D~ over the tiles of a montage view, with the statistics gathered on the way.
+    """D~ over the tiles of a plan, with the statistics gathered on the way.
 
     Parameters
     ----------
-    montage : xarray.DataArray
-        From :func:`xsi_dask.open_montage`, possibly ``isel(tile=...)``. The
-        energy, y and x axes must be whole.
+    plan : xsi_dask.engine.Plan
+        From :func:`xsi_dask.engine.make_plan` on the montage view; every
+        product is a reduction pass of that plan (logged there).
     poisson : bool
         Apply Keenan-Kotula scaling (default in the decompositions).
     center : bool
         Subtract the column (channel) means of D~ as a rank-one correction.
-
-    Raises
-    ------
-    DecompositionError
-        The view was sliced along energy, y or x.
     """
 
-    montage: xr.DataArray
+    plan: Plan
     poisson: bool = True
     center: bool = False
-    store: MontageStore = field(init=False)
-    tiles: list[int] = field(init=False)
-    units: list[tuple[int, int, int]] = field(init=False)
     h: np.ndarray = field(init=False)
     wh: np.ndarray = field(init=False)
     colsum: np.ndarray | None = field(init=False, default=None)
     frob2: float | None = field(init=False, default=None)
-    passes: int = field(init=False, default=0)
-    cache: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
-        self.store = montage_store(self.montage)
-        st = self.store
-        want = {"energy": st.channels, "y": st.tile_shape[0], "x": st.tile_shape[1]}
-        cut = {d: (self.montage.sizes.get(d), n) for d, n in want.items() if self.montage.sizes.get(d) != n}
-        if cut:
-            d, (got, n) = next(iter(cut.items()))
-            raise DecompositionError(
-                f"the montage view has {got} of the store's {n} points along {d!r}; the "
-                "decompositions run on whole tiles and the whole energy axis (select tiles "
-                "with isel(tile=...), energy ranges are not supported yet)"
-            )
-        self.tiles = self.montage.xsi.tiles
-        # tiles stay in the workers' memory between passes only if every worker's share fits
-        workers = worker_count()
-        self.cache = st.cache_fits(self.tiles, workers)
-        # one task per tile, or row blocks of the tiles when there are fewer tiles than workers
-        self.units = split_units(self.tiles, st.pixels_per_tile, workers)
-        self.h = np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
+        self.h = self.plan.sum_spectrum()
         if self.poisson:
             self.wh = np.zeros_like(self.h)
             np.divide(1.0, np.sqrt(self.h), out=self.wh, where=self.h > 0)
@@ -161,20 +83,12 @@ class PoissonOperator:
             self.wh = np.ones_like(self.h)
 
     @property
-    def path(self) -> str:
-        return str(self.store.path)
-
-    @property
     def n_pixels(self) -> int:
-        return len(self.tiles) * self.store.pixels_per_tile
+        return self.plan.n_pixels
 
     @property
     def n_channels(self) -> int:
-        return self.store.channels
-
-    @property
-    def nnz(self) -> int:
-        return sum(int(self.store.tiles[t]["nnz"]) for t in self.tiles)
+        return self.plan.n_channels
 
     @property
     def mean(self) -> np.ndarray | None:
@@ -193,17 +107,10 @@ class PoissonOperator:
 
     # ---- passes ----
 
-    def apply_delayed(self, X: np.ndarray):
-        """Delayed (Y_partial_sum, stats) of D~^T D~ X (before the centring correction)."""
-        from ..cluster.passes import map_tiles, tree_sum
-
+    def apply(self, X: np.ndarray, *, label: str = "D~^T D~ X") -> np.ndarray:
+        """Y = D~^T D~ X (channels x l), one reduction pass over the tiles."""
         Xh = np.ascontiguousarray(self.wh[:, None] * X)
-        parts = map_tiles(_apply_task, self.units, self.path, self.poisson, Xh, self.colsum is None, self.cache)
-        return tree_sum(parts)
-
-    def finish_apply(self, X: np.ndarray, Y: np.ndarray, stats: np.ndarray | None) -> np.ndarray:
-        """Channel weights and centring on a reduced D^T S D Xh."""
-        self.passes += 1
+        Y, stats = self.plan.reduce(_apply_task, self.poisson, Xh, self.colsum is None, label=label)
         if stats is not None:
             self._take_stats(stats)
         Y = self.wh[:, None] * Y
@@ -212,20 +119,9 @@ class PoissonOperator:
             Y -= self.n_pixels * np.outer(mu, mu @ X)
         return Y
 
-    def apply(self, X: np.ndarray, *, progress: bool = False, label: str = "") -> np.ndarray:
-        """Y = D~^T D~ X (channels x l), one pass over the tiles."""
-        from ..cluster.passes import compute
-
-        ((Y, stats),) = compute(self.apply_delayed(X), progress=progress, label=label)
-        return self.finish_apply(X, Y, stats)
-
-    def gram(self, *, progress: bool = False) -> np.ndarray:
-        """A = D~^T D~ (channels x channels), one pass over the tiles."""
-        from ..cluster.passes import compute, map_tiles, tree_sum
-
-        parts = map_tiles(_gram_task, self.units, self.path, self.poisson, self.cache)
-        ((G, stats),) = compute(tree_sum(parts), progress=progress, label="gram pass")
-        self.passes += 1
+    def gram(self) -> np.ndarray:
+        """A = D~^T D~ (channels x channels), one reduction pass over the tiles."""
+        G, stats = self.plan.reduce(_gram_task, self.poisson, self.n_channels, label="gram D~^T D~")
         self._take_stats(stats)
         A = self.wh[:, None] * G * self.wh[None, :]
         if self.center:
@@ -233,21 +129,9 @@ class PoissonOperator:
             A -= self.n_pixels * np.outer(mu, mu)
         return A
 
-    def scores(self, V: np.ndarray) -> "dask.array.Array":
-        """Lazy unweighted scores G^1/2 D~c V, dims (tile, y, x, k), one chunk per tile."""
-        import dask.array as da
-
-        Vh = self.wh[:, None] * V
+    def scores(self, V: np.ndarray) -> da.Array:
+        """Lazy unweighted scores G^1/2 D~c V, dims (tile, y, x, k), one chunk per tile (a map pass)."""
+        Vh = np.ascontiguousarray(self.wh[:, None] * V)
         mu = self.mean
         shift = None if mu is None else mu @ V
-        Vd = dask.delayed(np.ascontiguousarray(Vh), traverse=False)
-        h, w = self.store.tile_shape
-        k = V.shape[1]
-        blocks = [
-            da.from_delayed(
-                dask.delayed(_scores_task, pure=True)(t, self.path, self.poisson, Vd, shift, self.cache),
-                shape=(1, h, w, k), dtype=np.float64,
-            )
-            for t in self.tiles
-        ]
-        return da.concatenate(blocks, axis=0)
+        return self.plan.map(_scores_task, self.poisson, Vh, shift, tail=(V.shape[1],), name="scores")

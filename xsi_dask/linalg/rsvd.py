@@ -24,6 +24,8 @@ decompositions. SIAM Review 53(2), 217-288. doi:10.1137/090771806
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.linalg
 
@@ -48,17 +50,20 @@ def initial_basis(n_channels: int, l: int, seed: int) -> np.ndarray:
     return Q
 
 
-def range_finder(op: PoissonOperator, l: int, power_iters: int, seed: int, *, progress: bool = False):
+def range_finder(op: PoissonOperator, l: int, power_iters: int, seed: int, *, on_pass: Callable[[], None] | None = None):
     """Subspace iteration: returns (X, Y) with X orthonormal (M x l) and Y = D~^T D~ X.
 
-    ``power_iters + 1`` passes over the tiles.
+    ``power_iters + 1`` passes over the tiles; ``on_pass()`` is called after each
+    (a progress display).
     """
     if l > op.n_channels:
         l = op.n_channels
     X = initial_basis(op.n_channels, l, seed)
     Y = None
     for it in range(power_iters + 1):
-        Y = op.apply(X, progress=progress, label=f"randomized SVD pass {it + 1}/{power_iters + 1}")
+        Y = op.apply(X, label=f"range finder {it + 1}/{power_iters + 1}")
+        if on_pass is not None:
+            on_pass()
         if it < power_iters:
             X, _ = np.linalg.qr(Y)
     return X, Y

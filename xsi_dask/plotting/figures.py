@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+from .lines import label_peaks
 
-from .lines import label_peaks  # noqa: E402
+# Figures are built on matplotlib.figure.Figure directly (no pyplot, no backend switch):
+# nothing global is touched, so importing this module leaves a Jupyter session's backend alone,
+# and a Figure without a pyplot manager is freed by garbage collection like any object.
 
-__all__ = ["scree", "spectra", "mosaic", "map_grid", "rgb_overlay", "save_all"]
+__all__ = ["map_grid", "mosaic", "rgb_overlay", "save_all", "scree", "spectra"]
 
 _DPI = 110
 
 
 def scree(svd: xr.Dataset, path: Path) -> Path:
     """Log-scale scree: explained variance ratio per component (every rank with the gram solver)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     total = svd.attrs.get("total_scaled_variance") or 1.0
     if "eigenvalues" in svd:
         ev = np.asarray(svd["eigenvalues"].values)[:200] / total
@@ -39,7 +41,6 @@ def scree(svd: xr.Dataset, path: Path) -> Path:
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
 
 
@@ -47,7 +48,8 @@ def spectra(energy: np.ndarray, curves: np.ndarray, path: Path, *, title: str, y
     """Stacked spectra (component, energy) against keV, peaks labelled with X-ray lines."""
     curves = np.asarray(curves)[:max_curves]
     n = curves.shape[0]
-    fig, axes = plt.subplots(n, 1, figsize=(9, 1.6 * n + 0.8), sharex=True, squeeze=False)
+    fig = Figure(figsize=(9, 1.6 * n + 0.8))
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)
     e_max = float(energy[np.nonzero(np.abs(curves).max(0) > 0.002 * np.abs(curves).max())[0].max()]) if np.any(curves) else float(energy[-1])
     for i, (ax, y) in enumerate(zip(axes[:, 0], curves)):
         ax.plot(energy, y, lw=0.8, color=f"C{i % 10}")
@@ -63,7 +65,6 @@ def spectra(energy: np.ndarray, curves: np.ndarray, path: Path, *, title: str, y
     fig.text(0.005, 0.5, ylabel, rotation=90, va="center")
     fig.tight_layout(rect=(0.02, 0, 1, 1))
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
 
 
@@ -97,7 +98,8 @@ def map_grid(mos: np.ndarray, path: Path, *, title: str, cmap: str = "viridis", 
     ncol = min(k, 4)
     nrow = int(np.ceil(k / ncol))
     aspect = mos.shape[0] / mos.shape[1]
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow * aspect + 0.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * ncol, 3.2 * nrow * aspect + 0.6))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= k:
@@ -116,7 +118,6 @@ def map_grid(mos: np.ndarray, path: Path, *, title: str, cmap: str = "viridis", 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
 
 
@@ -129,14 +130,14 @@ def rgb_overlay(mos: np.ndarray, path: Path, *, components=(0, 1, 2), labels: li
         img = np.nan_to_num(mos[:, :, c])
         hi = np.percentile(img, 99.5)
         rgb[:, :, ch] = np.clip(img / hi, 0, 1) if hi > 0 else 0
-    fig, ax = plt.subplots(figsize=(6, 6 * mos.shape[0] / mos.shape[1] + 0.6))
+    fig = Figure(figsize=(6, 6 * mos.shape[0] / mos.shape[1] + 0.6))
+    ax = fig.subplots()
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
     names = labels or [f"#{c}" for c in components]
     ax.set_title(title + "  " + "  ".join(f"{col}: {n}" for col, n in zip(("red", "green", "blue"), names)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
 
 
@@ -168,7 +169,8 @@ def save_all(folder: Path, svd: xr.Dataset | None = None, nmf: xr.Dataset | None
         mos = mosaic(nmf["abundances"])
         paths.append(map_grid(mos, folder / "nmf_abundances.png", title="NMF abundance maps (montage mosaic)", labels=names, units="counts"))
         paths.append(rgb_overlay(mos, folder / "nmf_rgb.png", labels=names[:3], title="NMF abundances"))
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        fig = Figure(figsize=(5.5, 3.5))
+        ax = fig.subplots()
         ax.semilogy(nmf["loss"].values, ".-")
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
@@ -176,6 +178,5 @@ def save_all(folder: Path, svd: xr.Dataset | None = None, nmf: xr.Dataset | None
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         fig.savefig(folder / "nmf_loss.png", dpi=_DPI)
-        plt.close(fig)
         paths.append(folder / "nmf_loss.png")
     return paths

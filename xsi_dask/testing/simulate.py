@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +26,17 @@ import numba
 import numpy as np
 import xarray as xr
 import zarr
+from dask.system import CPU_COUNT
 
 from ..errors import LayoutError, XSIError
 from ..io._csr import grow
+from ..io.layout import parse_grid
 from ..io.readers import EnergyAxis
 from ..io.store import MontageStore, atomic_output, write_montage_attrs, write_tile
-from ..io.layout import parse_grid
 from .physics import Detector, mean_z, phase_spectrum
 from .presets import PRESETS, Preset
 
-__all__ = ["simulate", "open_truth", "SimulationPlan"]
+__all__ = ["SimulationPlan", "open_truth", "simulate"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -226,7 +226,7 @@ def simulate(
     particle_density: float = 1.0,
     pixel_size_nm: float | None = None,
     energy_scale_kev: float = 0.01,
-    detector: Detector = Detector(),
+    detector: Detector = Detector(),  # noqa: B008 (frozen dataclass, never mutated)
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
@@ -286,7 +286,7 @@ def simulate(
         raise XSIError(f"counts_per_pixel must be a positive number; got {counts_per_pixel!r}")
     plan = _plan(pre, grid, shape, int(channels), float(counts_per_pixel), int(seed), int(overlap), low_count_tile,
                  float(dose_variation), px_nm, detector, float(energy_scale_kev), float(particle_density))
-    n_threads = threads or len(os.sched_getaffinity(0))
+    n_threads = threads or CPU_COUNT
     # the dose that gives counts_per_pixel on average at dose 1, from the abundances as rasterised
     plan_d = dask.delayed(plan, traverse=False)
     (rates,) = dask.compute([dask.delayed(_mean_rate, pure=True)(plan_d, t) for t in range(plan.n_tiles)],

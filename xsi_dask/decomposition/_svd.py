@@ -3,18 +3,84 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import scipy.linalg
 import xarray as xr
 
-from .. import __version__, config
+from .. import config
+from .._version import __version__
+from ..engine import Plan, make_plan
 from ..errors import DecompositionError
 from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
+from ..progress import Progress
 
-__all__ = ["decompose", "map_coords"]
+__all__ = ["decompose", "map_coords", "poisson_svd", "SVDFactors"]
+
+
+@dataclass
+class SVDFactors:
+    """The small factors of an SVD of D~ (the lazy scores are built from ``op``).
+
+    S (k,) singular values of D~; V (channels, k) right singular vectors of
+    D~ (scaled space); eigenvalues (channels,) with the gram solver; op the
+    operator (its h, wh, frob2, mean); params the solver's parameters.
+    """
+
+    S: np.ndarray
+    V: np.ndarray
+    eigenvalues: np.ndarray | None
+    op: PoissonOperator
+    params: dict
+
+
+def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: int | None = None,
+                oversampling: int | None = None, poisson: bool = True, center: bool = False, seed: int = 0,
+                progress: Progress | None = None) -> SVDFactors:
+    """The SVD stages on a plan: range finder and Rayleigh-Ritz, or the gram pass and ``eigh``.
+
+    ``progress`` (optional) advances once per pass. See :func:`decompose`.
+    """
+    op = PoissonOperator(plan, poisson=poisson, center=center)
+    M = op.n_channels
+    if not 1 <= int(k) <= M:
+        raise DecompositionError(f"n_components must be between 1 and {M} (channels); got {k}")
+    tick = progress.update if progress is not None else None
+    if solver == "randomized":
+        q = config.get("power-iters", power_iters)
+        q = rsvd.DEFAULT_POWER_ITERS if q is None else int(q)
+        p = int(config.get("oversampling", oversampling))
+        if q < 0 or p < 0:
+            raise DecompositionError(f"power_iters and oversampling must be >= 0; got {q} and {p}")
+        X, Y = rsvd.range_finder(op, min(M, k + p), q, seed, on_pass=tick)
+        S, V = rsvd.rayleigh_ritz(X, Y, k)
+        eigenvalues = None
+        params = {"power_iters": q, "oversampling": p}
+    elif solver == "gram":
+        A = op.gram()
+        if tick is not None:
+            tick()
+        # every eigenvalue (for the scree) but only k eigenvectors: 2-3x faster
+        # than a full eigh at 4096 channels
+        eigenvalues = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
+        evals, E = scipy.linalg.eigh(A, subset_by_index=(M - k, M - 1))
+        S = np.sqrt(np.clip(evals[::-1], 0.0, None))
+        V = E[:, ::-1]
+        params = {}
+    else:
+        raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")
+    return SVDFactors(S, rsvd.svd_flip(V), eigenvalues, op, params)
+
+
+def svd_passes(solver: str, power_iters: int | None) -> int:
+    """Passes the SVD will take (for a progress display)."""
+    if solver != "randomized":
+        return 1
+    q = config.get("power-iters", power_iters)
+    return (rsvd.DEFAULT_POWER_ITERS if q is None else int(q)) + 1
 
 
 def map_coords(montage: xr.DataArray) -> dict:
@@ -69,7 +135,7 @@ def decompose(
         Seed of the Gaussian test matrix; results are deterministic for a given
         seed and tiling.
     progress : bool
-        Show a progress bar per pass.
+        One progress display for the run (passes).
 
     Returns
     -------
@@ -87,7 +153,10 @@ def decompose(
     Raises
     ------
     DecompositionError
-        Bad ``n_components`` or ``solver``, or a montage view sliced along energy/y/x.
+        Bad ``n_components``, ``solver``, ``power_iters`` or ``oversampling``.
+    ViewError
+        A view the engine cannot honour (arithmetic, ``where``, an energy or
+        pixel selection, ``coarsen``, ``astype``; see :func:`xsi_dask.engine.make_plan`).
 
     References
     ----------
@@ -95,33 +164,13 @@ def decompose(
     Keenan & Kotula (2004), doi:10.1002/sia.1657.
     """
     started = time.perf_counter()
-    op = PoissonOperator(montage, poisson=poisson, center=center)
-    M = op.n_channels
-    if not 1 <= int(n_components) <= M:
-        raise DecompositionError(f"n_components must be between 1 and {M} (channels); got {n_components}")
+    plan = make_plan(montage)
     k = int(n_components)
-    if solver == "randomized":
-        q = config.get("power-iters", power_iters)
-        q = rsvd.DEFAULT_POWER_ITERS if q is None else int(q)
-        p = int(config.get("oversampling", oversampling))
-        l = min(M, k + p)
-        X, Y = rsvd.range_finder(op, l, q, seed, progress=progress)
-        S, V = rsvd.rayleigh_ritz(X, Y, k)
-        eigenvalues = None
-        params = {"power_iters": q, "oversampling": p}
-    elif solver == "gram":
-        A = op.gram(progress=progress)
-        # every eigenvalue (for the scree) but only k eigenvectors: 2-3x faster
-        # than a full eigh at 4096 channels
-        eigenvalues = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
-        evals, E = scipy.linalg.eigh(A, subset_by_index=(M - k, M - 1))
-        S = np.sqrt(np.clip(evals[::-1], 0.0, None))
-        V = E[:, ::-1]
-        params = {}
-    else:
-        raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")
-    V = rsvd.svd_flip(V)
-
+    label = f"Poisson SVD ({solver}, k={k})" if poisson else f"SVD ({solver}, k={k})"
+    with Progress(label, svd_passes(solver, power_iters), unit="passes", enabled=progress) as bar:
+        f = poisson_svd(plan, k, solver=solver, power_iters=power_iters, oversampling=oversampling, poisson=poisson,
+                        center=center, seed=seed, progress=bar)
+    S, V, eigenvalues, op, params = f.S, f.V, f.eigenvalues, f.op, f.params
     loadings = (np.sqrt(op.h)[:, None] * V if poisson else V).T
     comp = np.arange(k)
     data_vars = {
@@ -144,11 +193,13 @@ def decompose(
             "poisson": int(poisson),
             "center": int(center),
             "seed": seed,
-            "passes": op.passes,
+            "passes": plan.passes,
             "total_scaled_variance": op.frob2,
-            "nnz": op.nnz,
+            "nnz": plan.nnz,
             "seconds": time.perf_counter() - started,
-            "store": op.path,
+            "store": plan.store,
+            "store_uuid": plan.store_uuid,
+            "backend": plan.backend,
             "xsi_dask_version": __version__,
             **params,
         },
