@@ -137,12 +137,12 @@ def test_run_equals_cli_and_config_repeats_it(tmp_path, capsys):
     _assert_same_results(res.results, tmp_path / "again" / "results.zarr")
     assert pipeline.load_run_config(tmp_path / "again" / "run.yaml").out == (tmp_path / "again").resolve()
 
-    # the SVD is computed once: NMF starts from it, so its passes are the init's U pass, the loss passes and iterations
+    # the SVD is computed once: NMF starts from it, so no range-finder passes: one pass for NNDSVDa's W, the
+    # initial and final loss passes (the loss in between rides on the iterations) and one pass per iteration
     s, n = xr.open_zarr(res.results, group="svd"), xr.open_zarr(res.results, group="nmf")
     assert res.passes == {"svd": s.attrs["passes"], "nmf": n.attrs["passes"]}
-    assert "from the given SVD" in n.attrs["init"] and "computed once" in res.nmf_init
-    loss_passes = n.sizes["iteration"]  # entry 0 (the initial state) and every loss_every-th iteration
-    assert n.attrs["passes"] == 1 + loss_passes + n.attrs["n_iter"] - (loss_passes - 1)
+    assert n.attrs["init"] == "poisson-nndsvda (from the given SVD)" and "computed once" in res.nmf_init
+    assert n.attrs["n_iter"] == 15 and n.attrs["passes"] == 1 + 2 + n.attrs["n_iter"]
     report = res.report.read_text()
     assert "passes: SVD" in report and "passes: NMF" in report and "computed once" in report
 
@@ -160,7 +160,10 @@ def test_nmf_computes_its_own_init_when_the_svd_does_not_fit(tmp_path):
     res = pipeline.run(store.path, tmp_path / "r", svd=SVDParams(components=2), nmf=NMFParams(components=3, max_iter=5),
                        cluster=ClusterParams(workers=1), progress=False)
     assert "fewer than the 3 endmembers" in res.nmf_init
-    assert "from the given SVD" not in xr.open_zarr(res.results, group="nmf").attrs["init"]
+    n = xr.open_zarr(res.results, group="nmf")
+    assert n.attrs["init"] == "poisson-nndsvda"
+    # nmf ran its own randomized SVD (as many passes as the run's, default power iterations) before the same passes
+    assert res.passes["nmf"] == res.passes["svd"] + 1 + 2 + n.attrs["n_iter"]
     assert "fewer than the 3 endmembers" in res.report.read_text()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,19 +171,13 @@ def _init_from(svd_ds, nmf: NMFParams) -> tuple[Any, str]:
 
 
 def _nmf(montage, nmf: NMFParams, init: Any, results: Path, overwrite: bool, progress: bool):
-    """NMF written as group ``nmf`` of ``results``; the dataset opened from there."""
+    """NMF written as group ``nmf`` of ``results`` (its scratch folder gone); the dataset opened from there."""
     from .. import nmf as nmf_fn
 
-    kwargs = {"loss": nmf.loss, "max_iter": nmf.max_iter, "tol": nmf.tol, "seed": nmf.seed, "sparsity": nmf.sparsity,
-              "progress": progress}
-    if "out" in inspect.signature(nmf_fn).parameters:
-        return nmf_fn(montage, nmf.components, init=init, out=results, overwrite=overwrite, **kwargs)
-    # an nmf without init=<SVD>/out=: its own init, written here  # pragma: no cover - until the new nmf lands
-    from ..io.results import open_results, write_results
-
-    ds = nmf_fn(montage, nmf.components, init=nmf.init, **kwargs)
-    write_results(results, {"nmf": ds}, overwrite=overwrite, progress=progress)
-    return open_results(results, "nmf")
+    return nmf_fn(
+        montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
+        sparsity=nmf.sparsity, out=results, overwrite=overwrite, progress=progress,
+    )
 
 
 def _refuse_group(results: Path, group: str, overwrite: bool) -> None:
