@@ -9,22 +9,23 @@ so generic handlers keep working.
 from __future__ import annotations
 
 __all__ = [
-    "XSIError",
-    "InputFileNotFoundError",
-    "UnsupportedFormatError",
-    "CorruptFileError",
-    "NoSpectrumImageError",
-    "CountsError",
+    "BackendError",
     "CalibrationMismatchError",
-    "TileShapeMismatchError",
+    "CorruptFileError",
+    "CountsError",
+    "DecompositionError",
+    "InputFileNotFoundError",
     "LayoutError",
+    "NoSpectrumImageError",
+    "ParameterError",
+    "ResourceUnavailableError",
     "StoreExistsError",
     "StoreFormatError",
-    "DecompositionError",
-    "XSIWarning",
-    "BackendError",
+    "TileShapeMismatchError",
+    "UnsupportedFormatError",
     "ViewError",
-    "ResourceUnavailableError",
+    "XSIError",
+    "XSIWarning",
 ]
 
 
@@ -90,3 +91,7 @@ class ViewError(DecompositionError):
 
 class ResourceUnavailableError(XSIError, RuntimeError):
     """A task needs a worker resource (e.g. ``GPU``) that no worker of the cluster offers."""
+
+
+class ParameterError(XSIError, ValueError):
+    """A run parameter is invalid (checked when the parameter object is built, before any work)."""

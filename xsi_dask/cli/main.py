@@ -5,39 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from ..errors import XSIError
+from ..errors import ParameterError, XSIError
+from ..pipeline import format_info
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def format_info(info: dict) -> str:
-    """Human-readable summary of :meth:`MontageStore.info`."""
-    e = info["energy"]
-    px = info["pixels"]
-    ratio = info["dense_float32_bytes"] / max(info["stored_bytes"], 1)
-    lines = [
-        f"store            {info['store']}",
-        f"tiles            {info['tiles']} on a {info['grid'][0]}x{info['grid'][1]} grid",
-        f"shape            (tile, y, x, energy) = {tuple(info['shape'])}",
-        f"pixel size       {px['scale_y']:.6g} x {px['scale_x']:.6g} {px['units']}",
-        f"energy           {e['size']} channels, offset {e['offset']:.4f} keV, "
-        f"{e['scale'] * 1e3:.4f} eV/channel, up to {e['offset'] + e['scale'] * (e['size'] - 1):.2f} keV",
-        f"non-zeros        {info['nnz']:,} ({100 * info['fraction_nonzero']:.4f} % of voxels)",
-        f"total counts     {info['total_counts']:,}",
-        f"counts per pixel {info['counts_per_pixel']:.3f}",
-        f"dense float32    {_size(info['dense_float32_bytes'])}",
-        f"stored           {_size(info['stored_bytes'])} ({ratio:,.0f}x smaller)",
-        "sources          " + "\n                 ".join(info["sources"]),
-    ]
-    return "\n".join(lines)
+__all__ = ["build_parser", "format_info", "main"]
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -48,21 +21,22 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
 
 
 def _add_svd_options(p: argparse.ArgumentParser, components: int) -> None:
-    p.add_argument("--components", type=int, default=components, metavar="K", help=f"SVD components (default {components})")
-    p.add_argument("--solver", choices=["randomized", "gram"], default="randomized")
-    p.add_argument("--power-iters", type=int, default=None, metavar="Q", help="randomized solver (default 10)")
+    p.add_argument("--components", type=int, metavar="K", help=f"SVD components (default {components})")
+    p.add_argument("--solver", choices=["randomized", "gram"], help="default randomized")
+    p.add_argument("--power-iters", type=int, metavar="Q", help="randomized solver (default 10)")
+    p.add_argument("--oversampling", type=int, metavar="P", help="randomized solver (default 10)")
     p.add_argument("--no-poisson", action="store_true", help="no Keenan-Kotula scaling")
     p.add_argument("--center", action="store_true", help="subtract the mean spectrum (PCA)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the SVD test matrix and the NMF init (default 0)")
 
 
 def _add_nmf_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss", choices=["kl", "frobenius"], default="kl", help="NMF loss (default kl: Poisson)")
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"], default="poisson-nndsvda",
-                   help="NMF initialisation (default: NNDSVDa from the Poisson-scaled SVD)")
-    p.add_argument("--sparsity", type=float, default=0.0, metavar="LAMBDA",
+    p.add_argument("--loss", choices=["kl", "frobenius"], help="NMF loss (default kl: Poisson)")
+    p.add_argument("--max-iter", type=int, help="default 200")
+    p.add_argument("--tol", type=float, help="default 1e-4")
+    p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"], 
+                   help="NMF initialisation (default poisson-nndsvda: NNDSVDa from the Poisson-scaled SVD; `run` reuses its SVD for it)")
+    p.add_argument("--sparsity", type=float, metavar="LAMBDA",
                    help="L1/2 sparsity weight on the abundances (KL only; default 0). 3-6 at tens of counts "
                         "per pixel keeps endmembers from trading shared peaks; abundances are refit without it")
 
@@ -70,6 +44,7 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster)")
     p.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
+    p.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
     p.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB (default auto)")
 
 
@@ -91,18 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="tiles converted at once (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("run", help="ingest (or reuse a store), decompose, NMF, figures and report")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="tile files, glob patterns, or one montage store")
-    p.add_argument("--out", required=True, metavar="DIR")
+    # run, decompose, nmf: flags not given are absent (SUPPRESS), so the parameter objects' defaults apply
+    # and `run --config` can tell which flags were given
+    quiet = argparse.SUPPRESS
+    p = sub.add_parser("run", help="ingest (or reuse a store), decompose, NMF, figures and report",
+                       argument_default=quiet)
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="tile files, glob patterns, or one montage store")
+    p.add_argument("--config", metavar="RUN.yaml",
+                   help="repeat the run recorded in a run.yaml (with --out, --overwrite and --quiet only)")
+    p.add_argument("--out", metavar="DIR", help="output folder (required without --config)")
     _add_layout(p)
     _add_svd_options(p, components=10)
-    p.add_argument("--nmf-components", type=int, default=4, metavar="K", help="NMF endmembers (default 4)")
+    p.add_argument("--nmf-components", type=int, metavar="K", help="NMF endmembers (default 4)")
     _add_nmf_options(p)
     _add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("decompose", help="Poisson-scaled SVD of a store into RESULTS.zarr (group svd)")
+    p = sub.add_parser("decompose", help="Poisson-scaled SVD of a store into RESULTS.zarr (group svd)",
+                       argument_default=quiet)
     p.add_argument("store", metavar="STORE.zarr")
     p.add_argument("--out", required=True, metavar="RESULTS.zarr")
     _add_svd_options(p, components=10)
@@ -110,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("nmf", help="Poisson (KL) NMF of a store into RESULTS.zarr (group nmf)")
+    p = sub.add_parser("nmf", help="Poisson (KL) NMF of a store into RESULTS.zarr (group nmf)", argument_default=quiet)
     p.add_argument("store", metavar="STORE.zarr")
     p.add_argument("--out", required=True, metavar="RESULTS.zarr")
-    p.add_argument("--components", type=int, default=4, metavar="K", help="endmembers (default 4)")
+    p.add_argument("--components", type=int, metavar="K", help="endmembers (default 4)")
     _add_nmf_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the init (default 0)")
     _add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -139,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a montage store")
     p.add_argument("store", metavar="STORE.zarr")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+    p = sub.add_parser("clean", help="remove the NMF scratch folders that dead runs left beside a store")
+    p.add_argument("store", metavar="STORE.zarr")
     return parser
 
 
@@ -177,47 +162,107 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):
-    from ..cluster.local import dask_client
+# ---- argparse -> parameter objects -> pipeline ----
 
-    return dask_client(args.scheduler, workers=args.workers, memory_limit=args.memory_limit, quiet=False)
-
-
-def _svd_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        solver=args.solver, power_iters=args.power_iters, poisson=not args.no_poisson,
-        center=args.center, seed=args.seed, progress=not args.quiet,
-    )
+_SVD_FLAGS = {"components": "components", "solver": "solver", "power_iters": "power_iters",
+              "oversampling": "oversampling", "seed": "seed"}
+_NMF_FLAGS = {"loss": "loss", "max_iter": "max_iter", "tol": "tol", "init": "init", "sparsity": "sparsity", "seed": "seed"}
+_CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit")
 
 
-def _nmf_kwargs(args: argparse.Namespace) -> dict:
-    return dict(loss=args.loss, max_iter=args.max_iter, tol=args.tol, init=args.init, seed=args.seed,
-                sparsity=args.sparsity, progress=not args.quiet)
+def _given(args: argparse.Namespace) -> dict:
+    """The flags given on the command line (the analysis parsers leave the others out)."""
+    return {k: v for k, v in vars(args).items() if k != "command"}
 
 
-def _analyse(args: argparse.Namespace, group: str) -> int:
-    """`decompose` / `nmf`: one analysis of a store into group ``group`` of RESULTS.zarr."""
-    from .. import decompose, nmf, open_montage
-    from ..io.results import write_results
+def _svd_params(g: dict):
+    from ..pipeline import SVDParams
 
-    with _client(args):
-        montage = open_montage(args.store)
-        if group == "svd":
-            ds = decompose(montage, args.components, **_svd_kwargs(args))
-            done = f"SVD ({ds.attrs['passes']} passes"
-        else:
-            ds = nmf(montage, args.components, **_nmf_kwargs(args))
-            done = f"NMF ({ds.attrs['n_iter']} iterations"
-        write_results(args.out, {group: ds}, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"{done}, {ds.attrs['seconds']:.1f} s) written to {args.out} (group {group})")
-    return 0
+    kw = {field: g[flag] for flag, field in _SVD_FLAGS.items() if flag in g}
+    if g.get("no_poisson"):
+        kw["poisson"] = False
+    if g.get("center"):
+        kw["center"] = True
+    return SVDParams(**kw)
+
+
+def _nmf_params(g: dict, components_flag: str):
+    from ..pipeline import NMFParams
+
+    kw = {field: g[flag] for flag, field in _NMF_FLAGS.items() if flag in g}
+    if components_flag in g:
+        kw["components"] = g[components_flag]
+    return NMFParams(**kw)
+
+
+def _cluster_params(g: dict):
+    from ..pipeline import ClusterParams
+
+    return ClusterParams(**{k: g[k] for k in _CLUSTER_FLAGS if k in g})
+
+
+def _flag(dest: str) -> str:
+    return "INPUT" if dest == "inputs" else "--" + dest.replace("_", "-")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .run import run
+    from .. import pipeline
 
-    report = run(args)
-    print(f"report: {report}")
+    g = _given(args)
+    progress = not g.get("quiet", False)
+    overwrite = g.get("overwrite", False)
+    if "config" in g:
+        extra = [_flag(k) for k in g if k not in ("config", "out", "overwrite", "quiet")]
+        if extra:
+            raise ParameterError(
+                f"--config repeats the recorded run; only --out, --overwrite and --quiet go with it, not {', '.join(extra)} "
+                "(edit the run.yaml instead)"
+            )
+        result = pipeline.load_run_config(g["config"]).run(g.get("out"), overwrite=overwrite, progress=progress)
+    else:
+        if "out" not in g:
+            raise ParameterError("--out DIR is required (or --config RUN.yaml)")
+        layout = pipeline.LayoutParams(grid=g.get("grid"), split=g.get("split"), manifest=g.get("manifest"))
+        svd, nmf = _svd_params(g), _nmf_params(g, "nmf_components")
+        result = pipeline.run(
+            g.get("inputs", []), g["out"], layout=layout, svd=svd, nmf=nmf, cluster=_cluster_params(g),
+            overwrite=overwrite, progress=progress,
+        )
+    print(f"report: {result.report}")
+    return 0
+
+
+def _cmd_decompose(args: argparse.Namespace) -> int:
+    from ..pipeline import decompose_store
+
+    g = _given(args)
+    ds = decompose_store(g["store"], g["out"], svd=_svd_params(g), cluster=_cluster_params(g),
+                         overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
+    print(f"SVD ({ds.attrs['passes']} passes, {ds.attrs['seconds']:.1f} s) written to {g['out']} (group svd)")
+    return 0
+
+
+def _cmd_nmf(args: argparse.Namespace) -> int:
+    from ..pipeline import nmf_store
+
+    g = _given(args)
+    ds = nmf_store(g["store"], g["out"], nmf=_nmf_params(g, "components"), cluster=_cluster_params(g),
+                   overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
+    print(f"NMF ({ds.attrs['n_iter']} iterations, {ds.attrs['seconds']:.1f} s) written to {g['out']} (group nmf)")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    try:
+        from ..engine.scratch import clean
+    except ImportError as exc:  # the scratch module is not in this installation
+        raise XSIError(f"this xsi_dask cannot clean scratch folders ({exc})") from exc
+
+    removed = clean(args.store)
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print(f"no scratch folders of dead runs beside {args.store}")
     return 0
 
 
@@ -226,8 +271,9 @@ COMMANDS = {
     "info": _cmd_info,
     "simulate": _cmd_simulate,
     "run": _cmd_run,
-    "decompose": lambda args: _analyse(args, "svd"),
-    "nmf": lambda args: _analyse(args, "nmf"),
+    "decompose": _cmd_decompose,
+    "nmf": _cmd_nmf,
+    "clean": _cmd_clean,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -24,7 +25,7 @@ from ..errors import (
     XSIWarning,
 )
 from ._csr import dense_to_csr
-from .layout import Layout, TileSpec, expand_inputs, grid_layout, manifest_layout, split_layout
+from .layout import Layout, TileSpec, expand_inputs, grid_layout, layout_record, manifest_layout, split_layout
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
 from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
 
@@ -191,6 +192,9 @@ def ingest(
         The store to write (a ``.zarr`` folder).
     grid : "ROWSxCOLS", optional
         Lay the files out row-major on this grid. Needed for several files.
+        The store records the layout (root attribute ``layout``, see
+        :func:`xsi_dask.io.layout.layout_record`) and the absolute paths of its
+        sources (``sources``), so that a pipeline can tell whether it may reuse it.
     manifest : path, optional
         CSV ``path,row,col[,stage_x,stage_y]`` (see :func:`xsi_dask.io.layout.manifest_layout`).
     split : "ROWSxCOLS", optional
@@ -235,17 +239,22 @@ def ingest(
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
 
+    record = layout_record(grid=grid, split=split, manifest=manifest)
     preread: SpectrumImage | None = None
     if manifest is not None:
         layout = manifest_layout(manifest)
+        # sources recorded as absolute paths: a store says where its data came from wherever it is opened
+        layout = dataclasses.replace(
+            layout, tiles=tuple(dataclasses.replace(t, source=t.source.resolve()) for t in layout.tiles)
+        )
     elif split is not None:
-        paths = expand_inputs(inputs or [])
+        paths = [p.resolve() for p in expand_inputs(inputs or [])]
         if len(paths) != 1:
             raise LayoutError(f"split cuts one map into tiles, but {len(paths)} files were given")
         preread = _read(paths[0], reader_kwargs)
         layout = split_layout(paths[0], split, preread.shape[:2])
     else:
-        layout = grid_layout(expand_inputs(inputs or []), grid)
+        layout = grid_layout([p.resolve() for p in expand_inputs(inputs or [])], grid)
 
     with atomic_output(out, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -278,6 +287,7 @@ def ingest(
             tiles=results,
             grid=[layout.rows, layout.cols],
             split=list(layout.split) if layout.split else None,
+            layout=record,
             tile_shape=ref["shape"],
             energy=ref["energy"].to_dict(),
             pixels=ref["pixels"].to_dict(),

@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InputFileNotFoundError, LayoutError
 
-__all__ = ["TileSpec", "Layout", "parse_grid", "expand_inputs", "grid_layout", "manifest_layout", "split_layout"]
+__all__ = [
+    "Layout",
+    "TileSpec",
+    "expand_inputs",
+    "file_sha256",
+    "grid_layout",
+    "layout_record",
+    "manifest_layout",
+    "parse_grid",
+    "split_layout",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,41 @@ def parse_grid(text: str | Sequence[int], what: str = "grid") -> tuple[int, int]
     if rows < 1 or cols < 1:
         raise LayoutError(f"{what} {rows}x{cols}: rows and columns must be at least 1")
     return rows, cols
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def layout_record(
+    grid: str | Sequence[int] | None = None,
+    split: str | Sequence[int] | None = None,
+    manifest: str | Path | None = None,
+) -> dict:
+    """How a montage was laid out, as recorded in the store's ``layout`` attribute.
+
+    ``{"kind": "grid" | "split" | "manifest" | "single", "grid": [r, c] | None,
+    "split": [r, c] | None, "manifest": {"path": absolute path, "sha256": hex} | None}``:
+    two ingests with equal records (and the same source files) give the same store.
+    """
+    if sum(x is not None for x in (grid, split, manifest)) > 1:
+        raise LayoutError("give only one of grid, manifest and split")
+    rec: dict = {"kind": "single", "grid": None, "split": None, "manifest": None}
+    if grid is not None:
+        rec.update(kind="grid", grid=list(parse_grid(grid)))
+    elif split is not None:
+        rec.update(kind="split", split=list(parse_grid(split, "split")))
+    elif manifest is not None:
+        path = Path(manifest).resolve()
+        if not path.is_file():
+            raise InputFileNotFoundError(f"manifest not found: {manifest}")
+        rec.update(kind="manifest", manifest={"path": str(path), "sha256": file_sha256(path)})
+    return rec
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:

@@ -1,0 +1,25 @@
+"""The analysis pipeline as Python functions with typed, validated parameters.
+
+``run`` is the main job (what ``xsi-dask run`` does); ``decompose_store`` and
+``nmf_store`` are the ``decompose`` and ``nmf`` commands. The command line only
+adapts its flags to these parameter objects.
+"""
+
+from ._config import RunConfig, load_run_config, save_run_config
+from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
+from ._run import RunResult, decompose_store, format_info, nmf_store, run
+
+__all__ = [
+    "ClusterParams",
+    "LayoutParams",
+    "NMFParams",
+    "RunConfig",
+    "RunResult",
+    "SVDParams",
+    "decompose_store",
+    "format_info",
+    "load_run_config",
+    "nmf_store",
+    "run",
+    "save_run_config",
+]

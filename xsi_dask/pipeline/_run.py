@@ -1,0 +1,363 @@
+"""The main job as a function: files (or a store) -> montage store -> SVD -> NMF -> results.zarr -> figures -> report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import InputFileNotFoundError, ParameterError, StoreExistsError
+from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
+
+__all__ = ["RunResult", "decompose_store", "format_info", "nmf_store", "resolve_inputs", "run"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_info(info: dict) -> str:
+    """Human-readable summary of :meth:`MontageStore.info`."""
+    e = info["energy"]
+    px = info["pixels"]
+    ratio = info["dense_float32_bytes"] / max(info["stored_bytes"], 1)
+    lines = [
+        f"store            {info['store']}",
+        f"tiles            {info['tiles']} on a {info['grid'][0]}x{info['grid'][1]} grid",
+        f"shape            (tile, y, x, energy) = {tuple(info['shape'])}",
+        f"pixel size       {px['scale_y']:.6g} x {px['scale_x']:.6g} {px['units']}",
+        (
+            f"energy           {e['size']} channels, offset {e['offset']:.4f} keV, "
+            f"{e['scale'] * 1e3:.4f} eV/channel, up to {e['offset'] + e['scale'] * (e['size'] - 1):.2f} keV"
+        ),
+        f"non-zeros        {info['nnz']:,} ({100 * info['fraction_nonzero']:.4f} % of voxels)",
+        f"total counts     {info['total_counts']:,}",
+        f"counts per pixel {info['counts_per_pixel']:.3f}",
+        f"dense float32    {_size(info['dense_float32_bytes'])}",
+        f"stored           {_size(info['stored_bytes'])} ({ratio:,.0f}x smaller)",
+        "sources          " + "\n                 ".join(info["sources"]),
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` wrote, how long each stage took and how many passes over the data it made."""
+
+    out: Path
+    report: Path
+    results: Path
+    store: Path
+    config: Path
+    figures: tuple[Path, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+    nmf_init: str = ""
+
+
+def _is_store(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "zarr.json").is_file()
+
+
+def _defaults(**objs: Any) -> list[Any]:
+    """The parameter objects given, their defaults for None; a ParameterError for anything else."""
+    kinds = {"layout": LayoutParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
+    out = []
+    for name, obj in objs.items():
+        obj = kinds[name]() if obj is None else obj
+        if not isinstance(obj, kinds[name]):
+            raise ParameterError(f"{name} must be a {kinds[name].__name__}; got {type(obj).__name__}")
+        out.append(obj)
+    return out
+
+
+def resolve_inputs(inputs: Sequence[str | Path] | str | Path | None, layout: LayoutParams) -> tuple[list[Path], bool]:
+    """Absolute input paths (globs expanded, files checked) and whether they are one montage store."""
+    from ..io.layout import expand_inputs
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    inputs = list(inputs or [])
+    if len(inputs) == 1 and _is_store(inputs[0]):
+        if layout.kind != "single":
+            raise ParameterError(f"{inputs[0]} is a montage store; grid, split and manifest lay out files to ingest")
+        return [Path(inputs[0]).resolve()], True
+    if layout.manifest is not None:
+        if inputs:
+            raise ParameterError("the manifest lists the tile files: give no INPUT with a manifest")
+        if not layout.manifest.is_file():
+            raise InputFileNotFoundError(f"manifest not found: {layout.manifest}")
+        return [], False
+    if not inputs:
+        raise ParameterError("no input: give tile files, glob patterns, one montage store, or a manifest")
+    return [p.resolve() for p in expand_inputs(inputs)], False
+
+
+def _reusable(target: Path, sources: list[Path], layout: LayoutParams):
+    """The existing ``target`` store if it holds exactly this montage; StoreExistsError saying why not otherwise."""
+    from ..io.layout import layout_record
+    from ..io.store import MontageStore
+
+    st = MontageStore(target)
+    have = st.attrs.get("layout")
+    want = layout_record(grid=layout.grid, split=layout.split, manifest=layout.manifest)
+    why = []
+    if have is None:
+        why.append("it records no layout (written by an older xsi_dask)")
+    elif have.get("kind") != want["kind"]:
+        why.append(f"it was laid out by {have.get('kind')}, not {want['kind']}")
+    elif have.get(want["kind"]) != want.get(want["kind"]) and want["kind"] != "single":
+        if want["kind"] == "manifest":
+            h, w = have.get("manifest") or {}, want["manifest"]
+            what = "path" if h.get("path") != w["path"] else "content (SHA-256)"
+            why.append(f"its manifest's {what} differs ({h.get('path')} when ingested, now {w['path']})")
+        else:
+            g0, g1 = have.get(want["kind"]), want[want["kind"]]
+            why.append(f"its {want['kind']} is {g0[0]}x{g0[1]}, not {g1[0]}x{g1[1]}")
+    if layout.kind != "manifest" and not why:
+        recorded = [str(s["path"]) for s in st.attrs.get("sources", [])]
+        wanted = [str(p) for p in sources]
+        if recorded != wanted:
+            why.append(f"its sources are {recorded}, not {wanted}")
+    if why:
+        raise StoreExistsError(
+            f"{target} holds another montage: {'; '.join(why)}. Pass --overwrite (overwrite=True) to replace it, "
+            "or another --out"
+        )
+    return st
+
+
+def _client(cluster: ClusterParams):
+    from ..cluster.local import dask_client
+
+    return dask_client(
+        cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
+        memory_limit=cluster.memory_limit, quiet=False,
+    )
+
+
+def _svd(montage, channels: int, svd: SVDParams, progress: bool):
+    from .. import decompose
+
+    return decompose(
+        montage, min(svd.components, channels), solver=svd.solver, power_iters=svd.power_iters,
+        oversampling=svd.oversampling, poisson=svd.poisson, center=svd.center, seed=svd.seed, progress=progress,
+    )
+
+
+def _init_from(svd_ds, nmf: NMFParams) -> tuple[Any, str]:
+    """The NMF init: the SVD already computed where it is the one NMF would compute, else the named method."""
+    if nmf.init != "poisson-nndsvda":
+        return nmf.init, f"{nmf.init} (computed by nmf)"
+    a = svd_ds.attrs
+    why = []
+    if not bool(a.get("poisson")):
+        why.append("the SVD is not Poisson-scaled")
+    if bool(a.get("center")):
+        why.append("the SVD is centred")
+    if int(a.get("n_components", 0)) < nmf.components:
+        why.append(f"the SVD has {a.get('n_components')} components, fewer than the {nmf.components} endmembers")
+    if why:
+        return nmf.init, f"poisson-nndsvda computed by nmf ({', '.join(why)})"
+    return svd_ds, f"NNDSVDa from the Poisson-scaled SVD above (computed once, its first {nmf.components} components)"
+
+
+def _nmf(montage, nmf: NMFParams, init: Any, results: Path, overwrite: bool, progress: bool):
+    """NMF written as group ``nmf`` of ``results`` (its scratch folder gone); the dataset opened from there."""
+    from .. import nmf as nmf_fn
+
+    return nmf_fn(
+        montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
+        sparsity=nmf.sparsity, out=results, overwrite=overwrite, progress=progress,
+    )
+
+
+def _refuse_group(results: Path, group: str, overwrite: bool) -> None:
+    if (results / group).exists() and not overwrite:
+        raise StoreExistsError(f"{results} already has group {group!r}; pass --overwrite (overwrite=True) to replace it")
+
+
+def run(
+    inputs: Sequence[str | Path] | str | Path | None,
+    out: str | Path,
+    *,
+    layout: LayoutParams | None = None,
+    svd: SVDParams | None = None,
+    nmf: NMFParams | None = None,
+    cluster: ClusterParams | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Ingest (or reuse a store), Poisson SVD, NMF, ``results.zarr``, figures and ``report.html`` under ``out``.
+
+    ``inputs`` are tile files or glob patterns laid out by ``layout``, or one
+    montage store analysed as it is. Files are ingested into
+    ``out/montage.zarr``; an existing one is reused only when it records the
+    same absolute source paths and the same layout (grid, split, or the
+    manifest's path and SHA-256), otherwise :class:`StoreExistsError` says why.
+    The SVD is computed once: with ``nmf.init="poisson-nndsvda"`` NMF starts
+    from it when it is Poisson-scaled, uncentred and has at least
+    ``nmf.components`` components. Every run writes its parameters to
+    ``out/run.yaml`` (:func:`load_run_config` reads them back).
+
+    Raises
+    ------
+    ParameterError, LayoutError, InputFileNotFoundError
+        Bad parameters or missing inputs, before any work.
+    StoreExistsError
+        ``out/results.zarr`` exists (or ``out/montage.zarr`` holds another
+        montage) and ``overwrite`` is false; raised before any computation.
+    """
+    from .. import open_montage
+    from ..io.ingest import ingest
+    from ..io.results import open_results, write_results
+    from ..io.store import MontageStore
+    from ..plotting.figures import save_all
+    from ..plotting.report import write_report
+    from ._config import RunConfig, save_run_config
+
+    layout, svd, nmf, cluster = _defaults(layout=layout, svd=svd, nmf=nmf, cluster=cluster)
+    sources, given_store = resolve_inputs(inputs, layout)
+    out = Path(out).resolve()
+    results = out / "results.zarr"
+    if results.exists() and not overwrite:
+        raise StoreExistsError(f"{results} exists; pass --overwrite (overwrite=True) to replace it")
+    target = sources[0] if given_store else out / "montage.zarr"
+    store = None
+    if not given_store and target.exists() and not overwrite:
+        store = _reusable(target, sources, layout)
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = save_run_config(
+        out / "run.yaml",
+        RunConfig(inputs=tuple(sources), out=out, layout=layout, svd=svd, nmf=nmf, cluster=cluster),
+    )
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if given_store:
+        store = MontageStore(target)
+        timings["open store"] = time.perf_counter() - t
+    elif store is not None:
+        print(f"reusing the montage store {target}")
+        timings["open store (reused)"] = time.perf_counter() - t
+    else:
+        store = ingest(
+            sources, target, grid=layout.grid, manifest=layout.manifest, split=layout.split,
+            overwrite=overwrite, progress=progress,
+        )
+        timings["ingest"] = time.perf_counter() - t
+    info = store.info()
+    print(format_info(info))
+    montage = open_montage(store)
+    with _client(cluster) as client:
+        t = time.perf_counter()
+        svd_ds = _svd(montage, store.channels, svd, progress)
+        timings["SVD"] = time.perf_counter() - t
+        t = time.perf_counter()
+        write_results(results, {"svd": svd_ds}, overwrite=overwrite, progress=progress)
+        timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
+        init, init_text = _init_from(svd_ds, nmf)
+        t = time.perf_counter()
+        _nmf(montage, nmf, init, results, overwrite, progress)
+        timings["NMF (written tile by tile)"] = time.perf_counter() - t
+        n_workers = len(client.scheduler_info().get("workers", {}))
+    t = time.perf_counter()
+    svd_r, nmf_r = open_results(results, "svd"), open_results(results, "nmf")
+    figs = save_all(out / "figures", svd_r, nmf_r)
+    timings["figures"] = time.perf_counter() - t
+    passes = {"svd": int(svd_ds.attrs["passes"]), "nmf": int(nmf_r.attrs["passes"])}
+
+    names = [str(p) for p in sources] or [str(layout.manifest)]
+    a = svd_ds.attrs
+    params = {
+        "inputs": " ".join(names),
+        "store": str(store.path),
+        "layout": layout.describe() if not given_store else "the store's own",
+        "SVD": f"k={a['n_components']}, solver={a['solver']}, power iterations={a.get('power_iters', '-')}, "
+               f"oversampling={a.get('oversampling', '-')}, Poisson scaling={bool(a['poisson'])}, "
+               f"centred={bool(a['center'])}, seed={a['seed']}",
+        "NMF": f"k={nmf.components}, loss={nmf.loss}, max_iter={nmf.max_iter}, tol={nmf.tol}, sparsity={nmf.sparsity}, "
+               f"seed={nmf.seed}, iterations run={nmf_r.attrs['n_iter']}",
+        "NMF init": init_text,
+        "passes: SVD": str(passes["svd"]),
+        "passes: NMF": f"{passes['nmf']} ({nmf_r.attrs['n_iter']} iterations)",
+        "cluster": cluster.scheduler or f"LocalCluster, {n_workers} workers",
+        "parameters": str(config),
+        "xsi_dask": __version__,
+    }
+    data = {k: info[k] for k in ("tiles", "shape", "nnz", "fraction_nonzero", "total_counts", "counts_per_pixel")}
+    by_name = {p.stem: p for p in figs}
+    first = Path(names[0]).name
+    report = write_report(
+        out / "report.html",
+        title=f"xsi_dask run: {first}" + (f" and {len(names) - 1} more" if len(names) > 1 else ""),
+        sections=[
+            ("Run", {**params, **{f"time: {k}": f"{v:.2f} s" for k, v in timings.items()}}, []),
+            ("Data", data, []),
+            ("Poisson-scaled SVD", {}, [by_name[n] for n in ("scree", "loadings", "scores") if n in by_name]),
+            ("NMF", {}, [by_name[n] for n in ("nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss") if n in by_name]),
+        ],
+    )
+    return RunResult(
+        out=out, report=Path(report), results=results, store=Path(store.path), config=config, figures=tuple(figs),
+        timings=timings, passes=passes, nmf_init=init_text,
+    )
+
+
+def decompose_store(
+    store: str | Path,
+    out: str | Path,
+    *,
+    svd: SVDParams | None = None,
+    cluster: ClusterParams | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """The SVD of a montage store, written as group ``svd`` of the results store ``out``; returned as opened from it.
+
+    An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
+    """
+    from .. import open_montage
+    from ..io.results import open_results, write_results
+    from ..io.store import MontageStore
+
+    svd, cluster = _defaults(svd=svd, cluster=cluster)
+    out = Path(out)
+    _refuse_group(out, "svd", overwrite)
+    st = MontageStore(store)
+    with _client(cluster):
+        ds = _svd(open_montage(st), st.channels, svd, progress)
+        write_results(out, {"svd": ds}, overwrite=overwrite, progress=progress)
+    return open_results(out, "svd")
+
+
+def nmf_store(
+    store: str | Path,
+    out: str | Path,
+    *,
+    nmf: NMFParams | None = None,
+    cluster: ClusterParams | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """The NMF of a montage store, written as group ``nmf`` of the results store ``out``; returned as opened from it.
+
+    An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
+    """
+    from .. import open_montage
+    from ..io.store import MontageStore
+
+    nmf, cluster = _defaults(nmf=nmf, cluster=cluster)
+    out = Path(out)
+    _refuse_group(out, "nmf", overwrite)
+    st = MontageStore(store)
+    with _client(cluster):
+        return _nmf(open_montage(st), nmf, nmf.init, out, overwrite, progress)
