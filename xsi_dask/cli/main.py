@@ -34,7 +34,7 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=["kl", "frobenius"], help="NMF loss (default kl: Poisson)")
     p.add_argument("--max-iter", type=int, help="default 200")
     p.add_argument("--tol", type=float, help="default 1e-4")
-    p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"], 
+    p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"],
                    help="NMF initialisation (default poisson-nndsvda: NNDSVDa from the Poisson-scaled SVD; `run` reuses its SVD for it)")
     p.add_argument("--sparsity", type=float, metavar="LAMBDA",
                    help="L1/2 sparsity weight on the abundances (KL only; default 0). 3-6 at tens of counts "

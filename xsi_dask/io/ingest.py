@@ -261,7 +261,7 @@ def ingest(
         tiles_g = root.create_group("tiles")
         sources_g = root.create_group("sources")
         srcs = {}
-        for k, path in enumerate(layout.sources):
+        for path in layout.sources:
             # traverse=False: dask would otherwise walk the whole metadata tree of the source
             srcs[path] = (
                 dask.delayed(preread, traverse=False)

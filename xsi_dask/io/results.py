@@ -12,8 +12,8 @@ import xarray as xr
 import zarr
 
 from .._dask import compute
-from ..progress import Progress
 from ..errors import StoreExistsError
+from ..progress import Progress
 from .readers import to_json
 from .store import atomic_output
 
