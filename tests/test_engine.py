@@ -406,3 +406,78 @@ def test_one_progress_display_per_run(sim, capsys):
     assert err, "no progress shown"
     assert all(line.startswith(("Poisson SVD (randomized, k=3)", "NMF (KL, k=2)")) for line in err), err
     assert err[-1].startswith("NMF (KL, k=2): ") and "loss" in err[-1]
+
+
+def test_run_on_jeol_computes_the_svd_once(needs_data, tmp_path):
+    """`xsi-dask run` on the JEOL map split 4x4: NMF starts from the run's SVD (11 passes fewer than its own
+    Poisson NNDSVDa) and equals NMF started from a separately computed SVD with the same seed."""
+    from xsi_dask.io.results import open_results
+    from xsi_dask.pipeline import ClusterParams, LayoutParams, NMFParams, SVDParams, run
+
+    res = run([EDS / "jeol_View000_0000006.pts"], tmp_path / "run", layout=LayoutParams(split="4x4"),
+              svd=SVDParams(components=10, seed=0), nmf=NMFParams(components=4, max_iter=20, tol=0),
+              cluster=ClusterParams(workers=2), progress=False)
+    got = open_results(res.results, "nmf")
+    m = xsi_dask.open_montage(res.store)
+    with dask.config.set(scheduler="sync"):
+        svd = xsi_dask.decompose(m, 10, seed=0)
+        ref = xsi_dask.nmf(m, 4, max_iter=20, tol=0, init=svd)
+        own = xsi_dask.nmf(m, 4, max_iter=20, tol=0)  # NNDSVDa from its own Poisson SVD
+    assert res.passes["svd"] == 11 and got.attrs["passes"] == 1 + 20 + 2
+    assert own.attrs["passes"] - got.attrs["passes"] == 11
+    np.testing.assert_allclose(got.spectra.values, ref.spectra.values, rtol=1e-12, atol=1e-16)
+    np.testing.assert_allclose(got.abundances.values, ref.abundances.values, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.loss.values, ref.loss.values, rtol=1e-13)
+    assert "passes: NMF" in res.report.read_text()
+
+
+_KILLED_NMF = """
+import sys, xsi_dask, dask
+dask.config.set(scheduler="sync")
+m = xsi_dask.open_montage(sys.argv[1])
+xsi_dask.nmf(m, 3, max_iter=100000, tol=0)
+"""
+
+
+def _nmf_killed_mid_run(store: MontageStore) -> list:
+    """Start an NMF in a child process, SIGKILL it once its scratch folder holds W, return the folders left."""
+    import signal
+    import subprocess
+    import sys
+
+    parent = store.path.parent
+    before = set(parent.glob(".xsi-dask-nmf-*"))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_NMF, str(store.path)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = [p for p in set(parent.glob(".xsi-dask-nmf-*")) - before if list(p.glob("W*.1.npy"))]
+            if new:
+                break
+            assert proc.poll() is None, "the NMF child ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no NMF scratch folder appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert all(p.is_dir() for p in new)
+    return new
+
+
+def test_scratch_of_a_killed_nmf_is_swept_by_the_next_run_and_by_clean(tmp_path, capsys):
+    from xsi_dask.cli.main import main
+
+    st = simulate(tmp_path / "k.zarr", tiles="1x2", tile_shape="48x48", channels=512, counts_per_pixel=30, seed=1,
+                  progress=False)
+    left = _nmf_killed_mid_run(st)
+    # the next NMF on the same store removes it, and leaves none of its own
+    with dask.config.set(scheduler="sync"):
+        xsi_dask.nmf(xsi_dask.open_montage(st), 2, max_iter=2)
+    assert not any(p.exists() for p in left)
+    assert not list(st.path.parent.glob(".xsi-dask-nmf-*"))
+    # xsi-dask clean STORE does the same
+    left = _nmf_killed_mid_run(st)
+    assert main(["clean", str(st.path)]) == 0
+    assert not any(p.exists() for p in left)
+    assert left[0].name in capsys.readouterr().out

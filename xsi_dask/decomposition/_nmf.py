@@ -30,14 +30,13 @@ import xarray as xr
 
 from .. import config
 from .._dask import current_client
-from .._version import __version__
 from ..engine import Block, Plan, Unit, make_plan
 from ..engine.backends._numba_kernels import EPSILON
 from ..engine.scratch import Scratch, sweep_scratch
 from ..errors import DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
-from ._svd import map_coords, poisson_svd, svd_passes
+from ._svd import map_coords, poisson_svd, run_attrs, svd_passes
 
 __all__ = ["nmf", "update_h_kl", "update_h_fro", "objective", "nndsvda_factors"]
 
@@ -518,13 +517,7 @@ def nmf(
                 "refit_iter": n_refit,
                 "divergence": divergence,
                 "seed": seed,
-                "passes": plan.passes,
-                "nnz": plan.nnz,
-                "seconds": time.perf_counter() - started,
-                "store": plan.store,
-                "store_uuid": plan.store_uuid,
-                "backend": plan.backend,
-                "xsi_dask_version": __version__,
+                **run_attrs(plan, started),
             },
         )
         ds["abundances"].attrs["units"] = "counts"

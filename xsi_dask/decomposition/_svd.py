@@ -75,6 +75,19 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
     return SVDFactors(S, rsvd.svd_flip(V), eigenvalues, op, params)
 
 
+def run_attrs(plan: Plan, started: float) -> dict:
+    """The attributes every result records: passes, non-zeros, seconds, store, store id, backend, version."""
+    return {
+        "passes": plan.passes,
+        "nnz": plan.nnz,
+        "seconds": time.perf_counter() - started,
+        "store": plan.store,
+        "store_uuid": plan.store_uuid,
+        "backend": plan.backend,
+        "xsi_dask_version": __version__,
+    }
+
+
 def svd_passes(solver: str, power_iters: int | None) -> int:
     """Passes the SVD will take (for a progress display)."""
     if solver != "randomized":
@@ -193,14 +206,8 @@ def decompose(
             "poisson": int(poisson),
             "center": int(center),
             "seed": seed,
-            "passes": plan.passes,
             "total_scaled_variance": op.frob2,
-            "nnz": plan.nnz,
-            "seconds": time.perf_counter() - started,
-            "store": plan.store,
-            "store_uuid": plan.store_uuid,
-            "backend": plan.backend,
-            "xsi_dask_version": __version__,
+            **run_attrs(plan, started),
             **params,
         },
     )

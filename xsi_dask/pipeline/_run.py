@@ -312,6 +312,23 @@ def run(
     )
 
 
+def _analyse_store(store, out, group: str, params, cluster, overwrite: bool, progress: bool):
+    """One analysis of a montage store written as group ``group`` of the results store ``out``."""
+    from .. import open_montage
+    from ..io.results import open_results, write_results
+    from ..io.store import MontageStore
+
+    out = Path(out)
+    _refuse_group(out, group, overwrite)
+    st = MontageStore(store)
+    with _client(cluster):
+        if group == "nmf":
+            return _nmf(open_montage(st), params, params.init, out, overwrite, progress)
+        ds = _svd(open_montage(st), st.channels, params, progress)
+        write_results(out, {"svd": ds}, overwrite=overwrite, progress=progress)
+    return open_results(out, "svd")
+
+
 def decompose_store(
     store: str | Path,
     out: str | Path,
@@ -325,18 +342,8 @@ def decompose_store(
 
     An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
     """
-    from .. import open_montage
-    from ..io.results import open_results, write_results
-    from ..io.store import MontageStore
-
     svd, cluster = _defaults(svd=svd, cluster=cluster)
-    out = Path(out)
-    _refuse_group(out, "svd", overwrite)
-    st = MontageStore(store)
-    with _client(cluster):
-        ds = _svd(open_montage(st), st.channels, svd, progress)
-        write_results(out, {"svd": ds}, overwrite=overwrite, progress=progress)
-    return open_results(out, "svd")
+    return _analyse_store(store, out, "svd", svd, cluster, overwrite, progress)
 
 
 def nmf_store(
@@ -352,12 +359,5 @@ def nmf_store(
 
     An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
     """
-    from .. import open_montage
-    from ..io.store import MontageStore
-
     nmf, cluster = _defaults(nmf=nmf, cluster=cluster)
-    out = Path(out)
-    _refuse_group(out, "nmf", overwrite)
-    st = MontageStore(store)
-    with _client(cluster):
-        return _nmf(open_montage(st), nmf, nmf.init, out, overwrite, progress)
+    return _analyse_store(store, out, "nmf", nmf, cluster, overwrite, progress)
