@@ -481,3 +481,47 @@ def test_scratch_of_a_killed_nmf_is_swept_by_the_next_run_and_by_clean(tmp_path,
     assert main(["clean", str(st.path)]) == 0
     assert not any(p.exists() for p in left)
     assert left[0].name in capsys.readouterr().out
+
+
+def test_counts_are_integers_never_truncated(sim):
+    m = xsi_dask.open_montage(sim)
+    for bad in (2.7, True, -1, "3"):
+        with pytest.raises(DecompositionError, match="n_components must be an integer"):
+            xsi_dask.decompose(m, bad)
+        with pytest.raises(DecompositionError, match="n_components must be an integer"):
+            xsi_dask.nmf(m, bad)
+    with pytest.raises(DecompositionError, match="power_iters"):
+        xsi_dask.decompose(m, 3, power_iters=-1)
+    with pytest.raises(DecompositionError, match="max_iter"):
+        xsi_dask.nmf(m, 2, max_iter=0)
+    with pytest.raises(DecompositionError, match="tol"):
+        xsi_dask.nmf(m, 2, tol=float("nan"))
+    with pytest.raises(DecompositionError, match="loss_every"):
+        xsi_dask.nmf(m, 2, loss_every=0)
+
+
+def test_components_above_the_numerical_rank(tmp_path):
+    """A montage of rank 2 (two spectra mixed): the randomized solver returns 2 components with a warning."""
+    from xsi_dask.errors import XSIWarning
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 64), rng.integers(0, 5, 64)
+    dense = np.array([[a, b, a + b, 2 * a]] * 4, dtype=np.uint16).reshape(4, 4, 64)  # rank 2, 16 pixels
+    root = zarr.open_group(str(tmp_path / "r2.zarr"), mode="w", zarr_format=3)
+    csr = sp.csr_array(dense.reshape(16, 64))
+    summary = write_tile(root.create_group("tiles"), "0", csr.indptr, csr.indices, csr.data, (4, 4), 64,
+                         attrs={"row": 0, "col": 0, "source": "synthetic", "stage_x": None, "stage_y": None,
+                                "window": [0, 4, 0, 4]})
+    write_montage_attrs(root, tiles=[{"row": 0, "col": 0, "source": "synthetic", "stage_x": None, "stage_y": None,
+                                      "window": [0, 4, 0, 4], **summary}],
+                        grid=[1, 1], split=None, tile_shape=[4, 4], energy={"size": 64, "offset": 0.0, "scale": 0.01},
+                        pixels={"scale_y": 1.0, "scale_x": 1.0, "offset_y": 0.0, "offset_x": 0.0, "units": "nm"},
+                        stage_units="nm", image_names=[], sources=[{"path": "synthetic"}])
+    m = xsi_dask.open_montage(tmp_path / "r2.zarr")
+    with dask.config.set(scheduler="sync"):
+        with pytest.warns(XSIWarning, match="numerical rank 2"):
+            ds = xsi_dask.decompose(m, 5)
+        assert ds.sizes["component"] == 2 and ds.scores.shape == (1, 4, 4, 2)
+        gram = xsi_dask.decompose(m, 5, solver="gram")
+    np.testing.assert_allclose(gram.singular_values.values[:2], ds.singular_values.values, rtol=1e-10)
+    assert np.all(gram.singular_values.values[2:] < 1e-6)

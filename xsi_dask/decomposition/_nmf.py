@@ -36,7 +36,7 @@ from ..engine.scratch import Scratch, sweep_scratch
 from ..errors import DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
-from ._svd import map_coords, poisson_svd, run_attrs, svd_passes
+from ._svd import count_arg, map_coords, poisson_svd, run_attrs, svd_passes
 
 __all__ = ["nmf", "update_h_kl", "update_h_fro", "objective", "nndsvda_factors"]
 
@@ -224,14 +224,14 @@ def _svd_init(init: xr.Dataset, plan: Plan, k: int) -> tuple[np.ndarray, np.ndar
 def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: int, tol: float, out, overwrite: bool):
     """Every argument checked before the first pass."""
     M = plan.n_channels
-    if not 1 <= k <= M:
-        raise DecompositionError(f"n_components must be between 1 and {M} (channels); got {k}")
+    count_arg(k, "n_components", 1, M, f"{M} (channels)")
     if loss not in ("kl", "frobenius"):
         raise DecompositionError(f"loss must be 'kl' or 'frobenius'; got {loss!r}")
     if not lam >= 0 or (lam > 0 and loss != "kl"):
         raise DecompositionError(f"sparsity must be >= 0, and is for the KL loss only; got {lam!r} with loss {loss!r}")
-    if int(max_iter) < 1 or not float(tol) >= 0:
-        raise DecompositionError(f"max_iter must be >= 1 and tol >= 0; got {max_iter} and {tol}")
+    count_arg(max_iter, "max_iter", 1)
+    if not (isinstance(tol, (int, float, np.floating)) and 0 <= tol < np.inf):
+        raise DecompositionError(f"tol must be a number >= 0; got {tol!r}")
     ok = (isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda", "random")) or isinstance(init, xr.Dataset) \
         or (isinstance(init, tuple) and len(init) == 2)
     if not ok:
@@ -378,8 +378,11 @@ def nmf(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
-    k, lam, max_iter = int(n_components), float(sparsity), int(max_iter)
+    k, lam = n_components, float(sparsity)
     _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite)
+    k, max_iter = int(k), int(max_iter)
+    loss_every = count_arg(loss_every, "loss_every", 1)
+    refit_iter = count_arg(refit_iter, "refit_iter", 0)
     M, npix = plan.n_channels, plan.pixels_per_tile
     h = plan.sum_spectrum()
     total = float(h.sum())
@@ -442,7 +445,6 @@ def nmf(
         sum_sq = float(terms[2])
         history = [value(terms, w_sum, wtw, w_root, H)]
         recorded = [0]  # history[i] is the loss after recorded[i] iterations
-        loss_every = max(1, int(loss_every))
         n_iter = 0
         for n_iter in range(1, max_iter + 1):
             src = (n_iter - 1) % 2  # W after n_iter - 1 iterations; this one writes the other slot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +14,7 @@ import xarray as xr
 from .. import config
 from .._version import __version__
 from ..engine import Plan, make_plan
-from ..errors import DecompositionError
+from ..errors import DecompositionError, XSIWarning
 from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
 from ..progress import Progress
@@ -46,17 +47,22 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
     """
     op = PoissonOperator(plan, poisson=poisson, center=center)
     M = op.n_channels
-    if not 1 <= int(k) <= M:
-        raise DecompositionError(f"n_components must be between 1 and {M} (channels); got {k}")
+    k = count_arg(k, "n_components", 1, M, f"{M} (channels)")
     tick = progress.update if progress is not None else None
     if solver == "randomized":
         q = config.get("power-iters", power_iters)
-        q = rsvd.DEFAULT_POWER_ITERS if q is None else int(q)
-        p = int(config.get("oversampling", oversampling))
-        if q < 0 or p < 0:
-            raise DecompositionError(f"power_iters and oversampling must be >= 0; got {q} and {p}")
+        q = rsvd.DEFAULT_POWER_ITERS if q is None else count_arg(q, "power_iters", 0)
+        p = count_arg(config.get("oversampling", oversampling), "oversampling", 0)
         X, Y = rsvd.range_finder(op, min(M, k + p), q, seed, on_pass=tick)
         S, V = rsvd.rayleigh_ritz(X, Y, k)
+        if S.size < k:
+            warnings.warn(
+                f"the scaled montage has numerical rank {S.size} (singular values above 1e-7 of the largest), fewer than "
+                f"the {k} components asked for: returning {S.size}. Ask for at most {S.size}, or use solver='gram' for "
+                "every eigenvalue (zeros included)",
+                XSIWarning,
+                stacklevel=3,
+            )
         eigenvalues = None
         params = {"power_iters": q, "oversampling": p}
     elif solver == "gram":
@@ -73,6 +79,15 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
     else:
         raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")
     return SVDFactors(S, rsvd.svd_flip(V), eigenvalues, op, params)
+
+
+def count_arg(value, name: str, low: int, high: int | None = None, high_text: str = "") -> int:
+    """An integer argument in [low, high], or a :class:`DecompositionError` naming it (never silently truncated)."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high_text or high}" if high is not None else f">= {low}"
+        raise DecompositionError(f"{name} must be an integer {bound}; got {value!r}")
+    return int(value)
 
 
 def run_attrs(plan: Plan, started: float) -> dict:
@@ -166,7 +181,14 @@ def decompose(
     Raises
     ------
     DecompositionError
-        Bad ``n_components``, ``solver``, ``power_iters`` or ``oversampling``.
+        Bad ``n_components``, ``solver``, ``power_iters`` or ``oversampling``
+        (each an integer in range; a float or bool is refused, not truncated).
+
+    Warns
+    -----
+    XSIWarning
+        ``n_components`` above the numerical rank of the scaled montage with
+        the randomized solver: the rank's components are returned.
     ViewError
         A view the engine cannot honour (arithmetic, ``where``, an energy or
         pixel selection, ``coarsen``, ``astype``; see :func:`xsi_dask.engine.make_plan`).
@@ -178,12 +200,13 @@ def decompose(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
-    k = int(n_components)
+    k = n_components
     label = f"Poisson SVD ({solver}, k={k})" if poisson else f"SVD ({solver}, k={k})"
     with Progress(label, svd_passes(solver, power_iters), unit="passes", enabled=progress) as bar:
         f = poisson_svd(plan, k, solver=solver, power_iters=power_iters, oversampling=oversampling, poisson=poisson,
                         center=center, seed=seed, progress=bar)
     S, V, eigenvalues, op, params = f.S, f.V, f.eigenvalues, f.op, f.params
+    k = S.size
     loadings = (np.sqrt(op.h)[:, None] * V if poisson else V).T
     comp = np.arange(k)
     data_vars = {
