@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -173,7 +174,9 @@ def test_nmf_computes_its_own_init_when_the_svd_does_not_fit(tmp_path):
 def test_store_reuse_compares_inputs_and_layout(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     st = xsi_dask.ingest(P45, out / "montage.zarr", split="3x4", progress=False)
+    files = st.attrs["layout"].pop("files")
     assert st.attrs["layout"] == {"kind": "split", "grid": None, "split": [3, 4], "manifest": None}
+    assert files == [{"path": str(P45.resolve()), "size": P45.stat().st_size, "mtime_ns": P45.stat().st_mtime_ns}]
     assert [s["path"] for s in st.attrs["sources"]] == [str(P45.resolve())]
     small = ["--components", "3", "--nmf-components", "2", "--max-iter", "5", "--workers", "1", "--quiet"]
 
@@ -207,8 +210,8 @@ def test_manifest_layout_is_recorded_with_its_hash(tmp_path):
     man = tmp_path / "tiles.csv"
     man.write_text(f"path,row,col\n{P45},0,0\n")
     st = xsi_dask.ingest(None, tmp_path / "run" / "montage.zarr", manifest=man, progress=False)
-    assert st.attrs["layout"] == {"kind": "manifest", "grid": None, "split": None,
-                                  "manifest": {"path": str(man.resolve()), "sha256": file_sha256(man)}}
+    assert {k: v for k, v in st.attrs["layout"].items() if k != "files"} == {
+        "kind": "manifest", "grid": None, "split": None, "manifest": {"path": str(man.resolve()), "sha256": file_sha256(man)}}
     man.write_text(f"# stage_units: um\npath,row,col\n{P45},0,0\n")  # same tiles, another file content
     with pytest.raises(StoreExistsError, match="content"):
         pipeline.run([], tmp_path / "run", layout=LayoutParams(manifest=man), progress=False)
@@ -228,3 +231,24 @@ def test_clean_command_calls_the_scratch_cleaner(tmp_path, capsys, monkeypatch):
     fake.clean = lambda store: []
     assert main(["clean", str(tmp_path / "m.zarr")]) == 0
     assert "no scratch folders" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_a_source_changed_in_place_is_not_reused(tmp_path, capsys):
+    """Same path, same layout, but the file was rewritten (another size or modification time): refused."""
+    src = tmp_path / "map.bcf"
+    shutil.copyfile(P45, src)
+    out = tmp_path / "run"
+    xsi_dask.ingest(src, out / "montage.zarr", split="3x4", progress=False)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    args = ["run", str(src), "--split", "3x4", "--out", str(out), "--components", "3", "--nmf-components", "2",
+            "--max-iter", "5", "--workers", "1", "--quiet"]
+    assert main(args) == 2
+    assert f"its source {src} changed since it was ingested" in capsys.readouterr().err
+    src.unlink()
+    shutil.copyfile(P45, src)
+    with open(src, "ab") as f:
+        f.write(b"\0")
+    assert main(args) == 2
+    assert "changed since it was ingested" in capsys.readouterr().err

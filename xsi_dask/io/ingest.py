@@ -25,7 +25,16 @@ from ..errors import (
     XSIWarning,
 )
 from ._csr import dense_to_csr
-from .layout import Layout, TileSpec, expand_inputs, grid_layout, layout_record, manifest_layout, split_layout
+from .layout import (
+    Layout,
+    TileSpec,
+    expand_inputs,
+    grid_layout,
+    layout_record,
+    manifest_layout,
+    source_fingerprints,
+    split_layout,
+)
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
 from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
 
@@ -287,7 +296,7 @@ def ingest(
             tiles=results,
             grid=[layout.rows, layout.cols],
             split=list(layout.split) if layout.split else None,
-            layout=record,
+            layout={**record, "files": source_fingerprints(layout.sources)},
             tile_shape=ref["shape"],
             energy=ref["energy"].to_dict(),
             pixels=ref["pixels"].to_dict(),

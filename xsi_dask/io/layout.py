@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import InputFileNotFoundError, LayoutError
 
 __all__ = [
+    "source_fingerprints",
     "Layout",
     "TileSpec",
     "expand_inputs",
@@ -287,3 +288,17 @@ def split_layout(path: str | Path, split: str | Sequence[int], map_shape: tuple[
         for r in range(rows) for c in range(cols)
     )
     return Layout(tiles=tiles, rows=rows, cols=cols, split=(rows, cols))
+
+
+def source_fingerprints(paths: Sequence[str | Path]) -> list[dict]:
+    """Absolute path, size (bytes) and modification time (ns) of each source file, as the store records them.
+
+    A store is reused only when these still match: a file changed in place
+    (same path, new acquisition) has another size or modification time.
+    """
+    out = []
+    for p in paths:
+        p = Path(p).resolve()
+        st = p.stat()
+        out.append({"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
+    return out

@@ -127,12 +127,31 @@ def _reusable(target: Path, sources: list[Path], layout: LayoutParams):
         wanted = [str(p) for p in sources]
         if recorded != wanted:
             why.append(f"its sources are {recorded}, not {wanted}")
+    if not why:
+        why += _changed_files(have)
     if why:
         raise StoreExistsError(
             f"{target} holds another montage: {'; '.join(why)}. Pass --overwrite (overwrite=True) to replace it, "
             "or another --out"
         )
     return st
+
+
+def _changed_files(layout_attr: dict) -> list[str]:
+    """Why the recorded source files are no longer those the store was made from (size, mtime, gone)."""
+    from ..io.layout import source_fingerprints
+
+    files = layout_attr.get("files")
+    if files is None:
+        return ["it records no sizes and modification times of its files (written by an older xsi_dask)"]
+    for f in files:
+        try:
+            (now,) = source_fingerprints([f["path"]])
+        except OSError:
+            return [f"its source {f['path']} is gone"]
+        if (now["size"], now["mtime_ns"]) != (f["size"], f["mtime_ns"]):
+            return [f"its source {f['path']} changed since it was ingested (size or modification time)"]
+    return []
 
 
 def _client(cluster: ClusterParams):
