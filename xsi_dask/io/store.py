@@ -242,8 +242,11 @@ class _TileCache:
 
 
 tile_cache = _TileCache()
-_open_stores: dict[str, tuple[int, MontageStore]] = {}
+# store handles opened per process, most recent last; bounded so a long notebook session or a worker that
+# saw many stores does not keep every one open
+_open_stores: OrderedDict[str, tuple[int, MontageStore]] = OrderedDict()
 _open_lock = threading.Lock()
+_MAX_OPEN_STORES = 16
 
 
 class MontageStore:
@@ -306,10 +309,14 @@ class MontageStore:
         with _open_lock:
             hit = _open_stores.get(key)
             if hit is not None and hit[0] == mtime:
+                _open_stores.move_to_end(key)
                 return hit[1]
         store = cls(p)
         with _open_lock:
             _open_stores[key] = (mtime, store)
+            _open_stores.move_to_end(key)
+            while len(_open_stores) > _MAX_OPEN_STORES:
+                _open_stores.popitem(last=False)
         return store
 
     @property

@@ -1,0 +1,33 @@
+"""Soak: many analyses in one process keep memory flat (store handles and caches are bounded)."""
+
+from __future__ import annotations
+
+import gc
+
+import dask
+import numpy as np
+import psutil
+
+import xsi_dask
+from xsi_dask.io import store as store_mod
+from xsi_dask.testing.simulate import simulate
+
+
+def test_fifty_decompositions_in_one_process_keep_memory_flat(tmp_path):
+    """50 decompositions over 25 stores (each seen twice): the resident memory of the last 10 stays within
+    10 % of the first 10, and at most 16 store handles stay open."""
+    stores = [simulate(tmp_path / f"s{i}.zarr", tiles="1x2", tile_shape="16x16", channels=128, counts_per_pixel=20,
+                       seed=i, progress=False) for i in range(25)]
+    proc = psutil.Process()
+    rss, values = [], []
+    with dask.config.set(scheduler="sync"):
+        for i in range(50):
+            ds = xsi_dask.decompose(xsi_dask.open_montage(stores[i % 25].path), 3)
+            values.append(float(ds.singular_values.values[1]))
+            del ds
+            gc.collect()
+            rss.append(proc.memory_info().rss)
+    first, last = np.mean(rss[:10]), np.mean(rss[-10:])
+    assert last <= 1.10 * first, (first / 2**20, last / 2**20)
+    assert len(store_mod._open_stores) <= store_mod._MAX_OPEN_STORES
+    assert values[:25] == values[25:]  # the same store twice gives the same result, bounded handles or not
