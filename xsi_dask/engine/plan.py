@@ -345,10 +345,9 @@ def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
     return None
 
 
-def _pristine_names(st: MontageStore, tiles: list[int]) -> set[str]:
-    """Dask names of the unmodified view of ``tiles``: open_montage, and one isel/sel on tile of it."""
-    p = open_montage(st)
-    n = st.n_tiles
+def _pristine_names(p: xr.DataArray, tiles: list[int]) -> set[str]:
+    """Dask names of the unmodified view ``p`` of the store, and of one isel/sel of ``tiles`` on it."""
+    n = p.sizes["tile"]
     names = set()
     if tiles == list(range(n)):
         names.add(p.data.name)
@@ -426,10 +425,11 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
         raise ViewError(f"the view repeats tiles {sorted({t for t in tiles if tiles.count(t) > 1})}; select each tile once")
     if not tiles:
         raise ViewError("the view selects no tiles")
-    if montage.dtype != open_montage(st).dtype:
-        raise ViewError(f"the view's dtype is {montage.dtype}, not the stored counts' {open_montage(st).dtype} "
+    pristine = open_montage(st)
+    if montage.dtype != pristine.dtype:
+        raise ViewError(f"the view's dtype is {montage.dtype}, not the stored counts' {pristine.dtype} "
                         "(astype): the engine computes in float64 from the stored integer counts; drop the astype")
-    if montage.data.name not in _pristine_names(st, tiles):
+    if montage.data.name not in _pristine_names(pristine, tiles):
         raise ViewError(
             f"the montage view was modified after open_montage ({_operation(montage)!r} in its dask graph): the engine "
             "computes on the stored counts and cannot honour arithmetic, where(), fillna, rechunking or chained "
