@@ -22,6 +22,7 @@ pixel weights, the backend's kernels) and the pass's arguments.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -345,11 +346,13 @@ def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
     return None
 
 
-def _pristine_names(p: xr.DataArray, tiles: list[int]) -> set[str]:
-    """Dask names of the unmodified view ``p`` of the store, and of one isel/sel of ``tiles`` on it."""
+@functools.lru_cache(maxsize=64)
+def _pristine_names(store: str, uuid: str, tiles: tuple[int, ...]) -> frozenset[str]:
+    """Dask names of the unmodified view of the store (path and uuid), and of one isel/sel of ``tiles`` on it."""
+    p = open_montage(MontageStore.cached(store))
     n = p.sizes["tile"]
     names = set()
-    if tiles == list(range(n)):
+    if list(tiles) == list(range(n)):
         names.add(p.data.name)
     idx = np.asarray(tiles, dtype=np.int64)
     names.add(p.isel(tile=idx).data.name)
@@ -367,7 +370,7 @@ def _pristine_names(p: xr.DataArray, tiles: list[int]) -> set[str]:
         mask[idx] = True
         names.add(p.isel(tile=mask).data.name)
         names.add(p.isel(tile=xr.DataArray(mask, dims="tile")).data.name)
-    return names
+    return frozenset(names)
 
 
 def _operation(v: xr.DataArray) -> str:
@@ -429,7 +432,7 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
     if montage.dtype != pristine.dtype:
         raise ViewError(f"the view's dtype is {montage.dtype}, not the stored counts' {pristine.dtype} "
                         "(astype): the engine computes in float64 from the stored integer counts; drop the astype")
-    if montage.data.name not in _pristine_names(pristine, tiles):
+    if montage.data.name not in _pristine_names(str(st.path), st.uuid, tuple(tiles)):
         raise ViewError(
             f"the montage view was modified after open_montage ({_operation(montage)!r} in its dask graph): the engine "
             "computes on the stored counts and cannot honour arithmetic, where(), fillna, rechunking or chained "
