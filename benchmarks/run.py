@@ -28,7 +28,7 @@ def main() -> None:
         print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
     head = (
         "# Benchmarks\n\n"
-        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on: {machine()}.\n\n"
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on: {machine()}.\n\n"
         f"Command: `make bench` (= `.venv/bin/python benchmarks/run.py --out docs/benchmarks.md`).\n"
         "Every comparison is made side by side in one run, and ratios are what to read: the "
         "machines are shared and absolute times drift.\n\n"
