@@ -68,8 +68,12 @@ _NAME_RE = re.compile(r"\.xsi-dask-nmf-[0-9a-f]{12}")
 _START_TOLERANCE_S = 1.0
 
 
-class ScratchError(DecompositionError, OSError):
-    """The scratch or checkpoint folder of a run cannot be written or read (a full disk, an I/O error)."""
+class ScratchError(OSError, DecompositionError):
+    """The scratch or checkpoint folder of a run cannot be written or read (a full disk, an I/O error).
+
+    ``OSError`` comes first so that its ``__new__`` is used when a worker's
+    error is unpickled on the client (tblib calls ``cls.__new__``).
+    """
 
 
 class ScratchLostError(ScratchError, FileNotFoundError):
@@ -637,6 +641,7 @@ class Checkpoint:
         """
         state = f"state-{int(meta.get('n_iter', 0)):06d}-{uuid.uuid4().hex[:8]}"
         folder = self.path / state
+        tmp = self.path / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
         try:
             self.path.mkdir(mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
@@ -662,7 +667,6 @@ class Checkpoint:
                 "owner": {"host": socket.gethostname(), "pid": owner, "create_time": psutil.Process(owner).create_time()},
                 "written": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            tmp = self.path / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
             with open(tmp, "w") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -670,8 +674,9 @@ class Checkpoint:
             os.replace(tmp, self.path / MANIFEST)
             _fsync_path(self.path, directory=True)
         except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):
-                shutil.rmtree(folder)
+                os.remove(tmp)
             if isinstance(exc, FileNotFoundError) and exc.filename and Path(exc.filename).parent.name.startswith(PREFIX):
                 raise _lost(Path(exc.filename).parent, f"the array {Path(exc.filename).stem}") from exc
             raise _write_failed(self.path, f"the checkpoint of iteration {meta.get('n_iter')}", exc) from exc
