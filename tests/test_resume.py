@@ -472,3 +472,37 @@ def test_scratch_fallback_in_the_temporary_folder_is_private(store, tmp_path, mo
         ck.remove()
     finally:
         os.umask(old)
+
+
+# ---- the pipeline: run --resume ----
+
+def test_run_resume_continues_the_interrupted_runs_nmf(store, tmp_path, fail_at, monkeypatch):
+    from contextlib import nullcontext
+
+    from xsi_dask import pipeline
+    from xsi_dask.io.results import open_results
+    from xsi_dask.pipeline import _run
+
+    class NoCluster:  # the synchronous scheduler: fast
+        def scheduler_info(self):
+            return {"workers": {}}
+
+    monkeypatch.setattr(_run, "_client", lambda cluster: nullcontext(NoCluster()))
+    svd = pipeline.SVDParams(components=K)
+
+    def run(out, **nmf):
+        return pipeline.run(store.path, out, svd=svd, nmf=pipeline.NMFParams(components=K, max_iter=30, tol=0.0, **nmf),
+                            progress=False)
+
+    ref = open_results(run(tmp_path / "ref").results, "nmf").load()
+    undo = fail_at("NMF iteration 17")
+    with pytest.raises(Injected):
+        run(tmp_path / "r", checkpoint_every=5)
+    undo()
+    assert (tmp_path / "r" / "results.zarr").exists() and manifest(store)["n_iter"] == 15
+    with pytest.raises(xsi_dask.XSIError, match="exists"):  # without resume (or overwrite) the run is refused
+        run(tmp_path / "r")
+    res = open_results(run(tmp_path / "r", resume=True).results, "nmf").load()
+    assert res.attrs["resumed_from_iteration"] == 15
+    assert_same(res, ref)
+    assert not checkpoints(store)
