@@ -312,10 +312,7 @@ def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every:
     }
 
 
-_WHY = {
-    "units": "the work units (tiles split for the number of workers): resume on a cluster of the same size",
-    "backend": "the kernel backend (xsi-dask.backend)",
-}
+_WHY = {"backend": "the kernel backend (xsi-dask.backend)"}
 
 
 def _check_resumable(ckpt: Checkpoint, found: dict, identity: dict, max_iter: int) -> None:
@@ -324,7 +321,7 @@ def _check_resumable(ckpt: Checkpoint, found: dict, identity: dict, max_iter: in
         raise DecompositionError(f"{ckpt.path} is not an NMF checkpoint this xsi_dask can resume; remove it to start afresh")
     have = found["identity"]
     diff = [f"{_WHY.get(key, key)}: {have.get(key)!r} in the checkpoint, {want!r} now" for key, want in identity.items()
-            if have.get(key) != want]
+            if have.get(key) != want and key != "units"]  # other units (workers): W is re-split per tile
     if diff:
         raise DecompositionError(
             f"cannot resume from the checkpoint {ckpt.path}: it was written by an NMF with other parameters ("
@@ -467,7 +464,9 @@ def nmf(
         Continue from the checkpoint of an earlier run of the same NMF on the
         same store and tiles (killed, or stopped by SIGTERM) instead of
         starting: the result equals the uninterrupted run's bit for bit
-        (same scheduler or the same number of workers). Without a checkpoint
+        (on the synchronous scheduler or the same number of workers; with
+        another number of workers W is re-split per tile and the sums are
+        added in another order: equal to rounding). Without a checkpoint
         the run starts from ``init`` (``attrs["resumed_from_iteration"]`` is
         set only when it resumed), so a batch script can always pass it. A
         checkpoint of an NMF with other parameters is refused, naming them;
@@ -602,13 +601,25 @@ def nmf(
                 w_sum, wtw, w_root = (ckpt.load(found, n) for n in ("w_sum", "wtw", "w_root"))
                 sum_sq = float(ckpt.load(found, "sum_sq"))
                 init_name = str(found["init_name"])
-                for u in plan.units:
-                    src, dst = ckpt.file(found, _w(u, "ckpt")), scratch.path / f"{_w(u, n0 % 2)}.npy"
-                    try:
-                        _link_or_copy(src, dst)
-                    except OSError as exc:
-                        raise ScratchError(f"cannot restore W of tile {u.tile} from the checkpoint {ckpt.path} ({exc}); "
-                                           "remove the checkpoint to start afresh") from exc
+                saved = [Unit(*u) for u in found["identity"]["units"]]
+                if saved == list(plan.units):
+                    for u in plan.units:
+                        src, dst = ckpt.file(found, _w(u, "ckpt")), scratch.path / f"{_w(u, n0 % 2)}.npy"
+                        try:
+                            _link_or_copy(src, dst)
+                        except OSError as exc:
+                            raise ScratchError(f"cannot restore W of tile {u.tile} from the checkpoint {ckpt.path} "
+                                               f"({exc}); remove the checkpoint to start afresh") from exc
+                else:  # another number of workers: the same W rows, cut into this plan's units
+                    log.info("resuming NMF with %d work units instead of the checkpoint's %d: the sums are added in "
+                             "another order", len(plan.units), len(saved))
+                    for t in plan.tiles:
+                        W = np.concatenate([ckpt.load(found, _w(u, "ckpt")) for u in sorted(saved) if u.tile == t])
+                        if W.shape != (npix, k):
+                            raise ScratchError(f"W of tile {t} in the checkpoint {ckpt.path} has shape {W.shape}, not "
+                                               f"({npix}, {k}); remove the checkpoint to start afresh")
+                        for u in plan.units_of(t):
+                            scratch.save(_w(u, n0 % 2), W[u.start : u.stop])
                 committed = True  # this run now owns the checkpoint
             else:
                 if isinstance(init, xr.Dataset):
