@@ -227,6 +227,20 @@ def test_a_live_run_checkpointing_the_same_nmf_is_not_overwritten(store, fail_at
     shutil.rmtree(folder)
 
 
+def test_a_damaged_checkpoint_is_refused_by_resume_and_replaced_by_a_fresh_run(store, fail_at):
+    undo = fail_at("NMF iteration 12")
+    with pytest.raises(Injected):
+        _nmf(store, checkpoint_every=10)
+    undo()
+    (folder,) = checkpoints(store)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ScratchError, match="unreadable") as e:
+        _nmf(store, resume=True)
+    assert str(folder) in str(e.value)
+    _nmf(store, max_iter=3)  # checkpointing, not resuming: replaces it, and removes it when done
+    assert not checkpoints(store)
+
+
 # ---- killed processes ----
 
 _CHILD = textwrap.dedent("""

@@ -548,7 +548,12 @@ def nmf(
     if every or resume:
         identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters)
         ckpt = Checkpoint.of("nmf", plan.store, plan.store_uuid, plan.tiles, on_cluster=on_cluster)
-        found = ckpt.manifest()
+        try:
+            found = ckpt.manifest()
+        except ScratchError:
+            if resume:
+                raise
+            found = None  # a damaged checkpoint is replaced by this run's
         if found is not None and ckpt.owner_alive(found):
             raise DecompositionError(
                 f"another NMF on these tiles (process {found['owner']['pid']} on this host) is writing the checkpoint "
