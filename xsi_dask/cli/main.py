@@ -39,6 +39,9 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, metavar="LAMBDA",
                    help="L1/2 sparsity weight on the abundances (KL only; default 0). 3-6 at tens of counts "
                         "per pixel keeps endmembers from trading shared peaks; abundances are refit without it")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="commit an NMF checkpoint beside the store every N iterations and on SIGTERM "
+                        "(default 10, xsi-dask.nmf-checkpoint-every; 0: none); removed when the NMF completes")
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nmf-components", type=int, metavar="K", help="NMF endmembers (default 4)")
     _add_nmf_options(p)
     _add_cluster_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="after an interrupted run into DIR: reuse its store, compute the SVD again and continue the NMF "
+                        "from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", type=int, metavar="K", help="endmembers (default 4)")
     _add_nmf_options(p)
     p.add_argument("--seed", type=int, help="seed of the init (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint of an interrupted run of the same NMF (same result as if "
+                        "uninterrupted); without one, start from the init")
     _add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -166,7 +175,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 _SVD_FLAGS = {"components": "components", "solver": "solver", "power_iters": "power_iters",
               "oversampling": "oversampling", "seed": "seed"}
-_NMF_FLAGS = {"loss": "loss", "max_iter": "max_iter", "tol": "tol", "init": "init", "sparsity": "sparsity", "seed": "seed"}
+_NMF_FLAGS = {"loss": "loss", "max_iter": "max_iter", "tol": "tol", "init": "init", "sparsity": "sparsity", "seed": "seed",
+              "checkpoint_every": "checkpoint_every", "resume": "resume"}
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit")
 
 
@@ -248,7 +258,10 @@ def _cmd_nmf(args: argparse.Namespace) -> int:
     g = _given(args)
     ds = nmf_store(g["store"], g["out"], nmf=_nmf_params(g, "components"), cluster=_cluster_params(g),
                    overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
-    print(f"NMF ({ds.attrs['n_iter']} iterations, {ds.attrs['seconds']:.1f} s) written to {g['out']} (group nmf)")
+    resumed = ds.attrs.get("resumed_from_iteration")
+    note = f", resumed from iteration {resumed}" if resumed is not None else \
+        ", no checkpoint to resume: started from the init" if g.get("resume") else ""
+    print(f"NMF ({ds.attrs['n_iter']} iterations{note}, {ds.attrs['seconds']:.1f} s) written to {g['out']} (group nmf)")
     return 0
 
 

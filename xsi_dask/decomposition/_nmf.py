@@ -20,11 +20,19 @@ doi:10.1016/j.patcog.2007.09.010 (NNDSVD).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import dask.config
 import numpy as np
 import xarray as xr
 
@@ -32,7 +40,7 @@ from .. import config
 from .._dask import current_client
 from ..engine import Block, Plan, Unit, make_plan
 from ..engine.backends._numba_kernels import EPSILON
-from ..engine.scratch import Scratch, sweep_scratch
+from ..engine.scratch import Checkpoint, Scratch, ScratchError, sweep_scratch
 from ..errors import DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
@@ -41,6 +49,8 @@ from ._svd import count_arg, map_coords, poisson_svd, run_attrs, svd_passes
 __all__ = ["nmf", "update_h_kl", "update_h_fro", "objective", "nndsvda_factors"]
 
 _EPS64 = float(np.finfo(np.float64).eps)
+
+log = logging.getLogger(__name__)
 
 
 # ---- pure steps: the H updates and the objective (each tested against dense NumPy) ----
@@ -221,6 +231,117 @@ def _svd_init(init: xr.Dataset, plan: Plan, k: int) -> tuple[np.ndarray, np.ndar
     return S, L, bool(int(a.get("poisson", 1)))
 
 
+# ---- checkpoints and SIGTERM ----
+
+class _Terminated(BaseException):
+    """SIGTERM under the default disposition: unwinds the run (its scratch folder goes) before the process ends."""
+
+
+class _SigtermStop:
+    """While a run iterates, SIGTERM (SLURM's end of walltime) only sets a flag; the loop checkpoints, then :meth:`act`.
+
+    Installed only in the main thread (the only one Python delivers signals to)
+    and only when SIGTERM is not ignored; the previous handler is restored on
+    exit.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.installed, self.requested, self.prev = enabled, False, False, None
+
+    def __enter__(self) -> _SigtermStop:
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev is not None and prev != signal.SIG_IGN:
+                self.prev = prev
+                signal.signal(signal.SIGTERM, self._handle)
+                self.installed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.prev)
+            self.installed = False
+
+    def act(self) -> None:
+        """What SIGTERM would have done, now that the state is committed: the previous handler, or the end of the process."""
+        self.requested = False
+        if callable(self.prev):  # the program's own handler: it raises, exits, or lets the run go on
+            self.prev(signal.SIGTERM, inspect.currentframe())
+        else:
+            raise _Terminated()
+
+
+def _checkpoint_every(value: int | None) -> int:
+    v = dask.config.get("xsi-dask.nmf-checkpoint-every", 10) if value is None else value
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 0:
+        raise DecompositionError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints); got {v!r}")
+    return int(v)
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every: int, init, seed: int,
+              power_iters: int | None) -> dict:
+    """Everything that decides the iterates and the loss history of a run (a checkpoint must match it to be resumed)."""
+    if isinstance(init, xr.Dataset):
+        S, L, poisson = _svd_init(init, plan, k)
+        start = f"{'poisson-nndsvda' if poisson else 'nndsvda'} from a given SVD ({_digest(S, L)})"
+    elif isinstance(init, str) and init != "random":
+        q = power_iters if power_iters is not None else dask.config.get("xsi-dask.power-iters", None)
+        start = f"{init} (seed {seed}, power iterations {'default' if q is None else int(q)})"
+    elif isinstance(init, str):
+        start = f"random (seed {seed})"
+    else:
+        W0, H0 = init
+        start = f"given (W, H) ({_digest(H0, *list(W0))})"
+    return {
+        "store": plan.store, "store_uuid": plan.store_uuid, "tiles": [int(t) for t in plan.tiles],
+        "units": [[int(u.tile), int(u.start), int(u.stop)] for u in plan.units], "channels": int(plan.n_channels),
+        "backend": plan.backend, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
+        "loss_every": int(loss_every), "init": start,
+    }
+
+
+_WHY = {"backend": "the kernel backend (xsi-dask.backend)"}
+
+
+def _check_resumable(ckpt: Checkpoint, found: dict, identity: dict, max_iter: int) -> None:
+    """Refuse a checkpoint written by a run with other parameters, naming each difference."""
+    if found.get("kind") != "nmf" or found.get("version") != 1 or not isinstance(found.get("identity"), dict):
+        raise DecompositionError(f"{ckpt.path} is not an NMF checkpoint this xsi_dask can resume; remove it to start afresh")
+    have = found["identity"]
+    diff = [f"{_WHY.get(key, key)}: {have.get(key)!r} in the checkpoint, {want!r} now" for key, want in identity.items()
+            if have.get(key) != want and key != "units"]  # other units (workers): W is re-split per tile
+    if diff:
+        raise DecompositionError(
+            f"cannot resume from the checkpoint {ckpt.path}: it was written by an NMF with other parameters ("
+            + "; ".join(diff) + "). Resume with the same parameters, or run without resume (the checkpoint is then "
+            "replaced)"
+        )
+    if int(found["n_iter"]) > max_iter:
+        raise DecompositionError(f"cannot resume from the checkpoint {ckpt.path}: it is at iteration {found['n_iter']}, "
+                                 f"beyond max_iter={max_iter}; raise max_iter")
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: int, tol: float, out, overwrite: bool):
     """Every argument checked before the first pass."""
     M = plan.n_channels
@@ -265,6 +386,8 @@ def nmf(
     refit_iter: int = 20,
     out: str | Path | None = None,
     overwrite: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     progress: bool = False,
 ) -> xr.Dataset:
     """Non-negative matrix factorization of a count montage, one pass over the tiles per iteration.
@@ -332,6 +455,22 @@ def nmf(
         they would exceed ``xsi-dask.in-memory-limit``).
     overwrite : bool
         Replace an existing ``nmf`` group of ``out``.
+    checkpoint_every : int, optional
+        Commit a checkpoint after the start and every this many iterations,
+        and at the end of the iteration in which SIGTERM arrives (default
+        the config ``xsi-dask.nmf-checkpoint-every``, 10; 0: no checkpoints
+        and no SIGTERM handling). See Notes.
+    resume : bool
+        Continue from the checkpoint of an earlier run of the same NMF on the
+        same store and tiles (killed, or stopped by SIGTERM) instead of
+        starting: the result equals the uninterrupted run's bit for bit
+        (on the synchronous scheduler or the same number of workers; with
+        another number of workers W is re-split per tile and the sums are
+        added in another order: equal to rounding). Without a checkpoint
+        the run starts from ``init`` (``attrs["resumed_from_iteration"]`` is
+        set only when it resumed), so a batch script can always pass it. A
+        checkpoint of an NMF with other parameters is refused, naming them;
+        ``max_iter`` may differ (not below the checkpoint's iteration).
     progress : bool
         One progress display for the run (passes, with the iteration and loss).
 
@@ -350,8 +489,14 @@ def nmf(
     ------
     DecompositionError
         Bad ``n_components``, ``loss``, ``init``, ``sparsity``, ``max_iter``,
-        ``tol`` or array shapes; an init SVD of another montage view; the
-        scratch folder cannot be created; in-memory abundances too large.
+        ``tol``, ``checkpoint_every`` or array shapes; an init SVD of another
+        montage view; the scratch folder cannot be created; in-memory
+        abundances too large; ``resume`` with a checkpoint of other
+        parameters; another live process checkpointing the same NMF.
+    ScratchError
+        The scratch or checkpoint folder filled its disk, or was removed while
+        the run used it (:class:`~xsi_dask.engine.scratch.ScratchLostError`);
+        the message names the folder. The last checkpoint stays: ``resume``.
     StoreExistsError
         ``out`` already has an ``nmf`` group and ``overwrite`` is false
         (checked before any pass).
@@ -366,6 +511,19 @@ def nmf(
     folder is removed before ``nmf`` returns (or raises); the folder of a run
     that was killed carries a lock file (host, PID) and is removed by the next
     NMF on the same store or by ``xsi-dask clean STORE``.
+
+    Checkpoints (H, the loss history, the per-unit W of the current slot,
+    the reduced sums) go to ``.xsi-dask-checkpoint-nmf-<store uuid>-<tiles>``
+    beside the scratch folders; each commit is atomic (a new state folder,
+    then one rename of its manifest), W is hard-linked from the scratch
+    folder where possible, and the folder outlives the process until the NMF
+    completes. SIGTERM (how SLURM ends a job's walltime) is caught in the
+    main thread only: the current iteration finishes, its state is
+    committed, then the previous SIGTERM handler is called, or under the
+    default disposition the run unwinds (its scratch folder removed) and the
+    process ends by SIGTERM. A SIGTERM during the final passes lets them
+    finish first. On a cluster, workers that receive SIGTERM themselves may
+    fail the pass under way; the previous checkpoint then remains.
 
     References
     ----------
@@ -383,152 +541,238 @@ def nmf(
     k, max_iter = int(k), int(max_iter)
     loss_every = count_arg(loss_every, "loss_every", 1)
     refit_iter = count_arg(refit_iter, "refit_iter", 0)
+    every = _checkpoint_every(checkpoint_every)
     M, npix = plan.n_channels, plan.pixels_per_tile
     h = plan.sum_spectrum()
     total = float(h.sum())
+    on_cluster = current_client() is not None
+    ckpt = found = None
+    if every or resume:
+        identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters)
+        ckpt = Checkpoint.of("nmf", plan.store, plan.store_uuid, plan.tiles, on_cluster=on_cluster)
+        try:
+            found = ckpt.manifest()
+        except ScratchError:
+            if resume:
+                raise
+            found = None  # a damaged checkpoint is replaced by this run's
+        if found is not None and ckpt.owner_alive(found):
+            raise DecompositionError(
+                f"another NMF on these tiles (process {found['owner']['pid']} on this host) is writing the checkpoint "
+                f"{ckpt.path}; wait for it to end, or pass checkpoint_every=0 (--checkpoint-every 0)"
+            )
+        if resume and found is not None:
+            _check_resumable(ckpt, found, identity, max_iter)
+        else:
+            found = None  # a fresh run replaces an older checkpoint with its own first one
     sweep_scratch(plan.store, plan.store_uuid)  # folders of killed runs on this store
-    n_init = 1 + svd_passes("randomized", power_iters) if isinstance(init, str) and "nndsvda" in init else \
-        (1 if isinstance(init, xr.Dataset) else 0)
+    n_init = 0 if found is not None else 1 + svd_passes("randomized", power_iters) \
+        if isinstance(init, str) and "nndsvda" in init else (1 if isinstance(init, xr.Dataset) else 0)
+    n0 = int(found["n_iter"]) if found is not None else 0
     n_refit = int(refit_iter) if lam > 0 else 0
     label = f"NMF ({'KL' if loss == 'kl' else 'Frobenius'}, k={k})"
     tasks = dict(pure=False, literal=(Scratch,))
-    with Scratch.create(plan.store, plan.store_uuid, on_cluster=current_client() is not None) as scratch, \
-            Progress(label, n_init + max_iter + 2 + n_refit, unit="passes", enabled=progress) as bar:
-        if isinstance(init, xr.Dataset):
-            S, L, poisson = _svd_init(init, plan, k)
-            H = nndsvda_factors(plan, scratch, S, L, poisson, h)
-            init_name = ("poisson-nndsvda" if poisson else "nndsvda") + " (from the given SVD)"
-            bar.update()
-        elif init in ("nndsvda", "poisson-nndsvda"):
-            poisson = init == "poisson-nndsvda"
-            f = poisson_svd(plan, k, power_iters=power_iters, oversampling=10, poisson=poisson, seed=seed, progress=bar)
-            L = np.sqrt(f.op.h)[:, None] * f.V if poisson else f.V
-            H = nndsvda_factors(plan, scratch, f.S, L, poisson, h)
-            init_name = init
-            bar.update()
-        elif isinstance(init, str):  # random
-            avg = np.sqrt(total / (plan.n_pixels * M) / k)
-            rng = np.random.default_rng(seed)
-            H = np.abs(avg * rng.standard_normal((k, M)))
-            plan.reduce(_random_w, k, avg, seed, scratch, label="random W", reads_counts=False, **tasks)
-            init_name = init
-        else:
-            W0, H = init
-            H = np.array(H, dtype=np.float64)
-            W0 = list(W0)
-            if H.shape != (k, M) or len(W0) != len(plan.tiles):
-                raise DecompositionError(
-                    f"init (W, H): expected {len(plan.tiles)} tiles of W ({npix}, {k}) and H ({k}, {M}); "
-                    f"got {len(W0)} tiles and H {H.shape}"
-                )
-            for t, w in zip(plan.tiles, W0):
-                w = np.asarray(w, dtype=np.float64)
-                if w.size != npix * k:
-                    raise DecompositionError(f"init (W, H): W of tile {t} has shape {w.shape}; expected ({npix}, {k})")
-                w = w.reshape(npix, k)
-                for u in plan.units_of(t):
-                    scratch.save(_w(u, 0), w[u.start : u.stop])
-            init_name = "custom"
-        H = np.ascontiguousarray(H, dtype=np.float64)
+    committed = False
+    stop = _SigtermStop(enabled=every > 0)
+    try:
+        with stop, Scratch.create(plan.store, plan.store_uuid, on_cluster=on_cluster) as scratch, \
+                Progress(label, n_init + max_iter - n0 + 2 + n_refit, unit="passes", enabled=progress) as bar:
 
-        def loss_pass(slot: int, H: np.ndarray, what: str):
-            """The loss terms of the state in ``slot``: one pass (also gives sum D^2 for Frobenius)."""
-            res = plan.reduce(_loss_terms, scratch, slot, np.ascontiguousarray(H.T), label=f"NMF loss ({what})", **tasks)
-            bar.update()
-            return res
-
-        def value(terms, w_sum, wtw, w_root, H, penalty=True) -> float:
-            return objective(loss, float(terms[0] if loss == "kl" else terms[1]), w_sum, wtw, w_root, H, total=total,
-                             sum_sq=sum_sq, lam=lam if penalty else 0.0)
-
-        terms, w_sum, wtw, w_root = loss_pass(0, H, "initial")
-        sum_sq = float(terms[2])
-        history = [value(terms, w_sum, wtw, w_root, H)]
-        recorded = [0]  # history[i] is the loss after recorded[i] iterations
-        n_iter = 0
-        for n_iter in range(1, max_iter + 1):
-            src = (n_iter - 1) % 2  # W after n_iter - 1 iterations; this one writes the other slot
-            Ht = np.ascontiguousarray(H.T)
-            with_loss = n_iter > 1 and (n_iter - 1) % loss_every == 0  # the loss of the state on entry
-            if loss == "kl":
-                s_h = H.sum(1)
-                denom_w = np.where(s_h == 0, EPSILON, s_h)
-                num_ht, stat, new_root, entry = plan.reduce(_kl_step, scratch, src, Ht, denom_w, with_loss, lam,
-                                                            np.sqrt(s_h), True, label=f"NMF iteration {n_iter}", **tasks)
-            else:
-                num_ht, stat, entry = plan.reduce(_fro_step, scratch, src, Ht, H @ H.T, label=f"NMF iteration {n_iter}",
-                                                  **tasks)
-                new_root = w_root
-            if with_loss:
-                history.append(value((entry, entry), w_sum, wtw, w_root, H))
-                recorded.append(n_iter - 1)
-            w_root = new_root
-            if loss == "kl":
-                w_sum = stat
-                H = update_h_kl(H, num_ht, stat, w_root, lam)
-            else:
-                wtw = stat
-                H = update_h_fro(H, num_ht, wtw)
-            bar.update(iteration=n_iter, loss=history[-1])
-            if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and \
-                    abs(history[-2] - history[-1]) < tol * abs(history[0]):
-                break
-        slot = n_iter % 2
-        # the loss after the last update: one more evaluation pass (no update)
-        terms, w_sum, wtw, w_root = loss_pass(slot, H, "final")
-        history.append(value(terms, w_sum, wtw, w_root, H))
-        recorded.append(n_iter)
-        if n_refit:
-            # the penalty shrinks every abundance (a pure pixel of g counts ends near
-            # (sqrt(g + lam^2/4) - lam/2)^2): refit W to the counts with the spectra
-            # fixed and no penalty, the Poisson MLE of the abundances given H
-            Ht = np.ascontiguousarray(H.T)
-            denom_w = H.sum(1)
-            denom_w[denom_w == 0] = EPSILON
-            for n in range(1, n_refit + 1):
-                plan.reduce(_kl_step, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), False,
-                            label=f"abundance refit {n}", **tasks)
-                slot = 1 - slot
+            def loss_pass(slot: int, H: np.ndarray, what: str):
+                """The loss terms of the state in ``slot``: one pass (also gives sum D^2 for Frobenius)."""
+                res = plan.reduce(_loss_terms, scratch, slot, np.ascontiguousarray(H.T), label=f"NMF loss ({what})",
+                                  **tasks)
                 bar.update()
-            terms, w_sum, wtw, w_root = plan.reduce(_loss_terms, scratch, slot, Ht, label="NMF loss (refit)", **tasks)
-        divergence = value(terms, w_sum, wtw, w_root, H, penalty=False)
+                return res
 
-        # spectra normalised to 1, abundances in counts; largest endmember first
-        scale = H.sum(1)
-        spectra = H / np.where(scale > 0, scale, 1.0)[:, None]
-        order = np.argsort(-(w_sum * scale), kind="stable")
-        abundances = plan.map(_abundance, scratch, slot, scale[order], order, tail=(k,), name="abundances", **tasks)
-        ds = xr.Dataset(
-            {
-                "spectra": (("component", "energy"), spectra[order]),
-                "abundances": (("tile", "y", "x", "component"), abundances),
-                "loss": ("iteration", np.asarray(history, dtype=np.float64)),
-            },
-            coords={"component": np.arange(k), "iteration": np.asarray(recorded), "energy": montage["energy"],
-                    **map_coords(montage)},
-            attrs={
-                "method": "NMF",
-                "loss_function": "generalized Kullback-Leibler (Poisson)" if loss == "kl" else "0.5 Frobenius^2",
-                "n_components": k,
-                "init": init_name,
-                "max_iter": max_iter,
-                "tol": tol,
-                "n_iter": n_iter,
-                "loss_every": loss_every,
-                "sparsity": lam,
-                "refit_iter": n_refit,
-                "divergence": divergence,
-                "seed": seed,
-                **run_attrs(plan, started),
-            },
-        )
-        ds["abundances"].attrs["units"] = "counts"
-        ds["spectra"].attrs["description"] = "endmember spectra, each summing to 1"
-        ds["loss"].attrs["description"] = "objective after each iteration (entry 0: the initial state)"
-        # the abundances are read from the scratch folder: written or loaded before it goes
-        if out is not None:
-            write_results(out, {"nmf": ds}, overwrite=overwrite, progress=progress)
-            result = open_results(out, "nmf")
-        else:
-            result = ds.load()
+            def value(terms, w_sum, wtw, w_root, H, penalty=True) -> float:
+                return objective(loss, float(terms[0] if loss == "kl" else terms[1]), w_sum, wtw, w_root, H, total=total,
+                                 sum_sq=sum_sq, lam=lam if penalty else 0.0)
+
+            def commit(n: int) -> None:
+                """The state after ``n`` iterations, committed to the checkpoint (W of slot n % 2 linked)."""
+                nonlocal committed
+                ckpt.commit(
+                    {"kind": "nmf", "n_iter": n, "init_name": init_name, "identity": identity},
+                    {"H": H, "history": np.asarray(history, dtype=np.float64), "recorded": np.asarray(recorded),
+                     "w_sum": w_sum, "wtw": wtw, "w_root": w_root, "sum_sq": np.float64(sum_sq)},
+                    {_w(u, "ckpt"): scratch.path / f"{_w(u, n % 2)}.npy" for u in plan.units},
+                )
+                committed = True
+
+            if found is not None:
+                # the state after n0 iterations, exactly as the interrupted run held it
+                H = ckpt.load(found, "H")
+                history = [float(v) for v in ckpt.load(found, "history")]
+                recorded = [int(v) for v in ckpt.load(found, "recorded")]
+                w_sum, wtw, w_root = (ckpt.load(found, n) for n in ("w_sum", "wtw", "w_root"))
+                sum_sq = float(ckpt.load(found, "sum_sq"))
+                init_name = str(found["init_name"])
+                saved = [Unit(*u) for u in found["identity"]["units"]]
+                if saved == list(plan.units):
+                    for u in plan.units:
+                        src, dst = ckpt.file(found, _w(u, "ckpt")), scratch.path / f"{_w(u, n0 % 2)}.npy"
+                        try:
+                            _link_or_copy(src, dst)
+                        except OSError as exc:
+                            raise ScratchError(f"cannot restore W of tile {u.tile} from the checkpoint {ckpt.path} "
+                                               f"({exc}); remove the checkpoint to start afresh") from exc
+                else:  # another number of workers: the same W rows, cut into this plan's units
+                    log.info("resuming NMF with %d work units instead of the checkpoint's %d: the sums are added in "
+                             "another order", len(plan.units), len(saved))
+                    for t in plan.tiles:
+                        W = np.concatenate([ckpt.load(found, _w(u, "ckpt")) for u in sorted(saved) if u.tile == t])
+                        if W.shape != (npix, k):
+                            raise ScratchError(f"W of tile {t} in the checkpoint {ckpt.path} has shape {W.shape}, not "
+                                               f"({npix}, {k}); remove the checkpoint to start afresh")
+                        for u in plan.units_of(t):
+                            scratch.save(_w(u, n0 % 2), W[u.start : u.stop])
+                committed = True  # this run now owns the checkpoint
+            else:
+                if isinstance(init, xr.Dataset):
+                    S, L, poisson = _svd_init(init, plan, k)
+                    H = nndsvda_factors(plan, scratch, S, L, poisson, h)
+                    init_name = ("poisson-nndsvda" if poisson else "nndsvda") + " (from the given SVD)"
+                    bar.update()
+                elif init in ("nndsvda", "poisson-nndsvda"):
+                    poisson = init == "poisson-nndsvda"
+                    f = poisson_svd(plan, k, power_iters=power_iters, oversampling=10, poisson=poisson, seed=seed,
+                                    progress=bar)
+                    L = np.sqrt(f.op.h)[:, None] * f.V if poisson else f.V
+                    H = nndsvda_factors(plan, scratch, f.S, L, poisson, h)
+                    init_name = init
+                    bar.update()
+                elif isinstance(init, str):  # random
+                    avg = np.sqrt(total / (plan.n_pixels * M) / k)
+                    rng = np.random.default_rng(seed)
+                    H = np.abs(avg * rng.standard_normal((k, M)))
+                    plan.reduce(_random_w, k, avg, seed, scratch, label="random W", reads_counts=False, **tasks)
+                    init_name = init
+                else:
+                    W0, H = init
+                    H = np.array(H, dtype=np.float64)
+                    W0 = list(W0)
+                    if H.shape != (k, M) or len(W0) != len(plan.tiles):
+                        raise DecompositionError(
+                            f"init (W, H): expected {len(plan.tiles)} tiles of W ({npix}, {k}) and H ({k}, {M}); "
+                            f"got {len(W0)} tiles and H {H.shape}"
+                        )
+                    for t, w in zip(plan.tiles, W0):
+                        w = np.asarray(w, dtype=np.float64)
+                        if w.size != npix * k:
+                            raise DecompositionError(f"init (W, H): W of tile {t} has shape {w.shape}; expected ({npix}, {k})")
+                        w = w.reshape(npix, k)
+                        for u in plan.units_of(t):
+                            scratch.save(_w(u, 0), w[u.start : u.stop])
+                    init_name = "custom"
+                H = np.ascontiguousarray(H, dtype=np.float64)
+                terms, w_sum, wtw, w_root = loss_pass(0, H, "initial")
+                sum_sq = float(terms[2])
+                history = [value(terms, w_sum, wtw, w_root, H)]
+                recorded = [0]  # history[i] is the loss after recorded[i] iterations
+                if every or stop.requested:
+                    commit(0)  # the start (an SVD's worth of passes) is not computed again
+            if stop.requested:
+                stop.act()
+            n_iter = n0
+            for n_iter in range(n0 + 1, max_iter + 1):
+                src = (n_iter - 1) % 2  # W after n_iter - 1 iterations; this one writes the other slot
+                Ht = np.ascontiguousarray(H.T)
+                with_loss = n_iter > 1 and (n_iter - 1) % loss_every == 0  # the loss of the state on entry
+                if loss == "kl":
+                    s_h = H.sum(1)
+                    denom_w = np.where(s_h == 0, EPSILON, s_h)
+                    num_ht, stat, new_root, entry = plan.reduce(_kl_step, scratch, src, Ht, denom_w, with_loss, lam,
+                                                                np.sqrt(s_h), True, label=f"NMF iteration {n_iter}", **tasks)
+                else:
+                    num_ht, stat, entry = plan.reduce(_fro_step, scratch, src, Ht, H @ H.T,
+                                                      label=f"NMF iteration {n_iter}", **tasks)
+                    new_root = w_root
+                if with_loss:
+                    history.append(value((entry, entry), w_sum, wtw, w_root, H))
+                    recorded.append(n_iter - 1)
+                w_root = new_root
+                if loss == "kl":
+                    w_sum = stat
+                    H = update_h_kl(H, num_ht, stat, w_root, lam)
+                else:
+                    wtw = stat
+                    H = update_h_fro(H, num_ht, wtw)
+                bar.update(iteration=n_iter, loss=history[-1])
+                if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and \
+                        abs(history[-2] - history[-1]) < tol * abs(history[0]):
+                    break
+                if stop.requested:  # SIGTERM: commit this iteration, then what SIGTERM was to do
+                    commit(n_iter)
+                    stop.act()
+                elif every and n_iter % every == 0 and n_iter < max_iter:
+                    commit(n_iter)
+            slot = n_iter % 2
+            # the loss after the last update: one more evaluation pass (no update)
+            terms, w_sum, wtw, w_root = loss_pass(slot, H, "final")
+            history.append(value(terms, w_sum, wtw, w_root, H))
+            recorded.append(n_iter)
+            if n_refit:
+                # the penalty shrinks every abundance (a pure pixel of g counts ends near
+                # (sqrt(g + lam^2/4) - lam/2)^2): refit W to the counts with the spectra
+                # fixed and no penalty, the Poisson MLE of the abundances given H
+                Ht = np.ascontiguousarray(H.T)
+                denom_w = H.sum(1)
+                denom_w[denom_w == 0] = EPSILON
+                for n in range(1, n_refit + 1):
+                    plan.reduce(_kl_step, scratch, slot, Ht, denom_w, False, 0.0, np.sqrt(denom_w), False,
+                                label=f"abundance refit {n}", **tasks)
+                    slot = 1 - slot
+                    bar.update()
+                terms, w_sum, wtw, w_root = plan.reduce(_loss_terms, scratch, slot, Ht, label="NMF loss (refit)", **tasks)
+            divergence = value(terms, w_sum, wtw, w_root, H, penalty=False)
+
+            # spectra normalised to 1, abundances in counts; largest endmember first
+            scale = H.sum(1)
+            spectra = H / np.where(scale > 0, scale, 1.0)[:, None]
+            order = np.argsort(-(w_sum * scale), kind="stable")
+            abundances = plan.map(_abundance, scratch, slot, scale[order], order, tail=(k,), name="abundances", **tasks)
+            ds = xr.Dataset(
+                {
+                    "spectra": (("component", "energy"), spectra[order]),
+                    "abundances": (("tile", "y", "x", "component"), abundances),
+                    "loss": ("iteration", np.asarray(history, dtype=np.float64)),
+                },
+                coords={"component": np.arange(k), "iteration": np.asarray(recorded), "energy": montage["energy"],
+                        **map_coords(montage)},
+                attrs={
+                    "method": "NMF",
+                    "loss_function": "generalized Kullback-Leibler (Poisson)" if loss == "kl" else "0.5 Frobenius^2",
+                    "n_components": k,
+                    "init": init_name,
+                    "max_iter": max_iter,
+                    "tol": tol,
+                    "n_iter": n_iter,
+                    "loss_every": loss_every,
+                    "sparsity": lam,
+                    "refit_iter": n_refit,
+                    "divergence": divergence,
+                    "seed": seed,
+                    **({"resumed_from_iteration": n0} if found is not None else {}),
+                    **run_attrs(plan, started),
+                },
+            )
+            ds["abundances"].attrs["units"] = "counts"
+            ds["spectra"].attrs["description"] = "endmember spectra, each summing to 1"
+            ds["loss"].attrs["description"] = "objective after each iteration (entry 0: the initial state)"
+            # the abundances are read from the scratch folder: written or loaded before it goes
+            if out is not None:
+                write_results(out, {"nmf": ds}, overwrite=overwrite, progress=progress)
+                result = open_results(out, "nmf")
+            else:
+                result = ds.load()
+            if committed:  # done: the checkpoint has served
+                ckpt.remove()
+            if stop.requested:  # SIGTERM during the last passes: they were finished first
+                stop.act()
+    except _Terminated:
+        # SIGTERM under the default disposition, now that the state is committed and the scratch folder is gone
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt("terminated (SIGTERM)") from None
     return result

@@ -12,11 +12,23 @@ killer, a power cut) leaves its folder behind. Each folder therefore holds a
 start time) and the store it belongs to; :func:`sweep_scratch` (and
 :func:`clean`, behind ``xsi-dask clean STORE``) removes the folders of a
 store whose owner is provably dead on this host, and nothing else.
+
+A scratch folder that is removed while its run uses it (by hand, by a cleaner
+of the temporary folder) or whose disk fills up ends the run with
+:class:`ScratchError` naming the folder, not with a bare ``OSError``.
+
+:class:`Checkpoint` is the other lifetime: the last committed state of an
+iterative run (NMF's H, loss history and per-unit W), in a folder
+``.xsi-dask-checkpoint-nmf-<store uuid>-<tiles>`` beside the scratch folders
+that outlives the process, so that a killed run can be resumed; the run
+removes it when it completes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +50,8 @@ import psutil
 
 from ..errors import DecompositionError, XSIWarning
 
-__all__ = ["LOCK_NAME", "PREFIX", "Scratch", "clean", "sweep_scratch"]
+__all__ = ["CHECKPOINT_PREFIX", "LOCK_NAME", "PREFIX", "Checkpoint", "Scratch", "ScratchError", "ScratchLostError", "clean",
+           "scratch_base", "sweep_scratch"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,44 @@ _NAME_RE = re.compile(r"\.xsi-dask-nmf-[0-9a-f]{12}")
 # to the second and which can read one second apart; a pid is not reused
 # within a second of the process that held it starting.
 _START_TOLERANCE_S = 1.0
+
+
+class ScratchError(OSError, DecompositionError):
+    """The scratch or checkpoint folder of a run cannot be written or read (a full disk, an I/O error).
+
+    ``OSError`` comes first so that its ``__new__`` is used when a worker's
+    error is unpickled on the client (tblib calls ``cls.__new__``).
+    """
+
+
+class ScratchLostError(ScratchError, FileNotFoundError):
+    """An array of a scratch folder is missing: the folder was removed while its run used it."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_RESUME = "resume=True (xsi-dask nmf --resume) continues from the last checkpoint"
+
+
+def _lost(path: Path, what: str) -> ScratchLostError:
+    if not path.is_dir():
+        return ScratchLostError(
+            f"the NMF scratch folder {path} was removed while the run was using it (by hand, `xsi-dask clean` of "
+            f"another host, or a cleaner of the temporary folder); run the NMF again ({_RESUME}), with "
+            "xsi-dask.scratch set to a folder nothing else cleans"
+        )
+    return ScratchLostError(f"{what} is missing from the NMF scratch folder {path} (removed while the run was using it); "
+                            f"run the NMF again ({_RESUME})")
+
+
+def _write_failed(path: Path, what: str, exc: OSError) -> ScratchError:
+    if isinstance(exc, FileNotFoundError) and not path.is_dir():
+        return _lost(path, what)
+    if exc.errno in _FULL:
+        return ScratchError(
+            f"no space left on the device of {path} while writing {what} ({exc.strerror or exc}): free space there, or "
+            f"set xsi-dask.scratch to a folder with room (NMF needs 16 k bytes a pixel); {_RESUME}"
+        )
+    return ScratchError(f"cannot write {what} to {path} ({exc}); set xsi-dask.scratch to a writable folder")
 
 
 class Scratch:
@@ -101,6 +152,9 @@ class Scratch:
     def save(self, name: str, array: np.ndarray) -> None:
         """Write ``array`` as ``name`` atomically, replacing an earlier array of that name.
 
+        A full disk or a folder removed meanwhile raises :class:`ScratchError`
+        (:class:`ScratchLostError`) naming the folder.
+
         Parameters
         ----------
         name : str
@@ -113,9 +167,11 @@ class Scratch:
         try:
             np.save(tmp, np.asarray(array), allow_pickle=False)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, ScratchError):
+                raise _write_failed(self.path, f"the array {name}", exc) from exc
             raise
 
     def load(self, name: str) -> np.ndarray:
@@ -123,10 +179,19 @@ class Scratch:
 
         Raises
         ------
-        FileNotFoundError
-            No such array, or the folder is gone (its run has ended).
+        ScratchLostError
+            No such array, or the folder is gone (removed while in use, or its
+            run has ended); a ``FileNotFoundError``.
+        ScratchError
+            The file cannot be read (an I/O error, a damaged file).
         """
-        return np.load(self._file(name), allow_pickle=False)
+        try:
+            return np.load(self._file(name), allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise _lost(self.path, f"the array {name}") from exc
+        except (OSError, ValueError, EOFError) as exc:
+            raise ScratchError(f"cannot read the array {name} of the NMF scratch folder {self.path} ({exc}); "
+                               f"run the NMF again ({_RESUME})") from exc
 
     def remove(self, name: str) -> None:
         """Delete the array ``name``; no error if it does not exist."""
@@ -174,20 +239,7 @@ class Scratch:
             ``xsi-dask.scratch`` is configured; or the folder cannot be made.
         """
         store = Path(store_path).resolve()
-        if parent is None:
-            parent = dask.config.get("xsi-dask.scratch", None)
-        beside = store.parent
-        if parent:
-            base = Path(parent).expanduser().resolve()
-        elif os.access(beside, os.W_OK):
-            base = beside
-        elif not on_cluster:
-            base = Path(tempfile.gettempdir()).resolve()
-        else:  # a temporary folder of this machine may not exist on the workers
-            raise DecompositionError(
-                f"NMF needs a scratch folder every worker can reach, and {beside} (beside the store) is not "
-                "writable: set xsi-dask.scratch (dask.config.set({'xsi-dask.scratch': PATH}))"
-            )
+        base = scratch_base(store, parent, on_cluster=on_cluster)
         path = base / f"{PREFIX}{uuid.uuid4().hex[:12]}"
         owner = os.getpid()
         try:
@@ -197,14 +249,17 @@ class Scratch:
             raise DecompositionError(f"cannot create the NMF scratch folder {path} ({exc}); set xsi-dask.scratch") from exc
         try:
             os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
-            _write_lock(path, {
-                "host": socket.gethostname(),
-                "pid": owner,
-                "create_time": psutil.Process(owner).create_time(),
-                "store": str(store),
-                "store_uuid": str(store_uuid),
-                "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            })
+            try:
+                _write_lock(path, {
+                    "host": socket.gethostname(),
+                    "pid": owner,
+                    "create_time": psutil.Process(owner).create_time(),
+                    "store": str(store),
+                    "store_uuid": str(store_uuid),
+                    "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                })
+            except OSError as exc:
+                raise _write_failed(path, LOCK_NAME, exc) from exc
             yield cls(path)
         finally:
             if os.getpid() == owner:
@@ -216,6 +271,37 @@ class Scratch:
                         warnings.warn(msg, XSIWarning, stacklevel=3)
                     else:  # a warning turned error must not hide the exception under way
                         log.warning(msg)
+
+
+def scratch_base(store_path: str | os.PathLike, parent: str | os.PathLike | None = None, *,
+                 on_cluster: bool = False) -> Path:
+    """The folder that holds a store's scratch and checkpoint folders.
+
+    ``parent`` if given, else the dask config ``xsi-dask.scratch`` if set, else
+    the store's parent folder if writable, else (only when not ``on_cluster``)
+    the system temporary folder.
+
+    Raises
+    ------
+    DecompositionError
+        The store's folder is not writable, ``on_cluster`` and no
+        ``xsi-dask.scratch`` is configured.
+    """
+    store = Path(store_path).resolve()
+    if parent is None:
+        parent = dask.config.get("xsi-dask.scratch", None)
+    beside = store.parent
+    if parent:
+        return Path(parent).expanduser().resolve()
+    if os.access(beside, os.W_OK):
+        return beside
+    if not on_cluster:
+        return Path(tempfile.gettempdir()).resolve()
+    # a temporary folder of this machine may not exist on the workers
+    raise DecompositionError(
+        f"NMF needs a scratch folder every worker can reach, and {beside} (beside the store) is not "
+        "writable: set xsi-dask.scratch (dask.config.set({'xsi-dask.scratch': PATH}))"
+    )
 
 
 def _write_lock(path: Path, lock: dict[str, Any]) -> None:
@@ -419,3 +505,196 @@ def clean(store_path: str | os.PathLike) -> list[Path]:
 
     store = MontageStore(store_path)
     return sweep_scratch(store.path, store.uuid)
+
+
+# ---- checkpoints: the last committed state of an iterative run, kept after the process ends ----
+
+CHECKPOINT_PREFIX = ".xsi-dask-checkpoint-"
+"""Name prefix of a checkpoint folder: ``<prefix><kind>-<12 hex of the store uuid>-<8 hex of the tiles>``."""
+
+MANIFEST = "manifest.json"
+_FORMAT = "xsi-dask-checkpoint"
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpoint:
+    """The last committed state of an iterative run on a store, in a folder that outlives the process.
+
+    The folder holds ``manifest.json`` and one complete ``state-<n>-<hex>``
+    folder it names (arrays as ``.npy``; the per-unit arrays hard-linked from
+    the scratch folder where the file system allows, else copied). A commit
+    writes and fsyncs a new state folder, then replaces the manifest with one
+    :func:`os.replace`, then removes the older state folders: a process killed
+    at any moment leaves the previous complete checkpoint (or the new one),
+    never a mix. One checkpoint per store (uuid), kind and tile selection;
+    the run that owns it removes it when it completes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint folder (made absolute; created by the first commit).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(os.path.abspath(path))
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r})"
+
+    @classmethod
+    def of(cls, kind: str, store_path: str | os.PathLike, store_uuid: str, tiles: Iterable[int], *,
+           parent: str | os.PathLike | None = None, on_cluster: bool = False) -> Checkpoint:
+        """The checkpoint folder of a ``kind`` of run (``"nmf"``) on these tiles of a store, beside its scratch folders.
+
+        Parameters
+        ----------
+        kind : str
+            The algorithm (lowercase letters).
+        store_path, store_uuid
+            The montage store and its uuid (a store rewritten at the same path
+            has another uuid, so another checkpoint).
+        tiles : iterable of int
+            The store tiles of the view, in view order.
+        parent : str or Path, optional
+            Where (default: :func:`scratch_base`).
+        on_cluster : bool
+            As :meth:`Scratch.create`.
+        """
+        base = scratch_base(store_path, parent, on_cluster=on_cluster)
+        key = hashlib.sha256(json.dumps([int(t) for t in tiles]).encode()).hexdigest()[:8]
+        return cls(base / f"{CHECKPOINT_PREFIX}{kind}-{str(store_uuid).replace('-', '')[:12]}-{key}")
+
+    # ---- reading ----
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The committed manifest, or None when there is no checkpoint.
+
+        Raises
+        ------
+        ScratchError
+            The folder exists but its manifest is unreadable or not a
+            checkpoint's, or the state folder it names is gone.
+        """
+        try:
+            with open(self.path / MANIFEST) as f:
+                m = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ScratchError(f"the checkpoint {self.path} is unreadable ({exc}); remove the folder to start afresh") from exc
+        if not isinstance(m, dict) or m.get("format") != _FORMAT or not isinstance(m.get("state"), str) \
+                or "/" in m["state"] or not (self.path / m["state"]).is_dir():
+            raise ScratchError(f"{self.path / MANIFEST} is not a complete checkpoint; remove {self.path} to start afresh")
+        return m
+
+    def load(self, manifest: dict[str, Any], name: str) -> np.ndarray:
+        """The array ``name`` of the committed state ``manifest`` names."""
+        path = self.path / manifest["state"] / f"{name}.npy"
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ScratchError(f"cannot read {name} of the checkpoint {self.path} ({exc}); remove the folder to start "
+                               "afresh") from exc
+
+    def file(self, manifest: dict[str, Any], name: str) -> Path:
+        """The path of the array ``name`` in the committed state (to link or copy from)."""
+        return self.path / manifest["state"] / f"{name}.npy"
+
+    def owner_alive(self, manifest: dict[str, Any]) -> bool:
+        """Whether the manifest was written by another process that is still running on this host."""
+        o = manifest.get("owner") or {}
+        if o.get("host") != socket.gethostname() or o.get("pid") == os.getpid() or not isinstance(o.get("pid"), int):
+            return False
+        try:
+            return not _owner_dead({"pid": o["pid"], "create_time": float(o.get("create_time", 0))})
+        except (TypeError, ValueError):
+            return False
+
+    # ---- writing ----
+
+    def commit(self, meta: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, Path]) -> None:
+        """Commit a new state atomically: ``arrays`` written, ``files`` hard-linked (or copied), then the manifest.
+
+        Parameters
+        ----------
+        meta : dict
+            JSON-serialisable description (parameters, iteration); stored in
+            the manifest with the owner (host, pid) and the time.
+        arrays : dict of str to ndarray
+            Small arrays written as ``<name>.npy``.
+        files : dict of str to Path
+            ``.npy`` files of the run (the scratch folder's, written fresh by
+            :meth:`Scratch.save`, never changed in place) stored as ``<name>.npy``.
+
+        Raises
+        ------
+        ScratchError
+            A full disk or another write error; the previous checkpoint is
+            left as it was.
+        """
+        state = f"state-{int(meta.get('n_iter', 0)):06d}-{uuid.uuid4().hex[:8]}"
+        folder = self.path / state
+        tmp = self.path / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
+        try:
+            self.path.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            folder.mkdir(mode=0o700)
+            for name, a in arrays.items():
+                with open(folder / f"{name}.npy", "wb") as f:
+                    np.save(f, np.asarray(a), allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for name, src in files.items():
+                dst = folder / f"{name}.npy"
+                try:
+                    os.link(src, dst)
+                except FileNotFoundError:
+                    raise
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copyfile(src, dst)
+                _fsync_path(dst)
+            _fsync_path(folder, directory=True)
+            owner = os.getpid()
+            manifest = {
+                "format": _FORMAT, "version": 1, "state": state, **meta,
+                "owner": {"host": socket.gethostname(), "pid": owner, "create_time": psutil.Process(owner).create_time()},
+                "written": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / MANIFEST)
+            _fsync_path(self.path, directory=True)
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if isinstance(exc, FileNotFoundError) and exc.filename and Path(exc.filename).parent.name.startswith(PREFIX):
+                raise _lost(Path(exc.filename).parent, f"the array {Path(exc.filename).stem}") from exc
+            raise _write_failed(self.path, f"the checkpoint of iteration {meta.get('n_iter')}", exc) from exc
+        self._prune(keep=state)
+
+    def _prune(self, keep: str | None) -> None:
+        """Remove the state folders other than ``keep`` and stray temporary manifests (older or incomplete commits)."""
+        with contextlib.suppress(OSError):
+            for e in os.scandir(self.path):
+                if e.name != keep and (e.name.startswith("state-") or e.name.startswith(f".{MANIFEST}.")):
+                    if e.is_dir(follow_symlinks=False):
+                        shutil.rmtree(e.path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.remove(e.path)
+
+    def remove(self) -> None:
+        """Remove the checkpoint (the manifest first, so a partial removal is no checkpoint)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path / MANIFEST)
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -97,7 +97,11 @@ class SVDParams(_Params):
 
 @dataclass(frozen=True)
 class NMFParams(_Params):
-    """The NMF of a run: :func:`xsi_dask.nmf`'s parameters."""
+    """The NMF of a run: :func:`xsi_dask.nmf`'s parameters.
+
+    ``checkpoint_every`` (None: ``xsi-dask.nmf-checkpoint-every``; 0: none) and ``resume`` (continue from the
+    checkpoint of an interrupted run of the same NMF) decide how the run survives a kill, not its result.
+    """
 
     components: int = 4
     loss: str = "kl"
@@ -106,6 +110,8 @@ class NMFParams(_Params):
     init: str = "poisson-nndsvda"
     sparsity: float = 0.0
     seed: int = 0
+    checkpoint_every: int | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         o = "NMFParams"
@@ -118,6 +124,8 @@ class NMFParams(_Params):
         if self.sparsity > 0 and self.loss != "kl":
             raise ParameterError(f"NMFParams.sparsity is for the KL loss only; got sparsity {self.sparsity} with loss {self.loss!r}")
         _int(o, "seed", self.seed, 0)
+        _int(o, "checkpoint_every", self.checkpoint_every, 0, optional=True)
+        _bool(o, "resume", self.resume)
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,8 @@ def _nmf(montage, nmf: NMFParams, init: Any, results: Path, overwrite: bool, pro
 
     return nmf_fn(
         montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
-        sparsity=nmf.sparsity, out=results, overwrite=overwrite, progress=progress,
+        sparsity=nmf.sparsity, out=results, overwrite=overwrite, checkpoint_every=nmf.checkpoint_every,
+        resume=nmf.resume, progress=progress,
     )
 
 
@@ -234,6 +235,9 @@ def run(
     StoreExistsError
         ``out/results.zarr`` exists (or ``out/montage.zarr`` holds another
         montage) and ``overwrite`` is false; raised before any computation.
+        With ``nmf.resume`` an existing ``results.zarr`` (of the interrupted
+        run) is kept and its ``svd`` group replaced by the same SVD computed
+        again; the NMF continues from its checkpoint.
     """
     from .. import open_montage
     from ..io.ingest import ingest
@@ -247,7 +251,7 @@ def run(
     sources, given_store = resolve_inputs(inputs, layout)
     out = Path(out).resolve()
     results = out / "results.zarr"
-    if results.exists() and not overwrite:
+    if results.exists() and not overwrite and not nmf.resume:  # resume: the SVD group of the interrupted run is replaced
         raise StoreExistsError(f"{results} exists; pass --overwrite (overwrite=True) to replace it")
     target = sources[0] if given_store else out / "montage.zarr"
     store = None
@@ -281,7 +285,7 @@ def run(
         svd_ds = _svd(montage, store.channels, svd, progress)
         timings["SVD"] = time.perf_counter() - t
         t = time.perf_counter()
-        write_results(results, {"svd": svd_ds}, overwrite=overwrite, progress=progress)
+        write_results(results, {"svd": svd_ds}, overwrite=overwrite or nmf.resume, progress=progress)
         timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
         init, init_text = _init_from(svd_ds, nmf)
         t = time.perf_counter()
