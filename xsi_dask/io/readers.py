@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -644,8 +645,15 @@ def _decode_request(req: dict[str, Any]) -> None:
 
 
 def _server_main() -> int:
-    """Decode server: length-prefixed pickled requests on stdin, one fork per file, exit status on stdout."""
-    _die_with_parent()
+    """Decode server: length-prefixed pickled requests on stdin, one fork per file, exit status on stdout.
+
+    The server ends at the end of its stdin and, while a child decodes, as soon
+    as its parent is gone (it polls: PR_SET_PDEATHSIG would fire when the
+    parent's *thread* that started it ends, and ingest starts it from a pool
+    thread). Each child dies with the server (PR_SET_PDEATHSIG; the server is
+    single-threaded).
+    """
+    parent = os.getppid()
     with contextlib.suppress(Exception):  # compiled (from numba's cache) once here, not in every forked child
         from ._csr import dense_to_csr
 
@@ -672,7 +680,17 @@ def _server_main() -> int:
                 code = 0
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if os.getppid() != parent:  # orphaned: nobody will read the result
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                for name in [req["result"]] + [os.path.join(d, req["base"] + ".bin") for d in req["dirs"]]:
+                    _unlink(name)
+                return 0
+            time.sleep(0.005)
         returncode = os.waitstatus_to_exitcode(status)
         if returncode == 0:  # what the plug-in imported on first use (pint, sparse, ...): import it here, once
             with contextlib.suppress(Exception), open(req["result"], encoding="utf-8") as f:
