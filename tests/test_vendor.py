@@ -28,10 +28,11 @@ import xsi_dask
 from xsi_dask import errors
 from xsi_dask.cli.main import main
 from xsi_dask.io._csr import dense_to_csr
+from xsi_dask.io.ingest import _csr_window
 from xsi_dask.io.layout import expand_inputs, grid_layout, manifest_layout, parse_grid
 from xsi_dask.io.readers import read_spectrum_image
 
-from .conftest import EDS, assert_no_store, write_rpl
+from .conftest import EDS, EDS_FILES, assert_no_store, write_rpl
 
 AXES = [
     {"name": "y", "size": 8, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
@@ -119,6 +120,23 @@ def test_corrupt_bcf_cli_one_line_exit_2(needs_data, tmp_path, capsys):
     err = _cli_error(capsys, ["ingest", str(bad), "--out", str(tmp_path / "o.zarr"), "--quiet"])
     assert str(bad) in err and ("SIGSEGV" in err or "SIGBUS" in err)
     assert_no_store(tmp_path / "o.zarr")
+
+
+@pytest.mark.parametrize("name", ["P45_the_default_job.bcf", "velox_EELS_EDS_128x128.emd"])
+def test_isolated_ingest_equals_in_process_ingest(needs_data, tmp_path, name):
+    """A split map decoded in a child process (its CSR cut into tiles) gives the same store as in-process."""
+    import dask
+
+    stores = {}
+    for iso in (False, True):
+        with dask.config.set({"xsi-dask.isolate-readers": iso}):
+            stores[iso] = xsi_dask.ingest(EDS / name, tmp_path / f"{iso}.zarr", split=EDS_FILES[name], progress=False)
+    for k in range(stores[True].n_tiles):
+        a, b = stores[False].tile_csr(k, cache=False), stores[True].tile_csr(k, cache=False)
+        for x, y in zip((a.indptr, a.indices, a.data), (b.indptr, b.indices, b.data)):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+    assert stores[False].info()["total_counts"] == stores[True].info()["total_counts"]
 
 
 def test_isolated_read_equals_in_process_read(needs_data):
@@ -372,6 +390,10 @@ def test_csr_round_trip(shape, dtype, density, seed, window):
         assert np.all(values != 0)
         for p in range(flat.shape[0]):  # channels ascending within a pixel
             assert np.all(np.diff(indices[indptr[p] : indptr[p + 1]]) > 0)
+        if args:  # a tile cut from the whole map's CSR (what a child-decoded file gives ingest) is the same
+            for mine, theirs in zip(_csr_window(dense_to_csr(dense), shape[1], *args), (indptr, indices, values)):
+                assert mine.dtype == theirs.dtype
+                np.testing.assert_array_equal(mine, theirs)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")

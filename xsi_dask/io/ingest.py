@@ -59,6 +59,8 @@ def _check_counts(values: np.ndarray, spec: TileSpec) -> np.ndarray:
 def _tile_csr(si: SpectrumImage, y0: int, y1: int, x0: int, x1: int):
     """CSR arrays of ``si[y0:y1, x0:x1]``; lazily read maps are densified one row block at a time."""
     data = si.data
+    if si.csr is not None:  # decoded in a child process: the map's CSR came with it
+        return _csr_window(si.csr, si.shape[1], y0, y1, x0, x1)
     if isinstance(data, np.ndarray):
         return dense_to_csr(data, y0, y1, x0, x1)
     row_bytes = (x1 - x0) * si.shape[2] * np.dtype(data.dtype).itemsize
@@ -70,6 +72,18 @@ def _tile_csr(si: SpectrumImage, y0: int, y1: int, x0: int, x1: int):
     offsets = np.cumsum([0] + [p[0][-1] for p in parts[:-1]])
     indptr = np.concatenate([parts[0][0][:1]] + [p[0][1:] + o for p, o in zip(parts, offsets)])
     return indptr, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def _csr_window(csr: tuple[np.ndarray, np.ndarray, np.ndarray], width: int, y0: int, y1: int, x0: int, x1: int):
+    """The CSR arrays of pixels ``[y0:y1, x0:x1]`` of a map of ``width`` pixels a row, from the whole map's."""
+    indptr, indices, values = csr
+    pix = (np.arange(y0, y1, dtype=np.int64)[:, None] * width + np.arange(x0, x1, dtype=np.int64)[None, :]).ravel()
+    starts = indptr[pix]
+    counts = indptr[pix + 1] - starts
+    out_ptr = np.zeros(pix.size + 1, np.int64)
+    np.cumsum(counts, out=out_ptr[1:])
+    take = np.repeat(starts - out_ptr[:-1], counts) + np.arange(out_ptr[-1], dtype=np.int64)
+    return out_ptr, indices[take], values[take]
 
 
 def _compute_block(si: SpectrumImage, block: Any, y: int) -> np.ndarray:

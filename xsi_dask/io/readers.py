@@ -138,6 +138,10 @@ class SpectrumImage:
         Images of other shapes that came in the file (e.g. a larger overview).
     metadata, original_metadata : dict
         HyperSpy-style metadata and the vendor's original metadata, JSON-safe.
+    csr : tuple of numpy.ndarray, optional
+        ``(indptr, indices, values)`` of ``data`` (pixels row-major x channels,
+        as :func:`xsi_dask.io._csr.dense_to_csr` gives them) where the reader
+        already has them: a file decoded in a child process comes back as CSR.
     """
 
     path: Path
@@ -149,6 +153,7 @@ class SpectrumImage:
     metadata: dict[str, Any] = field(default_factory=dict)
     original_metadata: dict[str, Any] = field(default_factory=dict)
     signal_type: str = ""
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -579,8 +584,8 @@ def _data_arrays(data: np.ndarray, out: dict[str, Any]) -> list[tuple[str, np.nd
     return [("data", data)]
 
 
-def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Rebuild the child's cube from its CSR arrays, after checking them."""
+def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
+    """Rebuild the child's cube from its CSR arrays, after checking them; return it and the CSR arrays."""
     dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
     indptr, indices, values = (arrays.pop(f"data.{k}", None) for k in ("indptr", "indices", "values"))
     npix = shape[0] * shape[1] if len(shape) == 3 else -1
@@ -596,7 +601,7 @@ def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarr
     dense = np.zeros(shape, dtype)
     rows = np.repeat(np.arange(npix, dtype=np.int64), np.diff(indptr))
     dense.reshape(npix, shape[2])[rows, indices] = values
-    return dense
+    return dense, (indptr, indices, values)
 
 
 def _decode_request(req: dict[str, Any]) -> None:
@@ -847,7 +852,7 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
                 proc.wait()
         for name in leftovers:
             _unlink(name)
-    data = _dense_from_csr(path, out["data"], arrays) if "data" in out else arrays.pop("data")
+    data, csr = _dense_from_csr(path, out["data"], arrays) if "data" in out else (arrays.pop("data"), None)
     return SpectrumImage(
         path=path,
         data=data,
@@ -858,4 +863,5 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
         metadata=out["metadata"],
         original_metadata=out["original_metadata"],
         signal_type=out["signal_type"],
+        csr=csr,
     )
