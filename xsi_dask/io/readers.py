@@ -598,7 +598,13 @@ def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarr
     )
     if not ok:
         raise CorruptFileError(f"{path}: the decoding process handed back an inconsistent sparse cube {meta}")
-    dense = np.zeros(shape, dtype)
+    try:
+        dense = np.zeros(shape, dtype)
+    except MemoryError as exc:
+        raise CorruptFileError(
+            f"{path}: no memory for its {'x'.join(map(str, shape))} {dtype} spectrum image ({exc}); free memory "
+            "or check the file"
+        ) from exc
     rows = np.repeat(np.arange(npix, dtype=np.int64), np.diff(indptr))
     dense.reshape(npix, shape[2])[rows, indices] = values
     return dense, (indptr, indices, values)
@@ -642,7 +648,10 @@ def _decode_request(req: dict[str, Any]) -> None:
             imported=sorted(set(sys.modules) - before),
         )
     except MemoryError as exc:
-        out.update(error="MemoryError", message=f"{path}: out of memory while decoding ({exc})")
+        out.update(error="CorruptFileError", message=(
+            f"{path}: RosettaSciIO ran out of memory decoding this file ({exc or 'MemoryError'}); a corrupt header "
+            "can declare a cube far larger than the file: check the file, or free memory if it is intact"
+        ))
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
         out.update(error=type(exc).__name__, message=str(exc))
     with open(req["result"], "w", encoding="utf-8") as f:
@@ -774,8 +783,6 @@ def _child_error(path: Path, module_name: str, returncode: int) -> XSIError:
 
 def _result_error(path: Path, out: dict[str, Any]) -> BaseException:
     name, message = str(out.get("error", "")), str(out.get("message", ""))
-    if name == "MemoryError":
-        return MemoryError(message)
     cls = getattr(_errors, name, None)
     if isinstance(cls, type) and issubclass(cls, XSIError):
         return cls(message)
