@@ -29,7 +29,7 @@ from xsi_dask import errors
 from xsi_dask.cli.main import main
 from xsi_dask.io._csr import dense_to_csr
 from xsi_dask.io.ingest import _csr_window
-from xsi_dask.io.layout import expand_inputs, grid_layout, manifest_layout, parse_grid
+from xsi_dask.io.layout import expand_inputs, grid_layout, manifest_layout, parse_grid, split_layout
 from xsi_dask.io.readers import read_spectrum_image
 
 from .conftest import EDS, EDS_FILES, assert_no_store, write_rpl
@@ -198,6 +198,14 @@ def test_manifest_huge_row_col_is_fast_and_small(tmp_path, capsys):
         tracemalloc.stop()
     assert elapsed < 1.0 and peak < 50e6, (elapsed, peak)
     assert str(man) in str(info.value) and "(row 0, col 1)" in str(info.value)
+    t = time.perf_counter()  # grids and splits of that size: refused as quickly
+    with pytest.raises(errors.LayoutError, match="needs 10000000000 tile files"):
+        grid_layout([a], "100000x100000")
+    with pytest.raises(errors.LayoutError, match="not divisible"):
+        split_layout(a, "100000x100000", (512, 512))
+    with pytest.raises(errors.LayoutError, match="ROWSxCOLS"):
+        parse_grid("9" * 5000 + "x1")  # beyond int()'s digit limit: still the package's error
+    assert time.perf_counter() - t < 1.0
     err = _cli_error(capsys, ["ingest", "--manifest", str(man), "--out", str(tmp_path / "o.zarr"), "--quiet"])
     assert "missing position" in err
     assert_no_store(tmp_path / "o.zarr")
