@@ -139,6 +139,20 @@ def test_isolated_ingest_equals_in_process_ingest(needs_data, tmp_path, name):
     assert stores[False].info()["total_counts"] == stores[True].info()["total_counts"]
 
 
+def test_decoder_past_its_time_is_stopped(needs_data, tmp_path):
+    """A decoder that does not finish (an endless loop on a corrupt file) is stopped: CorruptFileError, nothing left."""
+    import dask
+
+    src = EDS / "jeol_View000_0000006.pts"
+    with dask.config.set({"xsi-dask.decode-timeout": 0.001}), pytest.raises(errors.CorruptFileError, match="still decoding"):
+        xsi_dask.ingest(src, tmp_path / "o.zarr", progress=False)
+    assert_no_store(tmp_path / "o.zarr")
+    assert not _leftovers(os.getpid())
+    with dask.config.set({"xsi-dask.decode-timeout": "soon"}), pytest.raises(errors.ParameterError, match="decode-timeout"):
+        read_spectrum_image(src)
+    assert read_spectrum_image(EDS / "test_TEM.bcf").shape == (64, 64, 2048)  # the decode server lives on
+
+
 def test_isolated_read_equals_in_process_read(needs_data):
     """The child process hands back exactly what RosettaSciIO gives in-process (data, images, metadata)."""
     # test_TEM and the emd come back as CSR (0.3 % non-zero), the 30x30 map (62 % non-zero) as the mapped dense cube

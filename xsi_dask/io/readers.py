@@ -38,6 +38,7 @@ from ..errors import (
     CorruptFileError,
     InputFileNotFoundError,
     NoSpectrumImageError,
+    ParameterError,
     UnsupportedFormatError,
     XSIError,
     XSIWarning,
@@ -385,7 +386,9 @@ def read_spectrum_image(
         cube comes back through a memory-mapped file (in ``/dev/shm`` where it
         fits), not a pickle. Default: ``xsi-dask.isolate-readers`` (true) for
         eagerly read formats (bcf, pts, emd); lazily read ones are decoded
-        where they are used and are not isolated.
+        where they are used and are not isolated. A child still decoding
+        after ``xsi-dask.decode-timeout`` seconds (default 120 s + 2 s per MB
+        of file) is stopped: :class:`CorruptFileError`.
     **reader_kwargs
         Passed to the RosettaSciIO ``file_reader`` (e.g. ``SI_dtype``,
         ``cutoff_at_kV``).
@@ -694,16 +697,22 @@ def _server_main() -> int:
                 code = 0
             finally:
                 os._exit(code)
+        deadline = time.monotonic() + (req["timeout"] or math.inf)
+        timed_out = False
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
-            if os.getppid() != parent:  # orphaned: nobody will read the result
+            orphaned = os.getppid() != parent  # nobody will read the result
+            timed_out = time.monotonic() > deadline  # a decoder looping on a corrupt file
+            if orphaned or timed_out:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                _, status = os.waitpid(pid, 0)
                 for name in [req["result"]] + [os.path.join(d, req["base"] + ".bin") for d in req["dirs"]]:
                     _unlink(name)
-                return 0
+                if orphaned:
+                    return 0
+                break
             time.sleep(0.005)
         returncode = os.waitstatus_to_exitcode(status)
         if returncode == 0:  # what the plug-in imported on first use (pint, sparse, ...): import it here, once
@@ -712,7 +721,7 @@ def _server_main() -> int:
                     if isinstance(name, str) and name not in sys.modules:
                         with contextlib.suppress(Exception):
                             importlib.import_module(name)
-        reply = json.dumps({"returncode": returncode}).encode()
+        reply = json.dumps({"returncode": returncode, "timed_out": timed_out}).encode()
         replies.write(len(reply).to_bytes(4, "little") + reply)
         replies.flush()
 
@@ -745,16 +754,17 @@ def _take_server() -> subprocess.Popen:
     return proc
 
 
-def _ask_server(proc: subprocess.Popen, request: bytes) -> int | None:
-    """Send one request; the child's exit status, or None if the server itself died."""
+def _ask_server(proc: subprocess.Popen, request: bytes) -> dict[str, Any] | None:
+    """Send one request; the server's reply (the child's exit status), or None if the server itself died."""
     try:
         proc.stdin.write(len(request).to_bytes(4, "little") + request)
         proc.stdin.flush()
         head = proc.stdout.read(4)
         if len(head) < 4:
             return None
-        return int(json.loads(proc.stdout.read(int.from_bytes(head, "little")))["returncode"])
-    except (OSError, ValueError):
+        reply = json.loads(proc.stdout.read(int.from_bytes(head, "little")))
+        return {"returncode": int(reply["returncode"]), "timed_out": bool(reply.get("timed_out"))}
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -813,31 +823,55 @@ def _mapped_arrays(path: Path, out: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _decode_timeout(path: Path) -> float:
+    """Seconds a child may decode ``path``: ``xsi-dask.decode-timeout``, else 120 s plus 2 s per MB of file."""
+    import dask.config
+
+    value = dask.config.get("xsi-dask.decode-timeout", None)
+    if value is None:
+        return 120.0 + 2.0 * path.stat().st_size / 1e6
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise ParameterError(f"xsi-dask.decode-timeout {value!r}: give a number of seconds > 0 (or null for the default)")
+    return seconds
+
+
 def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
     """:func:`read_spectrum_image` of an eagerly read format, decoded in a child process."""
     module_name = READERS[path.suffix.lower()][0]
+    timeout = _decode_timeout(path)
     dirs = _transfer_dirs()
     _sweep_stale(dirs)
     base = f"{_DECODE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     result = os.path.join(tempfile.gettempdir(), base + ".json")
     leftovers = [result] + [os.path.join(d, base + ".bin") for d in dirs]
     request = pickle.dumps(
-        {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result}
+        {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result,
+         "timeout": timeout}
     )
     proc, done = None, False
     try:
         proc = _take_server()
-        returncode = _ask_server(proc, request)
-        if returncode is None:  # the server itself is gone: start a fresh one, once
+        reply = _ask_server(proc, request)
+        if reply is None:  # the server itself is gone: start a fresh one, once
             proc.kill()
             proc.wait()
             proc = _take_server()
-            returncode = _ask_server(proc, request)
-            if returncode is None:
+            reply = _ask_server(proc, request)
+            if reply is None:
                 raise XSIError(f"{path}: the decoding process could not be started ({sys.executable})")
         done = True
-        if returncode != 0:
-            raise _child_error(path, module_name, returncode)
+        if reply["timed_out"]:
+            raise CorruptFileError(
+                f"{path}: RosettaSciIO ({module_name}) was still decoding this file after {timeout:g} s and was "
+                "stopped; a corrupt file can send a decoder into an endless loop. If the file is intact and just "
+                "large, raise xsi-dask.decode-timeout (seconds)"
+            )
+        if reply["returncode"] != 0:
+            raise _child_error(path, module_name, reply["returncode"])
         try:
             with open(result, encoding="utf-8") as f:
                 out = json.load(f)
