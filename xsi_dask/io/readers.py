@@ -428,7 +428,8 @@ def read_spectrum_image(
     if isolate is None:
         import dask.config
 
-        isolate = not lazy and bool(dask.config.get("xsi-dask.isolate-readers", True))
+        # the decode server forks a child per file: POSIX only (elsewhere files are read in-process)
+        isolate = not lazy and hasattr(os, "fork") and bool(dask.config.get("xsi-dask.isolate-readers", True))
     if isolate and not lazy:
         return _read_isolated(path, kwargs)
     return _read_in_process(path, module_name, lazy, kwargs)
