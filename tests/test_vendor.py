@@ -9,6 +9,7 @@ argument parsers refuse bad input with :class:`LayoutError` /
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import xsi_dask
@@ -361,22 +362,36 @@ CSV_CELL = st.one_of(
     st.text(max_size=6),
 )
 CSV_LINE = st.lists(CSV_CELL, min_size=0, max_size=5).map(",".join)
-HEADER = st.sampled_from(["path,row,col", "path,row,col,stage_x,stage_y", "Path, Row ,COL,stage_x[um]", "path,row", ""])
+HEADER = st.sampled_from(["path,row,col,stage_x", "path,row,col,stage_x", "Path, Row ,COL,stage_x[um]", "path,row", ""])
+
+
+# rows that are mostly well formed, so that valid layouts, holes, duplicates and missing files all occur
+TILE_ROW = st.tuples(
+    st.sampled_from(["a.rpl", "b.rpl", "c.rpl", "d.rpl", "./a.rpl", "sub/../b.rpl", "missing.rpl"]),
+    st.integers(0, 1).map(str) | st.sampled_from(["-1", "2", "", "x", "1.5", "100000"]),
+    st.integers(0, 1).map(str) | st.sampled_from(["-1", "2", "", "x", "1.5", "100000"]),
+    st.sampled_from(["", "", "", "1.5", "nan", "x"]),
+).map(lambda t: ",".join(t))
 
 
 @FAST
-@given(header=HEADER, lines=st.lists(CSV_LINE, max_size=6), noise=st.binary(max_size=8))
+@given(header=HEADER, lines=st.lists(st.one_of(TILE_ROW, TILE_ROW, TILE_ROW, CSV_LINE), max_size=5), noise=st.sampled_from([b""] * 4 + [b"\xff", b"\0", b'"']))
+@example(header="path,row,col,stage_x", lines=["a.rpl,0,0,", "./b.rpl,0,1,1.5", "c.rpl,1,0,", "sub/../d.rpl,1,1,"], noise=b"")
+@example(header="path,row,col,stage_x", lines=["a.rpl,0,0,", "sub/../a.rpl,0,1,"], noise=b"")
 def test_manifest_random_csv(tmp_path_factory, header, lines, noise):
     folder = tmp_path_factory.mktemp("man", numbered=True)
-    (folder / "a.rpl").touch()
-    (folder / "b.rpl").touch()
+    (folder / "sub").mkdir()
+    for name in "abcd":
+        (folder / f"{name}.rpl").touch()
     man = folder / "m.csv"
     man.write_bytes(("\n".join([header, *lines]) + "\n").encode() + noise)
     try:
         layout = manifest_layout(man)
     except (errors.LayoutError, errors.InputFileNotFoundError) as exc:
         assert str(man) in str(exc)
+        event(type(exc).__name__)
     else:
+        event("valid layout")
         cells = {(t.row, t.col) for t in layout.tiles}
         assert len(cells) == len(layout.tiles) == layout.rows * layout.cols
         assert cells == {(r, c) for r in range(layout.rows) for c in range(layout.cols)}
@@ -457,3 +472,17 @@ def _children(pid: int) -> list[int]:
 def _leftovers(pid: int) -> list[str]:
     return [n for d in (tempfile.gettempdir(), "/dev/shm") if os.path.isdir(d) for n in os.listdir(d)
             if n.startswith(f"xsi-dask-decode-{pid}-")]
+
+
+def test_manifest_valid_with_relative_spellings(tmp_path):
+    """The positive branch of the property test, checked exactly: four distinct files, two of them spelt indirectly."""
+    (tmp_path / "sub").mkdir()
+    for name in "abcd":
+        (tmp_path / f"{name}.rpl").touch()
+    man = tmp_path / "m.csv"
+    man.write_text("# stage_units: um\npath,row,col,stage_x\na.rpl,0,0,\n./b.rpl,0,1,1.5\nc.rpl,1,0,\nsub/../d.rpl,1,1,\n")
+    layout = manifest_layout(man)
+    assert (layout.rows, layout.cols, layout.stage_units) == (2, 2, "um")
+    assert [t.source.resolve().name for t in layout.tiles] == ["a.rpl", "b.rpl", "c.rpl", "d.rpl"]
+    assert [(t.row, t.col) for t in layout.tiles] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert layout.tiles[1].stage_x == 1.5 and math.isnan(layout.tiles[0].stage_x)
