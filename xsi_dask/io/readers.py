@@ -534,7 +534,12 @@ def _unlink(name: str) -> None:
 
 
 def _sweep_stale(dirs: list[str]) -> None:
-    """Remove transfer files of parents that died while their child was decoding."""
+    """Remove transfer files of parents that died while their child was decoding.
+
+    Only files an hour old whose process is gone: a folder shared with another
+    machine or PID namespace may hold live files of processes we cannot see.
+    """
+    now = time.time()
     for d in dirs:
         try:
             names = [n for n in os.listdir(d) if n.startswith(_DECODE_PREFIX)]
@@ -544,7 +549,9 @@ def _sweep_stale(dirs: list[str]) -> None:
             try:
                 os.kill(int(name[len(_DECODE_PREFIX):].split("-", 1)[0]), 0)
             except ProcessLookupError:
-                _unlink(os.path.join(d, name))
+                with contextlib.suppress(OSError):
+                    if now - os.stat(os.path.join(d, name)).st_mtime > 3600:
+                        _unlink(os.path.join(d, name))
             except (ValueError, OSError):
                 continue
 
