@@ -4,6 +4,11 @@ xsi_dask has no file parsers of its own: every format is read by the
 RosettaSciIO plug-in for it, and this module only picks the spectrum image out
 of what the plug-in returns, converts its calibration to keV and keeps the
 structural images and metadata that came with it.
+
+Vendor files are untrusted input: the eagerly read formats (bcf, pts, emd) are
+decoded in a child process (see ``_read_isolated``), so that a crash of a
+compiled decoder on a corrupt file is a :class:`CorruptFileError` naming the
+file and the signal, not the end of the caller's process or notebook kernel.
 """
 
 from __future__ import annotations
@@ -412,6 +417,9 @@ def read_spectrum_image(
         decoder crashed the child process (the message names the signal).
     NoSpectrumImageError
         The file has no 3-D spectrum image.
+    ParameterError
+        ``xsi-dask.decode-timeout`` is not a number of seconds, or
+        ``reader_kwargs`` cannot be handed to the decoding process.
     """
     path = Path(path)
     if not path.is_file():
@@ -856,10 +864,16 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
     base = f"{_DECODE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     result = os.path.join(tempfile.gettempdir(), base + ".json")
     leftovers = [result] + [os.path.join(d, base + ".bin") for d in dirs]
-    request = pickle.dumps(
-        {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result,
-         "timeout": timeout}
-    )
+    try:
+        request = pickle.dumps(
+            {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result,
+             "timeout": timeout}
+        )
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise ParameterError(
+            f"{path}: the reader arguments {sorted(kwargs)} cannot be handed to the decoding process ({exc}); "
+            "pass plain values, or read with isolate=False"
+        ) from exc
     proc, done = None, False
     try:
         proc = _take_server()
