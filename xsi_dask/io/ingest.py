@@ -18,8 +18,10 @@ from dask.system import CPU_COUNT
 from .. import config
 from ..errors import (
     CalibrationMismatchError,
+    CorruptFileError,
     CountsError,
     LayoutError,
+    ParameterError,
     StoreExistsError,
     TileShapeMismatchError,
     XSIWarning,
@@ -66,17 +68,60 @@ def _check_counts(values: np.ndarray, spec: TileSpec) -> np.ndarray:
 def _tile_csr(si: SpectrumImage, y0: int, y1: int, x0: int, x1: int):
     """CSR arrays of ``si[y0:y1, x0:x1]``; lazily read maps are densified one row block at a time."""
     data = si.data
+    if si.csr is not None:  # decoded in a child process: the map's CSR came with it
+        return _csr_window(si.csr, si.shape[1], y0, y1, x0, x1)
     if isinstance(data, np.ndarray):
         return dense_to_csr(data, y0, y1, x0, x1)
     row_bytes = (x1 - x0) * si.shape[2] * np.dtype(data.dtype).itemsize
     step = max(1, config.get_bytes("ingest-block") // max(row_bytes, 1))
     parts = []
     for ys in range(y0, y1, step):
-        block = np.ascontiguousarray(data[ys : min(ys + step, y1), x0:x1].compute(scheduler="sync"))
+        block = np.ascontiguousarray(_compute_block(si, data[ys : min(ys + step, y1), x0:x1], ys))
         parts.append(dense_to_csr(block))
     offsets = np.cumsum([0] + [p[0][-1] for p in parts[:-1]])
     indptr = np.concatenate([parts[0][0][:1]] + [p[0][1:] + o for p, o in zip(parts, offsets)])
     return indptr, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def _csr_window(csr: tuple[np.ndarray, np.ndarray, np.ndarray], width: int, y0: int, y1: int, x0: int, x1: int):
+    """The CSR arrays of pixels ``[y0:y1, x0:x1]`` of a map of ``width`` pixels a row, from the whole map's."""
+    indptr, indices, values = csr
+    pix = (np.arange(y0, y1, dtype=np.int64)[:, None] * width + np.arange(x0, x1, dtype=np.int64)[None, :]).ravel()
+    starts = indptr[pix]
+    counts = indptr[pix + 1] - starts
+    out_ptr = np.zeros(pix.size + 1, np.int64)
+    np.cumsum(counts, out=out_ptr[1:])
+    take = np.repeat(starts - out_ptr[:-1], counts) + np.arange(out_ptr[-1], dtype=np.int64)
+    return out_ptr, indices[take], values[take]
+
+
+def _compute_block(si: SpectrumImage, block: Any, y: int) -> np.ndarray:
+    """Read one row block of a lazily read map; a decoding failure is the file's fault."""
+    try:
+        return block.compute(scheduler="sync")
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py, zarr, np.memmap: any failure to decode stored data
+        raise CorruptFileError(
+            f"{si.path}: the data from row {y} on cannot be read; the file is truncated or corrupt "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _ingest_threads(threads: Any) -> int:
+    """Tiles converted at once: ``threads``, else ``xsi-dask.ingest-threads``, else one per core."""
+    value = config.get("ingest-threads", threads)
+    what = "--threads" if threads is not None else "xsi-dask.ingest-threads"
+    if value is None:
+        return int(CPU_COUNT)
+    try:
+        n = int(value)
+        ok = not isinstance(value, bool) and (n == value or (isinstance(value, str) and value.strip().isdigit()))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or n < 1:
+        raise ParameterError(f"{what} {value!r}: the number of tiles converted at once must be a whole number >= 1")
+    return n
 
 
 class _Failed:
@@ -237,8 +282,11 @@ def ingest(
         Negative or non-integer data.
     StoreExistsError
         ``out`` exists and ``overwrite`` is false.
+    ParameterError
+        ``threads`` (or ``xsi-dask.ingest-threads``) is not a whole number >= 1.
     """
     started = time.perf_counter()
+    _ingest_threads(threads)  # before any reading
     tolerance = float(config.get("energy-tolerance", energy_tolerance))
     reader_kwargs = dict(reader_kwargs or {})
     if sum(x is not None for x in (grid, manifest, split)) > 1:

@@ -30,6 +30,7 @@ __all__ = [
     "layout_record",
     "manifest_layout",
     "parse_grid",
+    "refuse_duplicates",
     "split_layout",
 ]
 
@@ -78,13 +79,25 @@ class Layout:
 
 
 def parse_grid(text: str | Sequence[int], what: str = "grid") -> tuple[int, int]:
-    """Parse ``"ROWSxCOLS"`` (or a pair) into two positive integers."""
+    """Parse ``"ROWSxCOLS"`` (or a pair) into two positive integers.
+
+    Raises
+    ------
+    LayoutError
+        Anything else: another form, a value below 1, a pair of non-integers.
+    """
     if not isinstance(text, str):
-        rows, cols = (int(v) for v in text)
+        try:
+            rows, cols = text  # type: ignore[misc]
+            if any(isinstance(v, bool) or int(v) != v for v in (rows, cols)):
+                raise ValueError("not whole numbers")
+            rows, cols = int(rows), int(cols)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LayoutError(f"{what} {text!r} is not a pair of whole numbers (ROWS, COLS) ({exc})") from exc
     else:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
+        m = re.fullmatch(r"\s*([0-9]{1,9})\s*[xX×,]\s*([0-9]{1,9})\s*", text)
         if not m:
-            raise LayoutError(f"{what} {text!r} is not of the form ROWSxCOLS, e.g. 4x4")
+            raise LayoutError(f"{what} {text!r} is not of the form ROWSxCOLS, e.g. 4x4 (at most 9 digits each)")
         rows, cols = int(m.group(1)), int(m.group(2))
     if rows < 1 or cols < 1:
         raise LayoutError(f"{what} {rows}x{cols}: rows and columns must be at least 1")
@@ -126,15 +139,59 @@ def layout_record(
     return rec
 
 
+def _file_key(path: Path) -> tuple[int, int] | str:
+    """Identity of a file: device and inode (one file under any spelling, link or hard link)."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return str(path.resolve())
+
+
+def refuse_duplicates(paths: Sequence[Path], where: str) -> None:
+    """Raise :class:`LayoutError` if two of ``paths`` are the same file, however spelled.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Tile files.
+    where : str
+        What lists them, for the message (``"the grid"``, a manifest's path).
+    """
+    seen: dict[tuple[int, int] | str, Path] = {}
+    for p in paths:
+        key = _file_key(Path(p))
+        if key in seen:
+            same = "" if str(seen[key]) == str(p) else f" (also given as {seen[key]})"
+            raise LayoutError(
+                f"file {p}{same} is given more than once in {where}; every tile must come from its own file"
+            )
+        seen[key] = Path(p)
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand glob patterns (sorted) and check that every file exists."""
+    """Expand glob patterns (sorted) and check that every file exists.
+
+    A name that exists as a file is taken literally even if it holds glob
+    characters (``tile[1].bcf`` is that file, not ``tile1.bcf``); only a name
+    that is no file is expanded as a pattern.
+
+    Raises
+    ------
+    InputFileNotFoundError
+        A file does not exist, or a pattern matches nothing.
+    LayoutError
+        No inputs.
+    """
     paths: list[Path] = []
     for item in inputs:
         text = str(item)
-        if any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text))
+        if any(ch in text for ch in "*?[") and not Path(text).is_file():
+            matches = sorted(m for m in glob.glob(text) if Path(m).is_file())
             if not matches:
-                raise InputFileNotFoundError(f"no file matches the pattern {text!r}")
+                raise InputFileNotFoundError(
+                    f"no file matches the pattern {text!r} (and no file has that literal name)"
+                )
             paths.extend(Path(m) for m in matches)
         else:
             paths.append(Path(text))
@@ -162,9 +219,7 @@ def grid_layout(paths: Sequence[Path], grid: str | Sequence[int] | None = None) 
         raise LayoutError(
             f"grid {rows}x{cols} needs {rows * cols} tile files but {len(paths)} were given"
         )
-    dup = [p for p in dict.fromkeys(paths) if paths.count(p) > 1]
-    if dup:
-        raise LayoutError(f"file {dup[0]} is given more than once in the grid")
+    refuse_duplicates(paths, "the grid")
     tiles = tuple(
         TileSpec(index=i, source=p, row=i // cols, col=i % cols) for i, p in enumerate(paths)
     )
@@ -193,7 +248,17 @@ def manifest_layout(manifest: str | Path) -> Layout:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputFileNotFoundError(f"manifest not found: {manifest}")
-    lines = manifest.read_text().splitlines()
+    try:
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise LayoutError(
+            f"{manifest}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+            "save the manifest as UTF-8 CSV"
+        ) from exc
+    except OSError as exc:
+        raise InputFileNotFoundError(f"{manifest}: the manifest cannot be read ({exc})") from exc
+    if any("\0" in line for line in lines):
+        raise LayoutError(f"{manifest}: holds NUL characters; a manifest is a UTF-8 CSV text file")
     units = ""
     body = []
     for line in lines:
@@ -204,6 +269,13 @@ def manifest_layout(manifest: str | Path) -> Layout:
             continue
         if line.strip():
             body.append(line)
+    try:
+        return _manifest_entries(manifest, body, units)
+    except csv.Error as exc:
+        raise LayoutError(f"{manifest}: not a valid CSV file ({exc})") from exc
+
+
+def _manifest_entries(manifest: Path, body: list[str], units: str) -> Layout:
     reader = csv.DictReader(body)
     fields = {}
     for name in reader.fieldnames or []:
@@ -220,7 +292,7 @@ def manifest_layout(manifest: str | Path) -> Layout:
 
     entries = []
     for lineno, raw in enumerate(reader, start=2):
-        rec = {fields[k]: (v or "").strip() for k, v in raw.items() if k in fields}
+        rec = {fields[k]: (v if isinstance(v, str) else "").strip() for k, v in raw.items() if k in fields}
         try:
             row, col = int(rec["row"]), int(rec["col"])
             sx = float(rec["stage_x"]) if rec.get("stage_x") else math.nan
@@ -229,10 +301,16 @@ def manifest_layout(manifest: str | Path) -> Layout:
             raise LayoutError(f"{manifest}, data line {lineno - 1}: {exc}") from exc
         if row < 0 or col < 0:
             raise LayoutError(f"{manifest}, data line {lineno - 1}: negative row/col ({row}, {col})")
+        if not rec["path"]:
+            raise LayoutError(f"{manifest}, data line {lineno - 1}: empty path")
         path = Path(rec["path"])
         if not path.is_absolute():
             path = manifest.parent / path
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            found = False
+        if not found:
             raise InputFileNotFoundError(f"{manifest}: tile file not found: {path}")
         entries.append((row, col, path, sx, sy))
     if not entries:
@@ -246,13 +324,20 @@ def manifest_layout(manifest: str | Path) -> Layout:
                 f"{seen[(row, col)]} and {path}"
             )
         seen[(row, col)] = path
+    refuse_duplicates([e[2] for e in entries], str(manifest))
     rows = max(e[0] for e in entries) + 1
     cols = max(e[1] for e in entries) + 1
-    holes = [(r, c) for r in range(rows) for c in range(cols) if (r, c) not in seen]
-    if holes:
+    n_holes = rows * cols - len(seen)  # positions are distinct: a complete grid has one per cell
+    if n_holes:
+        # the first few holes in row-major order, found in O(tiles): a hole shows within len(seen) + 8 cells
+        holes = []
+        for k in range(min(rows * cols, len(seen) + 8)):
+            if (k // cols, k % cols) not in seen:
+                holes.append((k // cols, k % cols))
         shown = ", ".join(f"(row {r}, col {c})" for r, c in holes[:8])
         raise LayoutError(
-            f"{manifest}: the {rows}x{cols} grid has {len(holes)} missing position(s): {shown}"
+            f"{manifest}: the {rows}x{cols} grid has {n_holes:,} missing position(s): {shown}"
+            + (", ..." if n_holes > 8 else "")
         )
     entries.sort(key=lambda e: (e[0], e[1]))
     tiles = tuple(

@@ -4,13 +4,33 @@ xsi_dask has no file parsers of its own: every format is read by the
 RosettaSciIO plug-in for it, and this module only picks the spectrum image out
 of what the plug-in returns, converts its calibration to keV and keeps the
 structural images and metadata that came with it.
+
+Vendor files are untrusted input: the eagerly read formats (bcf, pts, emd) are
+decoded in a child process (see ``_read_isolated``), so that a crash of a
+compiled decoder on a corrupt file is a :class:`CorruptFileError` naming the
+file and the signal, not the end of the caller's process or notebook kernel.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import dataclasses
 import datetime as _dt
 import importlib
+import json
 import math
+import mmap
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import errors as _errors
 from ..errors import (
     CorruptFileError,
     InputFileNotFoundError,
     NoSpectrumImageError,
+    ParameterError,
     UnsupportedFormatError,
+    XSIError,
     XSIWarning,
 )
 
@@ -121,6 +144,10 @@ class SpectrumImage:
         Images of other shapes that came in the file (e.g. a larger overview).
     metadata, original_metadata : dict
         HyperSpy-style metadata and the vendor's original metadata, JSON-safe.
+    csr : tuple of numpy.ndarray, optional
+        ``(indptr, indices, values)`` of ``data`` (pixels row-major x channels,
+        as :func:`xsi_dask.io._csr.dense_to_csr` gives them) where the reader
+        already has them: a file decoded in a child process comes back as CSR.
     """
 
     path: Path
@@ -132,6 +159,7 @@ class SpectrumImage:
     metadata: dict[str, Any] = field(default_factory=dict)
     original_metadata: dict[str, Any] = field(default_factory=dict)
     signal_type: str = ""
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -250,6 +278,58 @@ def _check_bcf_complete(path: Path) -> None:
         )
 
 
+def _check_pts_complete(path: Path) -> None:
+    """Refuse a JEOL .pts shorter than the data its header declares.
+
+    The file header (after the magic number 304 and an 8-byte name) holds six
+    little-endian uint32: ``a, b, head_pos, head_len, data_pos, data_len``; the
+    event stream is ``data_len`` bytes from ``data_pos``. RosettaSciIO reads
+    the stream to the end of the file whatever its length, and a file cut by a
+    few bytes still ends its last sweep on the last scan line, so the missing
+    X-ray events would go unnoticed.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(36)
+    if len(head) < 36:
+        raise CorruptFileError(f"{path}: the file is truncated: {size} bytes, shorter than a JEOL .pts header")
+    magic = int(np.frombuffer(head, "<u4", 1, 0)[0])
+    if magic != 304:
+        raise CorruptFileError(f"{path}: not a JEOL .pts file (magic number {magic}, expected 304)")
+    data_pos, data_len = (int(v) for v in np.frombuffer(head, "<u4", 2, 28))
+    declared = data_pos + data_len
+    if data_len and size < declared:
+        raise CorruptFileError(
+            f"{path}: the file is truncated: its JEOL header declares {declared:,} bytes "
+            f"(event data of {data_len:,} bytes from byte {data_pos:,}) but the file has {size:,}; "
+            "copy it again from the instrument"
+        )
+
+
+def _check_rpl_raw(path: Path) -> None:
+    """Refuse a Lispix .rpl whose .raw is shorter than the cube its header declares.
+
+    RosettaSciIO memory-maps the .raw lazily, so a short one fails only when
+    the data are read ("mmap length is greater than file size").
+    """
+    try:
+        from rsciio.ripple._api import parse_ripple
+
+        with open(path, encoding="latin-1", errors="replace") as f:
+            info = parse_ripple(f)
+        need = int(info.get("offset", 0)) + (
+            int(info["width"]) * int(info["height"]) * int(info["depth"]) * int(info["data-length"])
+        )
+    except Exception:  # noqa: BLE001 - a header RosettaSciIO cannot parse is the reader's to report
+        return
+    raw = next((path.with_suffix(ext) for ext in (".raw", ".RAW") if path.with_suffix(ext).is_file()), None)
+    if raw is not None and raw.stat().st_size < need:
+        raise CorruptFileError(
+            f"{raw}: the file is truncated: {path.name} declares {need:,} bytes of data but it has "
+            f"{raw.stat().st_size:,}; copy the .raw again"
+        )
+
+
 def _check_jeol_frames(path: Path, signal: dict[str, Any]) -> None:
     """Refuse a JEOL .pts whose declared sweeps (frames) are not all in the file.
 
@@ -266,7 +346,7 @@ def _check_jeol_frames(path: Path, signal: dict[str, Any]) -> None:
 
 
 # extension -> check run before the RosettaSciIO reader
-_PREFLIGHT = {".bcf": _check_bcf_complete}
+_PREFLIGHT = {".bcf": _check_bcf_complete, ".pts": _check_pts_complete, ".rpl": _check_rpl_raw}
 # extension -> check of the spectrum-image signal RosettaSciIO returned
 _POSTREAD = {".pts": _check_jeol_frames}
 
@@ -293,7 +373,7 @@ def _call_reader(path: Path, module_name: str, lazy: bool, kwargs: dict[str, Any
 
 
 def read_spectrum_image(
-    path: str | Path, *, lazy: bool | None = None, **reader_kwargs: Any
+    path: str | Path, *, lazy: bool | None = None, isolate: bool | None = None, **reader_kwargs: Any
 ) -> SpectrumImage:
     """Read the spectrum image of one vendor file with RosettaSciIO.
 
@@ -304,6 +384,16 @@ def read_spectrum_image(
         ``.hspy``/``.zspy`` or Lispix ``.rpl`` (with its ``.raw``) file.
     lazy : bool, optional
         Ask the reader for a dask array. Default: per format (see ``READERS``).
+    isolate : bool, optional
+        Decode the file in a child process, so that a crash of a compiled
+        decoder on a corrupt file (SIGSEGV, SIGBUS) becomes a
+        :class:`CorruptFileError` instead of killing this process. The dense
+        cube comes back through a memory-mapped file (in ``/dev/shm`` where it
+        fits), not a pickle. Default: ``xsi-dask.isolate-readers`` (true) for
+        eagerly read formats (bcf, pts, emd); lazily read ones are decoded
+        where they are used and are not isolated. A child still decoding
+        after ``xsi-dask.decode-timeout`` seconds (default 120 s + 2 s per MB
+        of file) is stopped: :class:`CorruptFileError`.
     **reader_kwargs
         Passed to the RosettaSciIO ``file_reader`` (e.g. ``SI_dtype``,
         ``cutoff_at_kV``).
@@ -323,9 +413,13 @@ def read_spectrum_image(
     UnsupportedFormatError
         No reader is registered for the extension.
     CorruptFileError
-        RosettaSciIO failed to parse the file (truncated, corrupt).
+        RosettaSciIO failed to parse the file (truncated, corrupt), or its
+        decoder crashed the child process (the message names the signal).
     NoSpectrumImageError
         The file has no 3-D spectrum image.
+    ParameterError
+        ``xsi-dask.decode-timeout`` is not a number of seconds, or
+        ``reader_kwargs`` cannot be handed to the decoding process.
     """
     path = Path(path)
     if not path.is_file():
@@ -338,9 +432,23 @@ def read_spectrum_image(
         )
     module_name, default_lazy, default_kwargs = READERS[ext]
     kwargs = {**default_kwargs, **reader_kwargs}
+    lazy = default_lazy if lazy is None else bool(lazy)
+    if isolate is None:
+        import dask.config
+
+        # the decode server forks a child per file: POSIX only (elsewhere files are read in-process)
+        isolate = not lazy and hasattr(os, "fork") and bool(dask.config.get("xsi-dask.isolate-readers", True))
+    if isolate and not lazy:
+        return _read_isolated(path, kwargs)
+    return _read_in_process(path, module_name, lazy, kwargs)
+
+
+def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str, Any]) -> SpectrumImage:
+    """Read ``path`` with its RosettaSciIO plug-in in this process (the checks of the path are done)."""
+    ext = path.suffix.lower()
     if ext in _PREFLIGHT:
         _PREFLIGHT[ext](path)
-    signals = _call_reader(path, module_name, default_lazy if lazy is None else lazy, kwargs)
+    signals = _call_reader(path, module_name, lazy, kwargs)
 
     candidates = [s for s in signals if _is_spectrum_image(s)]
     if not candidates:
@@ -388,4 +496,435 @@ def read_spectrum_image(
         metadata=to_json(si.get("metadata", {})),
         original_metadata=to_json(si.get("original_metadata", {})),
         signal_type=_signal_type(si),
+    )
+
+
+# ---- decoding untrusted files in a child process ----
+#
+# RosettaSciIO's compiled decoders (bcf's Cython unpacker, numba loops, HDF5)
+# can crash the process on a corrupt file instead of raising. Eagerly read files
+# are therefore decoded in a child process. A decode server (a fresh interpreter
+# that imports only this module, not the package: _CHILD_BOOTSTRAP) keeps numpy
+# and the RosettaSciIO plug-ins imported and forks a new child for every file,
+# so each file is decoded in a clean address space (a corrupt file cannot harm
+# the next one) without paying the imports again. The child writes the arrays
+# to one raw file (in /dev/shm where it fits: memory, not disk; all-zero
+# megabytes left as holes, which cost nothing) and a JSON description of the
+# rest; nothing that comes back is unpickled. The parent maps the raw file
+# copy-on-write and unlinks it at once: the cube is never copied through a
+# pipe, and a crash leaves nothing behind.
+
+_DECODE_PREFIX = "xsi-dask-decode-"
+_ALIGN = 64
+_HOLE = 1 << 20  # all-zero runs of this many bytes are not written (sparse file)
+_CHILD_BOOTSTRAP = (
+    "import sys, types\n"
+    "pkg = types.ModuleType('xsi_dask'); pkg.__path__ = [sys.argv[1]]; sys.modules['xsi_dask'] = pkg\n"
+    "from xsi_dask.io.readers import _server_main\n"
+    "sys.exit(_server_main())\n"
+)
+_servers: list[subprocess.Popen] = []  # idle decode servers of this process
+_servers_lock = threading.Lock()
+
+
+def _transfer_dirs() -> list[str]:
+    """Folders the child may put the decoded arrays in, best first."""
+    dirs = []
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        dirs.append("/dev/shm")
+    dirs.append(tempfile.gettempdir())
+    return list(dict.fromkeys(dirs))
+
+
+def _unlink(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+
+
+def _sweep_stale(dirs: list[str]) -> None:
+    """Remove transfer files of parents that died while their child was decoding.
+
+    Only files an hour old whose process is gone: a folder shared with another
+    machine or PID namespace may hold live files of processes we cannot see.
+    """
+    now = time.time()
+    for d in dirs:
+        try:
+            names = [n for n in os.listdir(d) if n.startswith(_DECODE_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                os.kill(int(name[len(_DECODE_PREFIX):].split("-", 1)[0]), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    if now - os.stat(os.path.join(d, name)).st_mtime > 3600:
+                        _unlink(os.path.join(d, name))
+            except (ValueError, OSError):
+                continue
+
+
+def _die_with_parent() -> None:
+    """Linux: be killed when the parent process dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _write_sparse(f: Any, arr: np.ndarray) -> None:
+    """Write ``arr``'s bytes at the file's position, seeking over all-zero megabytes."""
+    flat = arr.reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, _HOLE):
+        chunk = flat[start : start + _HOLE]
+        words = chunk[: chunk.size // 8 * 8].view(np.uint64)
+        if words.any() or chunk[words.size * 8 :].any():
+            f.write(memoryview(chunk))
+        else:
+            f.seek(chunk.size, os.SEEK_CUR)
+
+
+def _data_arrays(data: np.ndarray, out: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """The cube to hand back: its CSR arrays where they are under a quarter of its size, else itself.
+
+    An XSI cube is mostly zeros (0.03 % non-zero in the JEOL map, yet an event
+    in nearly every 4 KiB page), so its CSR form is what crosses between the
+    processes, and the parent scatters it into a fresh zeroed array.
+    """
+    if data.ndim == 3 and data.size and data.dtype.kind in "iuf":
+        from ._csr import dense_to_csr
+
+        indptr, indices, values = dense_to_csr(data)
+        if indptr.nbytes + indices.nbytes + values.nbytes < data.nbytes // 4:
+            out["data"] = {"sparse": True, "dtype": data.dtype.str, "shape": list(data.shape)}
+            return [("data.indptr", indptr), ("data.indices", indices), ("data.values", values)]
+    return [("data", data)]
+
+
+def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
+    """Rebuild the child's cube from its CSR arrays, after checking them; return it and the CSR arrays."""
+    dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
+    indptr, indices, values = (arrays.pop(f"data.{k}", None) for k in ("indptr", "indices", "values"))
+    npix = shape[0] * shape[1] if len(shape) == 3 else -1
+    ok = (
+        dtype.kind in "iuf" and npix >= 0 and min(shape) >= 0
+        and indptr is not None and indptr.dtype.kind == "i" and indptr.shape == (npix + 1,)
+        and indices is not None and values is not None and values.dtype == dtype
+        and indices.ndim == 1 and values.shape == indices.shape and indptr[0] == 0 and indptr[-1] == indices.size
+        and bool(np.all(np.diff(indptr) >= 0)) and (indices.size == 0 or (indices.min() >= 0 and indices.max() < shape[2]))
+    )
+    if not ok:
+        raise CorruptFileError(f"{path}: the decoding process handed back an inconsistent sparse cube {meta}")
+    try:
+        dense = np.zeros(shape, dtype)
+    except MemoryError as exc:
+        raise CorruptFileError(
+            f"{path}: no memory for its {'x'.join(map(str, shape))} {dtype} spectrum image ({exc}); free memory "
+            "or check the file"
+        ) from exc
+    rows = np.repeat(np.arange(npix, dtype=np.int64), np.diff(indptr))
+    dense.reshape(npix, shape[2])[rows, indices] = values
+    return dense, (indptr, indices, values)
+
+
+def _decode_request(req: dict[str, Any]) -> None:
+    """Decode one file (in a forked child) and write its arrays and description beside each other."""
+    path = Path(req["path"])
+    out: dict[str, Any] = {"ok": False, "warnings": []}
+    before = set(sys.modules)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            si = _read_in_process(path, req["module"], False, req["kwargs"])
+        out["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
+        arrays = _data_arrays(np.ascontiguousarray(si.data), out)
+        arrays += [(f"images/{k}", np.ascontiguousarray(v)) for k, v in si.images.items() if not v.dtype.hasobject]
+        arrays += [(f"other/{k}", np.ascontiguousarray(v)) for k, v in si.other_images.items() if not v.dtype.hasobject]
+        entries, offset = [], 0
+        for name, arr in arrays:
+            offset = -(-offset // _ALIGN) * _ALIGN
+            entries.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset})
+            offset += arr.nbytes
+        folder = next((d for d in req["dirs"] if shutil.disk_usage(d).free > offset * 1.05 + (256 << 20)), req["dirs"][-1])
+        binary = os.path.join(folder, req["base"] + ".bin")
+        try:
+            with open(binary, "wb") as f:
+                for entry, (_, arr) in zip(entries, arrays):
+                    f.seek(entry["offset"])
+                    _write_sparse(f, arr)
+                f.truncate(offset)
+        except OSError as exc:
+            raise XSIError(
+                f"{path}: the decoded spectrum image ({offset:,} bytes) could not be handed back through "
+                f"{folder} ({exc}); free space there or point TMPDIR elsewhere"
+            ) from exc
+        out.update(
+            ok=True, binary=binary, arrays=entries, size=offset,
+            energy=dataclasses.asdict(si.energy), pixels=dataclasses.asdict(si.pixels),
+            metadata=si.metadata, original_metadata=si.original_metadata, signal_type=si.signal_type,
+            imported=sorted(set(sys.modules) - before),
+        )
+    except MemoryError as exc:
+        out.update(error="CorruptFileError", message=(
+            f"{path}: RosettaSciIO ran out of memory decoding this file ({exc or 'MemoryError'}); a corrupt header "
+            "can declare a cube far larger than the file: check the file, or free memory if it is intact"
+        ))
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+        out.update(error=type(exc).__name__, message=str(exc))
+    with open(req["result"], "w", encoding="utf-8") as f:
+        json.dump(out, f)
+
+
+def _server_main() -> int:
+    """Decode server: length-prefixed pickled requests on stdin, one fork per file, exit status on stdout.
+
+    The server ends at the end of its stdin and, while a child decodes, as soon
+    as its parent is gone (it polls: PR_SET_PDEATHSIG would fire when the
+    parent's *thread* that started it ends, and ingest starts it from a pool
+    thread). Each child dies with the server (PR_SET_PDEATHSIG; the server is
+    single-threaded).
+    """
+    parent = os.getppid()
+    with contextlib.suppress(Exception):  # compiled (from numba's cache) once here, not in every forked child
+        from ._csr import dense_to_csr
+
+        for dt in (np.uint8, np.uint16, np.uint32):
+            dense_to_csr(np.zeros((1, 1, 8), dt))
+    requests = sys.stdin.buffer
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a decoder prints must not mix with the replies
+    while True:
+        head = requests.read(4)
+        if len(head) < 4:
+            return 0
+        req = pickle.loads(requests.read(int.from_bytes(head, "little")))  # from the parent that started us
+        with contextlib.suppress(Exception):  # imported before the fork, once; a failure is the child's to report
+            importlib.import_module(req["module"])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (coverage does not follow forks)
+            code = 70
+            try:
+                _die_with_parent()
+                _decode_request(req)
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + (req["timeout"] or math.inf)
+        timed_out = False
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            orphaned = os.getppid() != parent  # nobody will read the result
+            timed_out = time.monotonic() > deadline  # a decoder looping on a corrupt file
+            if orphaned or timed_out:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                for name in [req["result"]] + [os.path.join(d, req["base"] + ".bin") for d in req["dirs"]]:
+                    _unlink(name)
+                if orphaned:
+                    return 0
+                break
+            time.sleep(0.005)
+        returncode = os.waitstatus_to_exitcode(status)
+        if returncode == 0:  # what the plug-in imported on first use (pint, sparse, ...): import it here, once
+            with contextlib.suppress(Exception), open(req["result"], encoding="utf-8") as f:
+                for name in json.load(f).get("imported", [])[:1000]:
+                    if isinstance(name, str) and name not in sys.modules:
+                        with contextlib.suppress(Exception):
+                            importlib.import_module(name)
+        reply = json.dumps({"returncode": returncode, "timed_out": timed_out}).encode()
+        replies.write(len(reply).to_bytes(4, "little") + reply)
+        replies.flush()
+
+
+def _close_servers() -> None:
+    with _servers_lock:
+        idle, _servers[:] = list(_servers), []
+    for proc in idle:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+atexit.register(_close_servers)
+
+
+def _take_server() -> subprocess.Popen:
+    with _servers_lock:
+        while _servers:
+            proc = _servers.pop()
+            if proc.poll() is None and getattr(proc, "xsi_pid", None) == os.getpid():
+                return proc
+    cmd = [sys.executable, "-c", _CHILD_BOOTSTRAP, str(Path(__file__).resolve().parents[1])]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.xsi_pid = os.getpid()  # type: ignore[attr-defined]  # a forked copy of this process must not share it
+    return proc
+
+
+def _ask_server(proc: subprocess.Popen, request: bytes) -> dict[str, Any] | None:
+    """Send one request; the server's reply (the child's exit status), or None if the server itself died."""
+    try:
+        proc.stdin.write(len(request).to_bytes(4, "little") + request)
+        proc.stdin.flush()
+        head = proc.stdout.read(4)
+        if len(head) < 4:
+            return None
+        reply = json.loads(proc.stdout.read(int.from_bytes(head, "little")))
+        return {"returncode": int(reply["returncode"]), "timed_out": bool(reply.get("timed_out"))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _child_error(path: Path, module_name: str, returncode: int) -> XSIError:
+    if returncode < 0:
+        try:
+            sig = signal.Signals(-returncode)
+            name, what = sig.name, signal.strsignal(sig) or sig.name
+        except ValueError:
+            name, what = f"signal {-returncode}", "unknown signal"
+        if -returncode == signal.SIGKILL:
+            return CorruptFileError(
+                f"{path}: the process decoding this file with RosettaSciIO ({module_name}) was killed ({name}), "
+                "most likely for lack of memory; free memory or read a smaller file"
+            )
+        return CorruptFileError(
+            f"{path}: RosettaSciIO ({module_name}) crashed with {name} ({what}) while decoding this file: it is "
+            "corrupt (not merely truncated); copy it again from the instrument. The crash was contained in a "
+            "child process and nothing was written"
+        )
+    return XSIError(
+        f"{path}: the process decoding this file failed (exit status {returncode}); set "
+        "xsi-dask.isolate-readers to false to read it in this process and see the error"
+    )
+
+
+def _result_error(path: Path, out: dict[str, Any]) -> BaseException:
+    name, message = str(out.get("error", "")), str(out.get("message", ""))
+    cls = getattr(_errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, XSIError):
+        return cls(message)
+    return CorruptFileError(f"{path}: decoding failed ({name}: {message})")
+
+
+def _mapped_arrays(path: Path, out: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Views of the child's raw file (mapped copy-on-write), checked against its size."""
+    binary = out["binary"]
+    size = os.path.getsize(binary)
+    if size != out["size"]:
+        raise CorruptFileError(f"{path}: the decoding process handed back {size:,} bytes, not {out['size']:,}")
+    mm = None
+    if size:
+        with open(binary, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    arrays = {}
+    for entry in out["arrays"]:
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(int(n) for n in entry["shape"])
+        nbytes = dtype.itemsize * math.prod(shape)
+        if dtype.kind not in "biufc" or min(shape, default=0) < 0 or entry["offset"] + nbytes > size:
+            raise CorruptFileError(f"{path}: the decoding process handed back an invalid array {entry}")
+        if nbytes == 0:
+            arrays[entry["name"]] = np.zeros(shape, dtype)
+        else:
+            arrays[entry["name"]] = np.ndarray(shape, dtype, buffer=mm, offset=int(entry["offset"]))
+    return arrays
+
+
+def _decode_timeout(path: Path) -> float:
+    """Seconds a child may decode ``path``: ``xsi-dask.decode-timeout``, else 120 s plus 2 s per MB of file."""
+    import dask.config
+
+    value = dask.config.get("xsi-dask.decode-timeout", None)
+    if value is None:
+        return 120.0 + 2.0 * path.stat().st_size / 1e6
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise ParameterError(f"xsi-dask.decode-timeout {value!r}: give a number of seconds > 0 (or null for the default)")
+    return seconds
+
+
+def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
+    """:func:`read_spectrum_image` of an eagerly read format, decoded in a child process."""
+    module_name = READERS[path.suffix.lower()][0]
+    timeout = _decode_timeout(path)
+    dirs = _transfer_dirs()
+    _sweep_stale(dirs)
+    base = f"{_DECODE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    result = os.path.join(tempfile.gettempdir(), base + ".json")
+    leftovers = [result] + [os.path.join(d, base + ".bin") for d in dirs]
+    try:
+        request = pickle.dumps(
+            {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result,
+             "timeout": timeout}
+        )
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise ParameterError(
+            f"{path}: the reader arguments {sorted(kwargs)} cannot be handed to the decoding process ({exc}); "
+            "pass plain values, or read with isolate=False"
+        ) from exc
+    proc, done = None, False
+    try:
+        proc = _take_server()
+        reply = _ask_server(proc, request)
+        if reply is None:  # the server itself is gone: start a fresh one, once
+            proc.kill()
+            proc.wait()
+            proc = _take_server()
+            reply = _ask_server(proc, request)
+            if reply is None:
+                raise XSIError(f"{path}: the decoding process could not be started ({sys.executable})")
+        done = True
+        if reply["timed_out"]:
+            raise CorruptFileError(
+                f"{path}: RosettaSciIO ({module_name}) was still decoding this file after {timeout:g} s and was "
+                "stopped; a corrupt file can send a decoder into an endless loop. If the file is intact and just "
+                "large, raise xsi-dask.decode-timeout (seconds)"
+            )
+        if reply["returncode"] != 0:
+            raise _child_error(path, module_name, reply["returncode"])
+        try:
+            with open(result, encoding="utf-8") as f:
+                out = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise XSIError(f"{path}: the process decoding this file gave no readable result ({exc})") from exc
+        for category, message in out.get("warnings", []):
+            if category == XSIWarning.__name__:
+                warnings.warn(message, category=XSIWarning, stacklevel=4)
+        if not out.get("ok"):
+            raise _result_error(path, out)
+        arrays = _mapped_arrays(path, out)
+    finally:
+        if proc is not None:
+            if done and proc.poll() is None:
+                with _servers_lock:
+                    _servers.append(proc)
+            else:  # interrupted mid-request: the server and (by PDEATHSIG) its child go
+                proc.kill()
+                proc.wait()
+        for name in leftovers:
+            _unlink(name)
+    data, csr = _dense_from_csr(path, out["data"], arrays) if "data" in out else (arrays.pop("data"), None)
+    return SpectrumImage(
+        path=path,
+        data=data,
+        energy=EnergyAxis(**out["energy"]),
+        pixels=PixelAxes(**out["pixels"]),
+        images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("images/")},
+        other_images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("other/")},
+        metadata=out["metadata"],
+        original_metadata=out["original_metadata"],
+        signal_type=out["signal_type"],
+        csr=csr,
     )
