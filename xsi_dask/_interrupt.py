@@ -52,6 +52,14 @@ def exit_code(exc: BaseException) -> int:
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
 
 
+def _quiet_logs() -> None:
+    """After an interrupt, the shutdown's own noise (cancelled futures, closed comms) is not the user's news."""
+    import logging
+
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 @contextlib.contextmanager
 def signals_as_exceptions() -> Iterator[None]:
     """Raise :class:`Interrupted` in the main thread on the first SIGINT or SIGTERM of the block.
@@ -70,6 +78,7 @@ def signals_as_exceptions() -> Iterator[None]:
     def handler(signum, frame):
         seen.append(signum)
         if len(seen) == 1:
+            _quiet_logs()
             raise Interrupted(signum)
         if len(seen) == 2:
             print(f"xsi-dask: {_NAMES.get(signum, signum)} again: still cleaning up; once more to quit at once "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -295,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     error of the package; 130 (SIGINT) or 143 (SIGTERM) with one line when
     interrupted: the run stops, the cluster is shut down, temporary outputs
     are removed once their writers have stopped, and an output that
-    ``--overwrite`` was to replace is kept.
+    ``--overwrite`` was to replace is kept. Run as the program (``argv`` None),
+    an interrupted process then ends at once (``os._exit``) instead of
+    spending seconds in the interpreter's teardown of dask and numba.
     """
     from .._interrupt import exit_code, signals_as_exceptions
 
@@ -312,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = getattr(exc, "name", "SIGINT")
             print(f"xsi-dask {args.command}: interrupted ({name}); stopped, temporary outputs removed, "
                   "earlier outputs kept", file=sys.stderr, flush=True)
+            if argv is None:  # the program itself: the cleanup is done, skip the seconds of interpreter teardown
+                sys.stdout.flush()
+                os._exit(exit_code(exc))
             return exit_code(exc)
 
 

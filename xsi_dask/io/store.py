@@ -107,7 +107,10 @@ def atomic_output(
     out = Path(os.path.abspath(out))
     check_output(out, kind, overwrite=overwrite)
     created = _make_parents(out.parent)
-    parent_id = _file_id(out.parent)
+    # an open descriptor keeps the folder's inode allocated, so a folder recreated in its place has another number
+    parent_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    st = os.fstat(parent_fd)
+    parent_id = (st.st_dev, st.st_ino)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     committed = False
     try:
@@ -129,12 +132,15 @@ def atomic_output(
                 raise
             raise _output_error(out, exc) from exc
     finally:
-        if not committed:
-            quiesce()  # nothing writes into tmp any more: only now can it be removed for good
-            _remove(tmp)
-            if _file_id(out.parent) != parent_id:  # a writer recreated the vanished folder: not ours to keep
-                created = [out.parent, *created]
-            _remove_empty_dirs(created)
+        try:
+            if not committed:
+                quiesce()  # nothing writes into tmp any more: only now can it be removed for good
+                _remove(tmp)
+                if _file_id(out.parent) not in (parent_id, None):  # a writer recreated the vanished folder
+                    created = [out.parent, *created]
+                _remove_empty_dirs(created)
+        finally:
+            os.close(parent_fd)
 
 
 def _remove(path: Path) -> None:

@@ -207,13 +207,13 @@ def _check_outputs(out: Path, target: Path | None, overwrite: bool) -> None:
                 f"{out} is not the folder of an xsi_dask run (no run.yaml of ours), but holds {', '.join(clash)}, "
                 "which a run writes; they are left as they are: choose another --out (or move them away yourself)"
             )
+    _probe_writable(out / "run.yaml" if out.is_dir() else out)
     if target is not None and (target.is_symlink() or target.exists()):
         check_output(target, "montage", overwrite=True, probe=False)  # a montage store (or an empty folder) only
     results = out / "results.zarr"
     check_results_target(results, ("svd", "nmf"), overwrite=True)
     if (results.is_symlink() or results.exists()) and not overwrite:
         raise StoreExistsError(f"{results} exists; pass --overwrite (overwrite=True) to replace it")
-    _probe_writable(out / "run.yaml")
 
 
 def _make_folder(out: Path) -> list[Path]:
