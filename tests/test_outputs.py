@@ -451,6 +451,23 @@ def test_disk_full_while_writing_results(tmp_path, monkeypatch):
     _assert_old_results(out)
 
 
+def test_disk_full_while_writing_the_report(tmp_path, monkeypatch, capsys):
+    import xsi_dask.plotting.report as report_mod
+
+    montage = _small_montage(tmp_path)
+    out = tmp_path / "run"
+
+    def full(path, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(report_mod, "write_report", full)
+    args = ["run", str(montage), "--out", str(out), "--components", "2", "--nmf-components", "2", "--max-iter", "2",
+            "--workers", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xsi-dask run: error: {out}: cannot be written: the disk is full ({out / 'report.html'})"), err
+
+
 # ---- run: no empty folder after an input error ----
 
 def test_run_input_error_leaves_no_folder(tmp_path, capsys):

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreExistsError
+from ..errors import (
+    InputFileNotFoundError,
+    NotOurOutputError,
+    OutputWriteError,
+    ParameterError,
+    StoreExistsError,
+    XSIError,
+)
 from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
 
 __all__ = ["RunResult", "decompose_store", "format_info", "nmf_store", "resolve_inputs", "run"]
@@ -314,6 +321,13 @@ def run(
             RunConfig(inputs=tuple(sources), out=out, layout=layout, svd=svd, nmf=nmf, cluster=cluster),
         )
         return _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress)
+    except OSError as exc:
+        _unmake_folder(created, config)
+        from ..io.store import _is_output_fault, _output_error
+
+        if isinstance(exc, XSIError) or not _is_output_fault(exc, out):
+            raise
+        raise _output_error(out, exc) from exc  # run.yaml, figures, report: a full disk is the package's error
     except BaseException:
         _unmake_folder(created, config)
         raise
