@@ -551,3 +551,34 @@ def test_signal_during_run_nmf(tmp_path, sig):
     assert leftovers(tmp_path) == [] and leftovers(out) == []
     assert tree_hash(out / "results.zarr") == before
     assert open_results(out / "results.zarr", "nmf").attrs["max_iter"] == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_result_writing(tmp_path, monkeypatch, capsys, sig):
+    """decompose --overwrite interrupted while its SVD is being written: the old results stay, nothing is left."""
+    montage = _small_montage(tmp_path)
+    out = tmp_path / "r.zarr"
+    _two_group_store(out)
+    before = tree_hash(out)
+    original = results_mod._write_group
+
+    def write_then_linger(ds, root, name, bar):
+        original(ds, root, name, bar)
+        time.sleep(60)  # the group is on disk in the staged store; the signal comes now
+
+    monkeypatch.setattr(results_mod, "_write_group", write_then_linger)
+
+    def signal_when_written():
+        t = time.monotonic()
+        while not any(tmp_path.glob(".*r.zarr.tmp-*/svd/scores/c")) and time.monotonic() - t < 120:
+            time.sleep(0.05)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=signal_when_written, daemon=True).start()
+    t = time.monotonic()
+    code = main(["decompose", str(montage), "--out", str(out), "--overwrite", "--components", "2", "--workers", "1",
+                 "--quiet"])
+    assert code == 128 + sig and time.monotonic() - t < 60
+    assert "interrupted" in capsys.readouterr().err
+    assert tree_hash(out) == before and leftovers(tmp_path) == []
+    _assert_old_results(out)

@@ -106,9 +106,12 @@ def atomic_output(
 
     out = Path(os.path.abspath(out))
     check_output(out, kind, overwrite=overwrite)
-    created = _make_parents(out.parent)
-    # an open descriptor keeps the folder's inode allocated, so a folder recreated in its place has another number
-    parent_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        created = _make_parents(out.parent)
+        # an open descriptor keeps the folder's inode allocated, so a folder recreated in its place has another number
+        parent_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _output_error(out, exc) from exc
     st = os.fstat(parent_fd)
     parent_id = (st.st_dev, st.st_ino)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
