@@ -17,6 +17,8 @@ __all__ = [
     "InputFileNotFoundError",
     "LayoutError",
     "NoSpectrumImageError",
+    "NotOurOutputError",
+    "OutputWriteError",
     "ParameterError",
     "ResourceUnavailableError",
     "StoreExistsError",
@@ -95,3 +97,16 @@ class ResourceUnavailableError(XSIError, RuntimeError):
 
 class ParameterError(XSIError, ValueError):
     """A run parameter is invalid (checked when the parameter object is built, before any work)."""
+
+
+class NotOurOutputError(StoreExistsError):
+    """An output path holds something xsi_dask did not write (user files, a plain file, another kind of store).
+
+    ``overwrite`` replaces only the package's own output of the same kind; this
+    is raised, before any computation, for anything else, naming the path and
+    what it holds.
+    """
+
+
+class OutputWriteError(XSIError, OSError):
+    """An output cannot be written: an unwritable or vanished folder, a full disk; nothing was left behind."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -290,14 +291,47 @@ COMMANDS = {
 }
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an output path that may not be written before any reading or computing (ingest, simulate).
+
+    run, decompose and nmf check theirs in the pipeline functions they call.
+    """
+    if args.command in ("ingest", "simulate"):
+        from ..io.store import check_output
+
+        check_output(args.out, "montage", overwrite=args.overwrite)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xsi-dask`` command line; the exit status.
+
+    0 on success; 2 with one line ``xsi-dask CMD: error: ...`` for every
+    error of the package; 130 (SIGINT) or 143 (SIGTERM) with one line when
+    interrupted: the run stops, the cluster is shut down, temporary outputs
+    are removed once their writers have stopped, and an output that
+    ``--overwrite`` was to replace is kept. Run as the program (``argv`` None),
+    an interrupted process then ends at once (``os._exit``) instead of
+    spending seconds in the interpreter's teardown of dask and numba.
+    """
+    from .._interrupt import exit_code, signals_as_exceptions
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except XSIError as exc:
-        print(f"xsi-dask {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with signals_as_exceptions():
+        try:
+            _check_out(args)
+            return COMMANDS[args.command](args)
+        except XSIError as exc:
+            print(f"xsi-dask {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "name", "SIGINT")
+            print(f"xsi-dask {args.command}: interrupted ({name}); stopped, temporary outputs removed, "
+                  "earlier outputs kept", file=sys.stderr, flush=True)
+            if argv is None:  # the program itself: the cleanup is done, skip the seconds of interpreter teardown
+                sys.stdout.flush()
+                os._exit(exit_code(exc))
+            return exit_code(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,23 +1,50 @@
-"""Write decomposition results (xarray Datasets) as groups of one Zarr store, atomically."""
+"""Write decomposition results (xarray Datasets) as groups of one Zarr store, committed as one.
+
+A results store (``results.zarr``) is a Zarr v3 group whose root attributes
+carry ``xsi_dask = {format: "xsi-dask-results", version, uuid}`` and whose
+groups (``svd``, ``nmf``) are xarray Datasets. Every update builds a complete
+new store in a temporary sibling (the groups that are kept hard-linked in,
+their metadata copied; the new groups written; the metadata consolidated) and
+swaps it for the old one with one rename under the output's lock
+(:func:`xsi_dask.io.store.atomic_output`), so a reader sees the old results
+or the new ones, never a mix, and an interrupted update leaves the old store
+as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import xarray as xr
 import zarr
 
 from .._dask import compute
-from ..errors import StoreExistsError
+from ..errors import NotOurOutputError, StoreExistsError
 from ..progress import Progress
 from .readers import to_json
-from .store import atomic_output
+from .store import (
+    _LEGACY_RESULT_ENTRY,
+    RESULTS_FORMAT,
+    _probe_writable,
+    _remove,
+    atomic_output,
+    check_output,
+    describe_path,
+    output_kind,
+)
 
-__all__ = ["write_results", "open_results", "has_group"]
+__all__ = [
+    "RESULTS_FORMAT", "RESULTS_VERSION", "check_results_target", "has_group", "open_results", "results_update",
+    "write_results",
+]
+
+RESULTS_VERSION = 1
 
 
 def _consolidate(out: Path) -> None:
@@ -45,57 +72,199 @@ def _write_group(ds: xr.Dataset, root: Path, name: str, bar: Progress) -> None:
     bar.update()
 
 
+def _groups(path: Path) -> list[str]:
+    """The groups of the results store ``path`` (none when it does not exist)."""
+    if not path.is_dir():
+        return []
+    return sorted(e.name for e in path.iterdir() if (e / "zarr.json").is_file() and not _LEGACY_RESULT_ENTRY.fullmatch(e.name))
+
+
+def check_results_target(out: str | Path, groups: Iterable[str], *, overwrite: bool = False) -> Path:
+    """Check, before any computation, that ``groups`` may be written into the results store ``out``.
+
+    ``out`` may be absent, an empty folder, or a results store; in a results
+    store, a group that exists is replaced only with ``overwrite``. A plain
+    file, a folder of other files, a montage store or any other path is
+    refused (whatever ``overwrite`` says), and so is an unwritable place.
+
+    Parameters
+    ----------
+    out : str or Path
+        The results store.
+    groups : iterable of str
+        The groups to be written.
+    overwrite : bool
+        Whether existing groups may be replaced.
+
+    Returns
+    -------
+    Path
+        ``out``, absolute.
+
+    Raises
+    ------
+    NotOurOutputError
+        ``out`` is not a results store (nor absent, nor an empty folder).
+    StoreExistsError
+        A group exists and ``overwrite`` is false.
+    OutputWriteError
+        ``out``'s folder cannot be written.
+    """
+    out = Path(os.path.abspath(out))
+    if (out.is_symlink() or out.exists()) and output_kind(out) != "results":
+        check_output(out, "results", overwrite=True, probe=False)  # an empty folder passes, anything else is refused
+    existing = [g for g in groups if g in _groups(out)]
+    if existing and not overwrite:
+        raise StoreExistsError(
+            f"{out} already has group(s) {existing}; pass --overwrite (overwrite=True) to replace them"
+        )
+    _probe_writable(out)  # the staged store is written beside it
+    return out
+
+
+def _token(path: Path) -> tuple | None:
+    """Identifies one committed version of a store: every commit puts a new folder in place."""
+    try:
+        st = os.stat(path)
+        meta = os.stat(path / "zarr.json")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, meta.st_mtime_ns
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a chunk (never rewritten in place); copy metadata, which consolidation and zarr rewrite."""
+    if os.path.basename(src) != "zarr.json":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def _carry_over(old: Path, new: Path, replaced: Iterable[str]) -> None:
+    """Put every entry of the old store except its root metadata and the ``replaced`` groups into ``new``."""
+    replaced = set(replaced)
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name == "zarr.json" or entry.name in replaced or _LEGACY_RESULT_ENTRY.fullmatch(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, copy_function=_link_or_copy, symlinks=True)
+        else:
+            _link_or_copy(str(entry), str(new / entry.name))
+
+
+@contextlib.contextmanager
+def results_update(out: str | Path, groups: Iterable[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Stage an update of the results store ``out`` that writes ``groups``; commit it as one when the block ends.
+
+    Yields the path of a complete new results store holding the groups of
+    ``out`` that are kept (hard-linked; ``groups`` themselves are left out);
+    write ``groups`` there (:func:`write_results`, or ``nmf(out=path)``). When
+    the block ends, the groups another writer committed to ``out`` meanwhile
+    are carried over too, the metadata are consolidated and the new store
+    replaces ``out`` in one rename under the output's lock. If the block
+    raises, ``out`` is left as it was and the staged store is removed.
+
+    Parameters
+    ----------
+    out : str or Path
+        The results store (created if absent).
+    groups : iterable of str
+        The groups the block writes.
+    overwrite : bool
+        Whether existing groups may be replaced.
+
+    Raises
+    ------
+    NotOurOutputError, StoreExistsError, OutputWriteError
+        See :func:`check_results_target`; also at the commit, if another
+        writer committed one of ``groups`` meanwhile.
+    """
+    groups = list(groups)
+    out = check_results_target(out, groups, overwrite=overwrite)
+    base = _token(out)
+
+    def merge(stage: Path) -> None:  # under the output's lock
+        if _token(out) != base:  # another writer committed meanwhile: keep what it wrote
+            if (out.is_symlink() or out.exists()) and output_kind(out) != "results":
+                raise NotOurOutputError(f"{out} became {describe_path(out)} while the results were written; nothing was written")
+            clash = [g for g in groups if g in _groups(out)]
+            if clash and not overwrite:
+                raise StoreExistsError(f"{out}: group(s) {clash} were written by another run meanwhile; pass --overwrite to replace them")
+            for entry in stage.iterdir():
+                if entry.name != "zarr.json" and entry.name not in groups:
+                    _remove(entry)
+            _carry_over(out, stage, groups)
+        _consolidate(stage)
+
+    with atomic_output(out, overwrite=True, kind="results", before_commit=merge) as stage:
+        from .._version import __version__
+
+        marker = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "uuid": uuid.uuid4().hex, "package_version": __version__}
+        zarr.open_group(str(stage), mode="w", zarr_format=3, attributes={"xsi_dask": marker})
+        _carry_over(out, stage, groups)
+        yield stage
+
+
 def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: bool = False, progress: bool = False) -> Path:
-    """Write each Dataset as group ``name`` of the Zarr store ``out``.
+    """Write each Dataset as group ``name`` of the results store ``out``, all groups committed as one.
 
     Lazy (dask) variables such as scores and abundance maps are computed and
-    written one chunk (tile) at a time. A new store is written to a temporary
-    path and renamed; into an existing store, each group is written under a
-    temporary name and renamed over the old group when complete, so a failure
-    leaves the store as it was. The root's consolidated metadata is rewritten,
-    so ``xarray.open_zarr(out, group=name)`` opens any group directly.
+    written one chunk (tile) at a time into a staged copy of the store
+    (:func:`results_update`), which replaces ``out`` in one rename: a reader
+    sees the old results or the new ones, and a failure or an interrupt
+    leaves ``out`` as it was. The root's metadata are consolidated, so
+    ``xarray.open_zarr(out, group=name)`` opens any group directly.
+
+    Parameters
+    ----------
+    out : str or Path
+        The results store (created if absent).
+    groups : dict of str to xarray.Dataset
+        The groups to write.
+    overwrite : bool
+        Replace groups that exist.
+    progress : bool
+        Show a progress display.
+
+    Returns
+    -------
+    Path
 
     Raises
     ------
     StoreExistsError
         A group exists and ``overwrite`` is false.
+    NotOurOutputError
+        ``out`` exists and is not a results store (a file, a folder of other files, a montage store).
+    OutputWriteError
+        ``out`` cannot be written (unwritable or vanished folder, full disk).
     """
     out = Path(out)
-    with Progress(f"writing {out.name} ({', '.join(groups)}, tile by tile)", len(groups), unit="groups", enabled=progress) as bar:
-        return _write(out, groups, overwrite, bar)
-
-
-def _write(out: Path, groups: dict[str, xr.Dataset], overwrite: bool, bar: Progress) -> Path:
-    if not out.exists():
-        with atomic_output(out) as tmp:
-            zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    with results_update(out, groups, overwrite=overwrite) as stage:
+        label = f"writing {out.name} ({', '.join(groups)}, tile by tile)"
+        with Progress(label, len(groups), unit="groups", enabled=progress) as bar:
             for name, ds in groups.items():
-                _write_group(ds, tmp, name, bar)
-        _consolidate(out)
-        return out
-    existing = [n for n in groups if (out / n).exists()]
-    if existing and not overwrite:
-        raise StoreExistsError(f"{out} already has group(s) {existing}; pass --overwrite (overwrite=True) to replace them")
-    for name, ds in groups.items():
-        tmp_name = f"tmp-{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            _write_group(ds, out, tmp_name, bar)
-            if (out / name).exists():
-                trash = out / f"old-{name}-{uuid.uuid4().hex[:8]}"
-                os.replace(out / name, trash)
-                os.replace(out / tmp_name, out / name)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(out / tmp_name, out / name)
-        finally:
-            shutil.rmtree(out / tmp_name, ignore_errors=True)
-    _consolidate(out)
+                _write_group(ds, stage, name, bar)
     return out
 
 
 def has_group(path: str | Path, group: str) -> bool:
-    """Whether the results store ``path`` exists and has group ``group``."""
-    return (Path(path) / group / "zarr.json").is_file()
+    """Whether the results store ``path`` exists and has group ``group``.
+
+    Raises
+    ------
+    NotOurOutputError
+        ``path`` exists and is not a results store (nor an empty folder): results cannot go there.
+    """
+    p = Path(path)
+    if (p.is_symlink() or p.exists()) and output_kind(p) != "results":
+        check_output(p, "results", overwrite=True, probe=False)
+    return (p / group / "zarr.json").is_file()
 
 
 def open_results(path: str | Path, group: str) -> xr.Dataset:

@@ -20,12 +20,17 @@ The CSR matrix of a tile follows the binsparse v0.1 convention
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import json
 import os
+import re
 import shutil
+import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,41 +56,107 @@ def smallest_uint(max_value: int) -> np.dtype:
 
 
 @contextlib.contextmanager
-def atomic_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    kind: str = "montage",
+    before_commit: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it to ``out`` on success.
 
-    Nothing is left at ``out`` (or beside it) if the body raises. An existing
-    ``out`` is refused unless ``overwrite``; it is replaced only after the new
-    output is complete.
+    ``out`` is checked before the body runs (:func:`check_output`): an
+    existing path is refused unless ``overwrite``, and even then replaced only
+    when it is the package's own output of this ``kind`` (or an empty folder);
+    its folder must be writable. The body writes the new output at the
+    yielded path. Then, under an exclusive lock on ``out`` (``.NAME.lock``
+    beside it), the check is made again (nothing may have appeared meanwhile),
+    ``before_commit(tmp)`` runs and the new output replaces the old one: the
+    old is renamed aside, the new renamed into place and the old removed; if
+    the second rename fails the old one is renamed back.
+
+    If the body raises (an interrupt included), the writer threads are
+    stopped and joined (:func:`xsi_dask._interrupt.quiesce`) before the
+    temporary output and any folder this call created are removed; ``out`` is
+    left as it was. A write fault (disk full, a vanished or unwritable folder)
+    becomes :class:`~xsi_dask.errors.OutputWriteError` naming ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output to write.
+    overwrite : bool
+        Replace an existing output of the same kind.
+    kind : {"montage", "results"}
+        What the output is (a montage store, a results store).
+    before_commit : callable, optional
+        Called with the temporary path under the lock, just before the swap.
 
     Raises
     ------
     StoreExistsError
-        ``out`` exists and ``overwrite`` is false.
+        ``out`` exists (or appeared meanwhile) and ``overwrite`` is false.
+    NotOurOutputError
+        ``out`` is not the package's output of this kind.
+    OutputWriteError
+        ``out`` cannot be written.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    from .._interrupt import quiesce
+    from ..errors import OutputWriteError, XSIError
+
+    out = Path(os.path.abspath(out))
+    check_output(out, kind, overwrite=overwrite)
     try:
-        yield tmp
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            _remove(trash)
-        else:
-            os.replace(tmp, out)
+        created = _make_parents(out.parent)
+        # an open descriptor keeps the folder's inode allocated, so a folder recreated in its place has another number
+        parent_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _output_error(out, exc) from exc
+    st = os.fstat(parent_fd)
+    parent_id = (st.st_dev, st.st_ino)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    committed = False
+    try:
+        try:
+            yield tmp
+            with _output_lock(out):
+                check_output(out, kind, overwrite=overwrite, probe=False)
+                if _file_id(out.parent) != parent_id or not tmp.is_dir():
+                    raise OutputWriteError(
+                        f"{out}: its folder {out.parent} vanished (or was replaced) while the output was written; "
+                        "nothing was written: run again"
+                    )
+                if before_commit is not None:
+                    before_commit(tmp)
+                _swap(tmp, out)
+            committed = True
+        except OSError as exc:
+            if isinstance(exc, XSIError) or not _is_output_fault(exc, out):
+                raise
+            raise _output_error(out, exc) from exc
     finally:
-        _remove(tmp)
+        try:
+            if not committed:
+                quiesce()  # nothing writes into tmp any more: only now can it be removed for good
+                _remove(tmp)
+                if _file_id(out.parent) not in (parent_id, None):  # a writer recreated the vanished folder
+                    created = [out.parent, *created]
+                _remove_empty_dirs(created)
+        finally:
+            os.close(parent_fd)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    """Remove a file, a symbolic link (not its target) or a folder tree; a missing path is no error."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return
+    except FileNotFoundError:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # a file a straggler wrote meanwhile: once more
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
 
 
 def _chunks(n: int) -> tuple[int]:
@@ -416,3 +487,270 @@ class MontageStore:
             "stored_bytes": stored,
             "sources": [s["path"] for s in self.attrs["sources"]],
         }
+
+
+# ---- outputs: what a path is, whether it may be replaced, the write lock (atomic_output's helpers) ----
+
+RESULTS_FORMAT = "xsi-dask-results"
+"""``xsi_dask.format`` in the root attributes of a results store (``results.zarr``)."""
+
+_KIND_FORMATS = {"montage": FORMAT, "results": RESULTS_FORMAT}
+_KIND_NAMES = {"montage": "montage store", "results": "results store"}
+_LEGACY_RESULT_ENTRY = re.compile(r"(tmp|old)-\w+-[0-9a-f]{8}")
+
+
+def _zarr_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes of the Zarr v3 group at ``path``; None when it is not one."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    attrs = meta.get("attributes") or {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _legacy_results(path: Path, attrs: dict[str, Any]) -> bool:
+    """A results store written before results stores carried a marker: groups of xsi_dask results only."""
+    if "xsi_dask" in attrs:
+        return False
+    groups = 0
+    for entry in path.iterdir():
+        if entry.name == "zarr.json" or (entry.is_dir() and _LEGACY_RESULT_ENTRY.fullmatch(entry.name)):
+            continue
+        a = _zarr_attrs(entry) if entry.is_dir() and not entry.is_symlink() else None
+        if a is None or "xsi_dask_version" not in a or "store_uuid" not in a:
+            return False
+        groups += 1
+    return groups > 0
+
+
+def output_kind(path: str | Path) -> str | None:
+    """``"montage"`` or ``"results"`` when ``path`` is that kind of xsi_dask output, else None.
+
+    A montage store carries ``xsi_dask.format = "xsi-dask-montage"`` in its
+    root attributes, a results store ``"xsi-dask-results"``; a results store
+    written before the marker existed is recognised by its groups, each with
+    the attributes every xsi_dask result records.
+    """
+    p = Path(path)
+    if p.is_symlink() or not p.is_dir():
+        return None
+    attrs = _zarr_attrs(p)
+    if attrs is None:
+        return None
+    fmt = attrs.get("xsi_dask")
+    fmt = fmt.get("format") if isinstance(fmt, dict) else None
+    for kind, name in _KIND_FORMATS.items():
+        if fmt == name:
+            return kind
+    try:
+        return "results" if _legacy_results(p, attrs) else None
+    except OSError:
+        return None
+
+
+def describe_path(path: str | Path) -> str:
+    """What is at ``path``, in words (for refusals): a file, a folder of other files, a store of some kind."""
+    p = Path(path)
+    try:
+        if p.is_symlink():
+            return f"a symbolic link to {os.readlink(p)}"
+        if not p.exists():
+            return "nothing"
+        if not p.is_dir():
+            return f"a file of {p.stat().st_size:,} bytes" if p.is_file() else "a special file"
+        kind = output_kind(p)
+        if kind is not None:
+            return f"an xsi_dask {_KIND_NAMES[kind]}"
+        names = sorted(e.name for e in p.iterdir())
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not names:
+        return "an empty folder"
+    if _zarr_attrs(p) is not None:
+        return "a Zarr store not written by xsi_dask" if "zarr.json" in names else "a Zarr group"
+    shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+    return f"a folder of other files ({shown})"
+
+
+def check_output(out: str | Path, kind: str, *, overwrite: bool = False, probe: bool = True) -> Path:
+    """Check that ``out`` may be written as an output of ``kind``; before any computation.
+
+    An existing ``out`` is refused unless ``overwrite``; with ``overwrite`` it
+    is accepted only when it is the package's own output of the same kind, or
+    an empty folder (it holds nothing to lose; the final rename fails if
+    anything appears in it meanwhile). A symbolic link, a plain file, a folder
+    of other files and another kind of store are refused whatever
+    ``overwrite`` says. With ``probe``, a folder is created and removed where
+    ``out`` will be written, so an unwritable place is refused now, not after
+    the computation.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output path.
+    kind : {"montage", "results"}
+        The kind of output to be written.
+    overwrite : bool
+        Whether an existing output of the same kind may be replaced.
+    probe : bool
+        Also check that the folder is writable.
+
+    Returns
+    -------
+    Path
+        ``out``, absolute.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out`` is the package's output and ``overwrite`` is false.
+    NotOurOutputError
+        ``out`` is something else.
+    OutputWriteError
+        ``out``'s folder cannot be written.
+    """
+    from ..errors import NotOurOutputError
+
+    out = Path(os.path.abspath(out))
+    if kind not in _KIND_FORMATS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    if out.is_symlink() or out.exists():
+        what = describe_path(out)
+        ours = output_kind(out) == kind or what == "an empty folder"
+        if not ours:
+            raise NotOurOutputError(
+                f"{out} is {what}, not an xsi_dask {_KIND_NAMES[kind]}: xsi_dask replaces only its own outputs, "
+                "so it is left as it is; choose another --out (or move it away yourself)"
+            )
+        if not overwrite:
+            raise StoreExistsError(f"{out} exists ({what}); pass --overwrite (overwrite=True) to replace it")
+    if probe:
+        _probe_writable(out)
+    return out
+
+
+def _probe_writable(out: Path) -> None:
+    """Create and remove a folder beside ``out`` (in its nearest existing ancestor); OutputWriteError if that fails."""
+    from ..errors import OutputWriteError
+
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputWriteError(f"{out}: cannot be written: {folder} is {describe_path(folder)}, not a folder; choose another --out")
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=folder)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{out}: cannot be written: creating a folder in {folder} failed ({exc.strerror or exc}); choose another --out"
+        ) from exc
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders created, deepest first."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty_dirs(folders: list[Path]) -> None:
+    for d in folders:  # deepest first; a folder that is not empty (someone else's files) stays
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.NAME.lock`` beside ``out``; the lock file is removed afterwards.
+
+    The file is removed while it is locked, so a waiter may get the lock of a
+    removed file: it then checks that the path still names the file it
+    locked, and tries again otherwise.
+    """
+    lock = out.with_name(f".{out.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            mine = os.fstat(fd)
+            if _file_id(lock) == (mine.st_dev, mine.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Put ``tmp`` in the place of ``out``: the old aside, the new in, the old removed; the old restored on failure."""
+    if not (out.is_symlink() or out.exists()):
+        os.replace(tmp, out)
+        return
+    trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out, trash)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(trash, out)  # the old output back in its place, never left hidden
+        raise
+    try:
+        _remove(trash)
+    except BaseException:  # an interrupt during the removal: finish it, then go on interrupting
+        _remove(trash)
+        raise
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _is_output_fault(exc: OSError, out: Path) -> bool:
+    """Whether an OSError raised while writing ``out`` is about the output (not an input file)."""
+    if exc.errno in _WRITE_ERRNOS:
+        return True
+    for name in (exc.filename, getattr(exc, "filename2", None)):
+        if name is not None:
+            p = Path(os.path.abspath(os.fsdecode(name)))
+            if p in (out, out.parent):
+                return True
+            if out.parent in p.parents:
+                first = p.relative_to(out.parent).parts[0]
+                if first == out.name or first.startswith(f".{out.name}."):
+                    return True
+    return False
+
+
+def _output_error(out: Path, exc: OSError) -> Exception:
+    from ..errors import OutputWriteError
+
+    why = {
+        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only", errno.EFBIG: "a file grew too large",
+        errno.ENOENT: "a folder vanished while it was written",
+    }.get(exc.errno, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputWriteError(
+        f"{out}: cannot be written: {why}{where}; nothing was written and {out} is as it was. "
+        "Free space or choose another --out"
+    )

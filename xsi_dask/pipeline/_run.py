@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import InputFileNotFoundError, ParameterError, StoreExistsError
+from ..errors import (
+    InputFileNotFoundError,
+    NotOurOutputError,
+    OutputWriteError,
+    ParameterError,
+    StoreExistsError,
+    XSIError,
+)
 from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
 
 __all__ = ["RunResult", "decompose_store", "format_info", "nmf_store", "resolve_inputs", "run"]
@@ -200,9 +207,71 @@ def _nmf(montage, nmf: NMFParams, init: Any, results: Path, overwrite: bool, pro
     )
 
 
-def _refuse_group(results: Path, group: str, overwrite: bool) -> None:
-    if (results / group).exists() and not overwrite:
-        raise StoreExistsError(f"{results} already has group {group!r}; pass --overwrite (overwrite=True) to replace it")
+_RUN_CONFIG_HEADER = "# xsi_dask run parameters"
+_RUN_NAMES = ("run.yaml", "report.html", "figures")
+
+
+def _is_run_folder(out: Path) -> bool:
+    """Whether ``out`` holds the ``run.yaml`` of an xsi_dask run (so its report and figures are ours)."""
+    try:
+        with open(out / "run.yaml", encoding="utf-8") as f:
+            return f.readline().startswith(_RUN_CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_outputs(out: Path, target: Path | None, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` the run may not write into (see :func:`run`)."""
+    from ..io.results import check_results_target
+    from ..io.store import _probe_writable, check_output, describe_path
+
+    if (out.is_symlink() or out.exists()) and not out.is_dir():
+        raise NotOurOutputError(f"{out} is {describe_path(out)}: the --out of run is a folder; choose another --out")
+    if out.is_dir() and not _is_run_folder(out):
+        clash = [n for n in _RUN_NAMES if (out / n).is_symlink() or (out / n).exists()]
+        if clash:
+            raise NotOurOutputError(
+                f"{out} is not the folder of an xsi_dask run (no run.yaml of ours), but holds {', '.join(clash)}, "
+                "which a run writes; they are left as they are: choose another --out (or move them away yourself)"
+            )
+    _probe_writable(out / "run.yaml" if out.is_dir() else out)
+    if target is not None and (target.is_symlink() or target.exists()):
+        check_output(target, "montage", overwrite=True, probe=False)  # a montage store (or an empty folder) only
+    results = out / "results.zarr"
+    check_results_target(results, ("svd", "nmf"), overwrite=True)
+    if (results.is_symlink() or results.exists()) and not overwrite:
+        raise StoreExistsError(f"{results} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def _make_folder(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; the folders created, deepest first."""
+    created = []
+    p = out
+    while not (p.is_symlink() or p.exists()) and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(f"{out}: cannot be created ({exc.strerror or exc}); choose another --out") from exc
+    return created
+
+
+def _unmake_folder(created: list[Path], config: Path | None) -> None:
+    """After a failed run: remove the folders it created if nothing but its run.yaml went into them."""
+    if not created:
+        return
+    out = created[0]
+    left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if left - {"run.yaml", "figures"} or (out / "figures").is_dir() and any((out / "figures").iterdir()):
+        return  # a complete montage store (say) is kept: the next run reuses it, run.yaml says how it was made
+    if config is not None:
+        config.unlink(missing_ok=True)
+    for d in [out / "figures", *created]:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def run(
@@ -235,34 +304,67 @@ def run(
     StoreExistsError
         ``out/results.zarr`` exists (or ``out/montage.zarr`` holds another
         montage) and ``overwrite`` is false; raised before any computation.
-        With ``nmf.resume`` an existing ``results.zarr`` (of the interrupted
-        run) is kept and its ``svd`` group replaced by the same SVD computed
-        again; the NMF continues from its checkpoint.
+    NotOurOutputError
+        ``out`` is a file; or it is not the folder of an xsi_dask run (no
+        ``run.yaml`` of ours) yet holds ``run.yaml``, ``report.html`` or
+        ``figures``; or its ``montage.zarr`` / ``results.zarr`` is not the
+        package's store of that kind. Raised before any work, ``overwrite``
+        or not: nothing that is not the package's output is replaced.
+    OutputWriteError
+        ``out`` cannot be written (checked before any work), or a write
+        failed (a full disk): nothing half-written is left.
+
+    Notes
+    -----
+    ``svd`` and ``nmf`` are written into a staged results store that replaces
+    ``results.zarr`` in one rename once both are complete, so an interrupted
+    or failed run leaves the previous results as they were. A run that fails
+    leaves no folder it created empty (its ``run.yaml`` goes too, unless a
+    complete montage store was ingested there, which the next run reuses).
+    With ``nmf.resume`` the NMF continues from its checkpoint beside the
+    store (the interrupted run's results were never committed).
     """
-    from .. import open_montage
-    from ..io.ingest import ingest
-    from ..io.results import open_results, write_results
-    from ..io.store import MontageStore
-    from ..plotting.figures import save_all
-    from ..plotting.report import write_report
     from ._config import RunConfig, save_run_config
 
     layout, svd, nmf, cluster = _defaults(layout=layout, svd=svd, nmf=nmf, cluster=cluster)
     sources, given_store = resolve_inputs(inputs, layout)
     out = Path(out).resolve()
-    results = out / "results.zarr"
-    if results.exists() and not overwrite and not nmf.resume:  # resume: the SVD group of the interrupted run is replaced
-        raise StoreExistsError(f"{results} exists; pass --overwrite (overwrite=True) to replace it")
     target = sources[0] if given_store else out / "montage.zarr"
+    _check_outputs(out, None if given_store else target, overwrite)
     store = None
     if not given_store and target.exists() and not overwrite:
         store = _reusable(target, sources, layout)
 
-    out.mkdir(parents=True, exist_ok=True)
-    config = save_run_config(
-        out / "run.yaml",
-        RunConfig(inputs=tuple(sources), out=out, layout=layout, svd=svd, nmf=nmf, cluster=cluster),
-    )
+    created = _make_folder(out)
+    config = None
+    try:
+        config = save_run_config(
+            out / "run.yaml",
+            RunConfig(inputs=tuple(sources), out=out, layout=layout, svd=svd, nmf=nmf, cluster=cluster),
+        )
+        return _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress)
+    except OSError as exc:
+        _unmake_folder(created, config)
+        from ..io.store import _is_output_fault, _output_error
+
+        if isinstance(exc, XSIError) or not _is_output_fault(exc, out):
+            raise
+        raise _output_error(out, exc) from exc  # run.yaml, figures, report: a full disk is the package's error
+    except BaseException:
+        _unmake_folder(created, config)
+        raise
+
+
+def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress) -> RunResult:
+    """:func:`run` once its outputs are checked and its folder made."""
+    from .. import open_montage
+    from ..io.ingest import ingest
+    from ..io.results import open_results, write_results
+    from ..io.store import MontageStore, atomic_output
+    from ..plotting.figures import save_all
+    from ..plotting.report import write_report
+
+    results = out / "results.zarr"
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if given_store:
@@ -280,16 +382,18 @@ def run(
     info = store.info()
     print(format_info(info))
     montage = open_montage(store)
-    with _client(cluster) as client:
+    # svd and nmf go into a staged results store that replaces results.zarr in one rename once both are written
+    # (a reader sees the old results or the new ones); it is removed only after the cluster is down
+    with atomic_output(results, overwrite=overwrite, kind="results") as staged, _client(cluster) as client:
         t = time.perf_counter()
         svd_ds = _svd(montage, store.channels, svd, progress)
         timings["SVD"] = time.perf_counter() - t
         t = time.perf_counter()
-        write_results(results, {"svd": svd_ds}, overwrite=overwrite or nmf.resume, progress=progress)
+        write_results(staged, {"svd": svd_ds}, progress=progress)
         timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
         init, init_text = _init_from(svd_ds, nmf)
         t = time.perf_counter()
-        _nmf(montage, nmf, init, results, overwrite, progress)
+        _nmf(montage, nmf, init, staged, False, progress)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
         n_workers = len(client.scheduler_info().get("workers", {}))
     t = time.perf_counter()
@@ -338,18 +442,19 @@ def run(
 def _analyse_store(store, out, group: str, params, cluster, overwrite: bool, progress: bool):
     """One analysis of a montage store written as group ``group`` of the results store ``out``."""
     from .. import open_montage
-    from ..io.results import open_results, write_results
+    from ..io.results import check_results_target, open_results, results_update, write_results
     from ..io.store import MontageStore
 
-    out = Path(out)
-    _refuse_group(out, group, overwrite)
+    out = check_results_target(out, [group], overwrite=overwrite)  # before any computation
     st = MontageStore(store)
-    with _client(cluster):
+    # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
+    with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
         if group == "nmf":
-            return _nmf(open_montage(st), params, params.init, out, overwrite, progress)
-        ds = _svd(open_montage(st), st.channels, params, progress)
-        write_results(out, {"svd": ds}, overwrite=overwrite, progress=progress)
-    return open_results(out, "svd")
+            _nmf(open_montage(st), params, params.init, staged, False, progress)
+        else:
+            ds = _svd(open_montage(st), st.channels, params, progress)
+            write_results(staged, {"svd": ds}, progress=progress)
+    return open_results(out, group)
 
 
 def decompose_store(
