@@ -568,17 +568,20 @@ def test_signal_during_result_writing(tmp_path, monkeypatch, capsys, sig):
 
     monkeypatch.setattr(results_mod, "_write_group", write_then_linger)
 
+    sent = []
+
     def signal_when_written():
         t = time.monotonic()
         while not any(tmp_path.glob(".*r.zarr.tmp-*/svd/scores/c")) and time.monotonic() - t < 120:
             time.sleep(0.05)
+        sent.append(time.monotonic())
         os.kill(os.getpid(), sig)
 
     threading.Thread(target=signal_when_written, daemon=True).start()
-    t = time.monotonic()
     code = main(["decompose", str(montage), "--out", str(out), "--overwrite", "--components", "2", "--workers", "1",
                  "--quiet"])
-    assert code == 128 + sig and time.monotonic() - t < 60
+    # measured from the signal: the cluster's start and the SVD before it depend on the machine's load
+    assert code == 128 + sig and sent and time.monotonic() - sent[0] < 30
     assert "interrupted" in capsys.readouterr().err
     assert tree_hash(out) == before and leftovers(tmp_path) == []
     _assert_old_results(out)
