@@ -489,6 +489,7 @@ class MontageStore:
                 + _REPAIR.format(path=self.path)
             )
         self.attrs = attrs
+        self._meta: dict[int, tuple[zarr.Group, dict[str, Any], list[str]]] = {}
         self.uuid: str = fmt["uuid"]
         self.tiles: list[dict[str, Any]] = attrs["tiles"]
         self.tile_shape: tuple[int, int] = tuple(attrs["tile_shape"])  # type: ignore[assignment]
@@ -555,7 +556,17 @@ class MontageStore:
         return g
 
     def _tile_meta(self, t: int) -> tuple[zarr.Group, dict[str, Any], list[str]]:
-        """Tile ``t``'s group, its attributes and what in them disagrees with the format or the root's summary."""
+        """Tile ``t``'s group, its attributes and what in them disagrees with the format or the root's summary.
+
+        Kept per store handle (a rewritten store is a new handle, see :meth:`cached`): every pass reads
+        the count map and the tile, and opening the group costs a metadata read each time.
+        """
+        hit = self._meta.get(t)
+        if hit is None:
+            hit = self._meta[t] = self._read_tile_meta(t)
+        return hit
+
+    def _read_tile_meta(self, t: int) -> tuple[zarr.Group, dict[str, Any], list[str]]:
         g = self._tile(t)
         a = dict(g.attrs)
         problems: list[str] = []
@@ -605,8 +616,20 @@ class MontageStore:
             got = array_checksum(data)
             if got != want:
                 raise self._corrupt(t, f"array {name} reads with checksum {got}, but {want} was written "
-                                       "(a chunk changed, vanished or its metadata was edited)")
+                                       f"({self._missing_chunks(t, name, arr) or 'changed data or edited metadata'})")
         return data
+
+    def _missing_chunks(self, t: int, name: str, arr: zarr.Array) -> str:
+        """Which chunk files of an array are absent (Zarr reads them as fill values), as a clause; '' if none."""
+        try:
+            keys = [arr.metadata.encode_chunk_key(idx) for idx in np.ndindex(*arr.cdata_shape)]
+        except Exception:  # noqa: BLE001 - only an explanation: a garbled chunk grid says nothing here
+            return ""
+        folder = self.path / "tiles" / str(t) / name
+        missing = [k for k in keys[:100_000] if not (folder / k).is_file()]
+        if not missing:
+            return ""
+        return f"chunk{'s' if len(missing) > 1 else ''} {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} missing"
 
     def _load_csr(self, t: int) -> TileCSR:
         g, a, problems = self._tile_meta(t)
@@ -619,7 +642,8 @@ class MontageStore:
         csr = TileCSR(*arrays, (self.pixels_per_tile, self.channels))
         problems = check_csr(*arrays, csr.shape)
         if problems:
-            raise self._corrupt(t, "its CSR arrays are inconsistent: " + "; ".join(problems))
+            missing = [f"{k}: {m}" for k in _CSR if (m := self._missing_chunks(t, k, g[k]))]
+            raise self._corrupt(t, "its CSR arrays are inconsistent: " + "; ".join(problems + missing))
         return csr
 
     def tile_nbytes(self, t: int) -> int:
