@@ -269,6 +269,24 @@ def test_check_csr(arrays, message):
     assert "expected a 1-d unsigned integer array" in check_csr(ok[0].astype(np.int64), *ok[1:], (2, 4))[0]
 
 
+def test_real_store(needs_data, tmp_path):
+    """An ingested real map (Bruker test_TEM.bcf cut into 2 x 2 tiles): sound, then each damage found by verify and on loading."""
+    from xsi_dask.io.ingest import ingest
+
+    clean_real = ingest(needs_data / "test_TEM.bcf", tmp_path / "real.zarr", split="2x2", progress=False).path
+    assert verify_store(clean_real) == []
+    for case, (damage, what) in CASES.items():
+        store = tmp_path / f"{case}.zarr".replace(" ", "-")
+        shutil.copytree(clean_real, store)
+        t = damage(store)
+        faults = verify_store(store)
+        assert any(f.startswith(f"tile {t} (test_TEM.bcf): ") and what in f for f in faults), (case, faults)
+        _fresh_caches()
+        with pytest.raises(CorruptStoreError, match=rf"tile {t} \(test_TEM.bcf\): .*{what}"):
+            st = MontageStore(store)
+            st.tile_csr(t), st.count_map(t), st.sum_spectrum()
+
+
 # ---- through the CLI, with the error raised on a dask worker ----
 
 def _decompose_cli(store: Path, out: Path, capsys, *cluster: str) -> tuple[int, str]:
@@ -356,8 +374,13 @@ def _json_edit(doc, rng: np.random.Generator) -> str:
     return f"{'/'.join(map(str, path))}: {str(old)[:30]} -> {new!r}"
 
 
-def _mutate(store: Path, rng: np.random.Generator, chunks: list[str], metas: list[str]) -> str:
-    kind = rng.choice(["flip", "flip", "flip", "delete", "truncate", "json-flip", "json-edit", "json-edit", "remove"])
+def _mutate(store: Path, rng: np.random.Generator, chunks: list[str], metas: list[str]) -> tuple[str, str]:
+    """Damage ``store`` once; (kind, what was done)."""
+    kind = str(rng.choice(["flip", "flip", "flip", "delete", "truncate", "json-flip", "json-edit", "json-edit", "remove"]))
+    return kind, _damage(store, kind, rng, chunks, metas)
+
+
+def _damage(store: Path, kind: str, rng: np.random.Generator, chunks: list[str], metas: list[str]) -> str:
     if kind in ("flip", "delete", "truncate"):
         rel = chunks[rng.integers(len(chunks))]
         f = store / rel
@@ -403,6 +426,7 @@ def test_store_fuzzer(clean, reference, capsys):
     assert len(chunks) >= 15 and len(metas) >= 20
     rng = np.random.default_rng(20261122)
     outcomes: Counter[str] = Counter()
+    by_kind: Counter[tuple[str, str]] = Counter()
     failures: list[str] = []
     # tmpfs where there is one: removing a copy's 40 folders costs 100 ms on a loaded ext4
     base = Path(tempfile.mkdtemp(prefix="xsi-fuzz-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
@@ -412,19 +436,22 @@ def test_store_fuzzer(clean, reference, capsys):
             for i in range(1000):
                 case = base / f"{i}.zarr"
                 shutil.copytree(clean, case)
-                what = _mutate(case, rng, chunks, metas)
+                kind, what = _mutate(case, rng, chunks, metas)
+                outcome = "failure"
                 try:
                     with _time_bound(20):
                         sv = _svd(case)
                 except XSIError as exc:
-                    outcomes[type(exc).__name__] += 1
+                    outcome = type(exc).__name__
                 except BaseException as exc:  # noqa: BLE001 - anything else, a hang included, is the finding
                     failures.append(f"{what}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}")
                 else:
                     if np.array_equal(sv, reference):
-                        outcomes["same result"] += 1
+                        outcome = "same result"
                     else:
                         failures.append(f"{what}: singular values {sv} instead of {reference}")
+                outcomes[outcome] += 1
+                by_kind[kind, outcome] += 1
                 shutil.rmtree(case)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -432,6 +459,7 @@ def test_store_fuzzer(clean, reference, capsys):
     seconds = time.perf_counter() - started
     with capsys.disabled():
         print(f"\nstore fuzzer: 1000 mutations in {seconds:.0f} s: {dict(outcomes.most_common())}")
+        print("  by kind: " + ", ".join(f"{k} -> {o}: {n}" for (k, o), n in sorted(by_kind.items())))
     assert not failures, f"{len(failures)} of 1000 mutations:\n" + "\n".join(failures[:10])
-    assert sum(outcomes.values()) == 1000
+    assert sum(outcomes.values()) == 1000 and "failure" not in outcomes
     assert outcomes["same result"] > 50 and outcomes["CorruptStoreError"] > 300
