@@ -243,6 +243,21 @@ def test_edited_root_metadata(copy):
         xsi_dask.open_montage(copy)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("nnz", [], r"recorded numbers of stored values disagree \(binsparse \d+, tile \[\], root \d+\)"),
+    ("values_dtype", {}, r"recorded count dtypes disagree \(binsparse uint8, tile \{\}, root uint8\)"),
+    ("binsparse", "x", r"binsparse descriptor is missing or garbled \(x\)"),
+    ("checksums", {"values": 5}, r"checksums attribute is garbled"),
+    ("shape", [8, 9], r"its shape \[8, 9\] is not the montage's tile shape \[8, 8\]"),
+    ("total_counts", -3, r"array sum_spectrum sums to \d+ counts, but the tile records -3"),
+])
+def test_edited_tile_attributes(copy, key, value, message):
+    _edit_json(copy / "tiles/1/zarr.json", lambda m: m["attributes"].__setitem__(key, value))
+    with pytest.raises(CorruptStoreError, match=r"tile 1 \(simulated:grade91_replica\): (its )?" + message):
+        _svd(copy)
+    assert any(f.startswith("tile 1 ") for f in verify_store(copy))
+
+
 def test_corrupt_store_error_pickles():
     err = pickle.loads(pickle.dumps(CorruptStoreError("/s.zarr: tile 3 (a.bcf): bad")))
     assert type(err) is CorruptStoreError and str(err) == "/s.zarr: tile 3 (a.bcf): bad"

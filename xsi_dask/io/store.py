@@ -582,13 +582,13 @@ class MontageStore:
             if bs.get("format") != "CSR" or bs.get("shape") != [self.pixels_per_tile, self.channels]:
                 problems.append(f"its binsparse descriptor ({bs.get('format')} {bs.get('shape')}) is not CSR "
                                 f"[{self.pixels_per_tile}, {self.channels}] (pixels, channels)")
-            nnz = {bs.get("number_of_stored_values"), a.get("nnz"), self.tiles[t]["nnz"]}
-            if len(nnz) != 1 or not _is_int(bs.get("number_of_stored_values")):
-                problems.append(f"its recorded numbers of stored values disagree (binsparse {bs.get('number_of_stored_values')}, "
-                                f"tile {a.get('nnz')}, root {self.tiles[t]['nnz']})")
-            vdt = {dts["values"], a.get("values_dtype"), self.tiles[t]["values_dtype"]}
-            if len(vdt) != 1:
-                problems.append(f"its recorded count dtypes disagree ({', '.join(sorted(map(str, vdt)))})")
+            # compared as values, not in a set: an edited attribute may be an unhashable list
+            nnz = (bs.get("number_of_stored_values"), a.get("nnz"), self.tiles[t]["nnz"])
+            if not all(_is_int(v) and v == nnz[2] for v in nnz):
+                problems.append(f"its recorded numbers of stored values disagree (binsparse {nnz[0]}, tile {nnz[1]}, root {nnz[2]})")
+            vdt = (dts["values"], a.get("values_dtype"), self.tiles[t]["values_dtype"])
+            if not all(v == vdt[2] for v in vdt):
+                problems.append(f"its recorded count dtypes disagree (binsparse {vdt[0]}, tile {vdt[1]}, root {vdt[2]})")
         if a.get("shape", list(self.tile_shape)) != list(self.tile_shape):
             problems.append(f"its shape {a.get('shape')} is not the montage's tile shape {list(self.tile_shape)}")
         sums = a.get("checksums", {})
