@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import tempfile
@@ -395,9 +396,19 @@ def _mutate(store: Path, rng: np.random.Generator, chunks: list[str], metas: lis
     return kind, _damage(store, kind, rng, chunks, metas)
 
 
+_READ = re.compile(r"^(zarr\.json|tiles/\d+/(zarr\.json|(pointers_to_1|indices_1|values|count_map|sum_spectrum)/.*))$")
+
+
+def _pick(files: list[str], rng: np.random.Generator) -> str:
+    """Half the time one of the files a decomposition reads (the root's, the tiles' metadata and their arrays)."""
+    read = [f for f in files if _READ.match(f)]
+    pool = read if read and rng.random() < 0.5 else files
+    return pool[rng.integers(len(pool))]
+
+
 def _damage(store: Path, kind: str, rng: np.random.Generator, chunks: list[str], metas: list[str]) -> str:
     if kind in ("flip", "delete", "truncate"):
-        rel = chunks[rng.integers(len(chunks))]
+        rel = _pick(chunks, rng)
         f = store / rel
         raw = bytearray(f.read_bytes())
         if kind == "delete":
@@ -411,7 +422,7 @@ def _damage(store: Path, kind: str, rng: np.random.Generator, chunks: list[str],
         raw[i] ^= int(rng.integers(1, 256))
         f.write_bytes(bytes(raw))
         return f"flip byte {i} of {rel}"
-    rel = metas[rng.integers(len(metas))]
+    rel = _pick(metas, rng)
     f = store / rel
     if kind == "remove":  # a whole node: the array or group folder of this zarr.json (the root: its zarr.json)
         if f.parent == store:
