@@ -681,8 +681,9 @@ class MontageStore:
         array has the recorded shape and dtype and decodes (zstd checksums),
         its CRC-32 matches the recorded one (stores written before checksums
         skip this), and :func:`check_csr` holds. On a 1024 x 1024 tile at 50
-        counts per pixel (21 M stored values) the checks cost about 15 % of
-        reading the tile, less than 5 % of a pass.
+        counts per pixel (21 M stored values, 68 MB) the CRC-32 costs 0.035 s
+        and the structure 0.002 s against 0.20 s to read the tile: about 6 %
+        of reading it and running one SVD kernel pass over it (2-core VM).
 
         Raises
         ------
