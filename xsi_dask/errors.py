@@ -12,6 +12,7 @@ __all__ = [
     "BackendError",
     "CalibrationMismatchError",
     "CorruptFileError",
+    "CorruptStoreError",
     "CountsError",
     "DecompositionError",
     "InputFileNotFoundError",
@@ -73,6 +74,15 @@ class StoreExistsError(XSIError, FileExistsError):
 
 class StoreFormatError(XSIError, ValueError):
     """A path is not an xsi_dask store, or has an unsupported format version."""
+
+
+class CorruptStoreError(XSIError, OSError):
+    """A montage store is damaged: a chunk that does not decode or whose checksum does not match,
+    a missing tile, array or chunk, or CSR arrays that break the format's invariants.
+
+    The message names the store, the tile and what is wrong; ``xsi-dask verify STORE`` lists
+    every fault. The message is the only argument, so the error pickles to and from dask workers.
+    """
 
 
 class DecompositionError(XSIError, ValueError):

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clean", help="remove the NMF scratch folders that dead runs left beside a store")
     p.add_argument("store", metavar="STORE.zarr")
+
+    p = sub.add_parser("verify", help="check every chunk, checksum, CSR array and total of a montage store")
+    p.add_argument("store", metavar="STORE.zarr")
     return parser
 
 
@@ -280,6 +283,22 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ..errors import CorruptStoreError
+    from ..io.store import verify_store
+
+    faults = verify_store(args.store)
+    for fault in faults:
+        print(fault)
+    if faults:
+        raise CorruptStoreError(
+            f"{args.store}: {len(faults)} fault{'s' if len(faults) > 1 else ''} (listed above); "
+            "ingest (or simulate) the store again from its sources"
+        )
+    print(f"{args.store}: sound (every chunk decodes, checksums, CSR arrays and totals agree)")
+    return 0
+
+
 COMMANDS = {
     "ingest": _cmd_ingest,
     "info": _cmd_info,
@@ -288,6 +307,7 @@ COMMANDS = {
     "decompose": _cmd_decompose,
     "nmf": _cmd_nmf,
     "clean": _cmd_clean,
+    "verify": _cmd_verify,
 }
 
 

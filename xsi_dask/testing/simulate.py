@@ -32,7 +32,7 @@ from ..errors import LayoutError, XSIError
 from ..io._csr import grow
 from ..io.layout import parse_grid
 from ..io.readers import EnergyAxis
-from ..io.store import MontageStore, atomic_output, write_montage_attrs, write_tile
+from ..io.store import CHECKED_ZSTD, MontageStore, atomic_output, write_montage_attrs, write_tile
 from .physics import Detector, mean_z, phase_spectrum
 from .presets import PRESETS, Preset
 
@@ -207,7 +207,7 @@ def _simulate_tile(plan: SimulationPlan, t: int, tiles_g: zarr.Group, stage_scal
         "dose": float(plan.doses[t]),
     }
     summary = write_tile(tiles_g, str(t), indptr, indices, values, (h, w), plan.energy.size, {"HAADF": plan.haadf(ab, t)}, attrs)
-    tiles_g[str(t)].create_array("truth_abundances", data=ab.astype(np.float32), chunks=(h, w, n_phase))
+    tiles_g[str(t)].create_array("truth_abundances", data=ab.astype(np.float32), chunks=(h, w, n_phase), compressors=CHECKED_ZSTD)
     return {**attrs, **summary, "generated_counts": int(total)}
 
 
