@@ -11,10 +11,13 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CalibrationMismatchError",
+    "ClusterStalledError",
+    "ClusterUnavailableError",
     "CorruptFileError",
     "CountsError",
     "DecompositionError",
     "InputFileNotFoundError",
+    "InsufficientMemoryError",
     "LayoutError",
     "NoSpectrumImageError",
     "ParameterError",
@@ -24,6 +27,7 @@ __all__ = [
     "TileShapeMismatchError",
     "UnsupportedFormatError",
     "ViewError",
+    "WorkerLostError",
     "XSIError",
     "XSIWarning",
 ]
@@ -95,3 +99,19 @@ class ResourceUnavailableError(XSIError, RuntimeError):
 
 class ParameterError(XSIError, ValueError):
     """A run parameter is invalid (checked when the parameter object is built, before any work)."""
+
+
+class ClusterUnavailableError(XSIError, ConnectionError):
+    """The Dask scheduler given (``--scheduler``) cannot be reached, or the LocalCluster could not start."""
+
+
+class ClusterStalledError(XSIError, RuntimeError):
+    """No task of a pass finished for ``xsi-dask.stall-timeout`` while the cluster's workers were paused or gone."""
+
+
+class WorkerLostError(XSIError, RuntimeError):
+    """A task's workers died while running it too often (a crash or a memory kill, e.g. by the nanny)."""
+
+
+class InsufficientMemoryError(XSIError, MemoryError):
+    """The workers' memory limit is below what one task of the plan needs (checked before the first pass)."""

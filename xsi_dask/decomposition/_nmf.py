@@ -378,6 +378,7 @@ def nmf(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
+    plan.check_memory(n_components)  # refuse workers too small, before any pass
     k, lam, max_iter = int(n_components), float(sparsity), int(max_iter)
     _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite)
     M, npix = plan.n_channels, plan.pixels_per_tile

@@ -178,6 +178,7 @@ def decompose(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
+    plan.check_memory(n_components, solver=solver, oversampling=oversampling)  # refuse workers too small, before any pass
     k = int(n_components)
     label = f"Poisson SVD ({solver}, k={k})" if poisson else f"SVD ({solver}, k={k})"
     with Progress(label, svd_passes(solver, power_iters), unit="passes", enabled=progress) as bar:
