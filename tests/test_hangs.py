@@ -25,8 +25,10 @@ from xsi_dask.errors import ClusterStalledError, ClusterUnavailableError, Insuff
 from xsi_dask.pipeline import ClusterParams
 from xsi_dask.testing.simulate import simulate
 
-# a worker killed mid-pass comes back within seconds; a stall is declared after this (the default is 300 s)
-STALL = {"xsi-dask.stall-timeout": "20s", "xsi-dask.connect-timeout": "2s"}
+# a worker killed mid-pass comes back within seconds; a stall is declared after this (the default is 300 s).
+# LocalCluster closes a nanny for good when, lost-worker-timeout (15 s) after its worker was removed, no worker of
+# that name is registered: with kills in consecutive tests that moment can fall into the next restart
+STALL = {"xsi-dask.stall-timeout": "20s", "xsi-dask.connect-timeout": "2s", "distributed.deploy.lost-worker-timeout": "600s"}
 
 
 @pytest.fixture(scope="module")

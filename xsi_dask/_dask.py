@@ -32,7 +32,7 @@ from dask.utils import parse_timedelta
 
 from .errors import ClusterStalledError, WorkerLostError
 
-__all__ = ["CPU_COUNT", "current_client", "compute", "cluster_state", "stall_timeout"]
+__all__ = ["CPU_COUNT", "current_client", "compute", "cluster_state", "register_unstrand", "stall_timeout"]
 
 log = logging.getLogger("xsi_dask")
 
@@ -87,6 +87,46 @@ def _probe_function():
 
 
 _PROBE = _probe_function()
+_seen: dict[int, set[str]] = {}  # id(client) -> worker addresses at the last look
+
+
+def _unstrand(scheduler) -> int:
+    """Recommend for processing every ``no-worker`` task with loose restrictions while a worker runs; their count."""
+    if not scheduler.running:
+        return 0
+    recs = {ts.key: "processing" for ts in list(scheduler.unrunnable) if ts.loose_restrictions}
+    if recs:
+        scheduler.transitions(recs, stimulus_id=f"xsi-dask-unstrand-{time.time()}")
+    return len(recs)
+
+
+def unstrand_plugin():
+    """A scheduler plugin that gives stranded tasks to a worker as soon as one joins (see :func:`register_unstrand`)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Unstrand(SchedulerPlugin):
+        name = "xsi-dask-unstrand"
+
+        def add_worker(self, scheduler=None, worker=None):
+            n = _unstrand(scheduler)
+            if n:
+                log.warning("xsi-dask: %d tasks pinned to workers that are gone were given to the workers now running", n)
+
+    return Unstrand()
+
+
+def register_unstrand(client) -> bool:
+    """Install :func:`unstrand_plugin` on the client's scheduler; False where the scheduler cannot load it.
+
+    The pass watchdog does the same every poll, so a scheduler without xsi_dask
+    (the plugin is pickled by reference) only waits up to a poll longer.
+    """
+    try:
+        client.register_plugin(unstrand_plugin())
+        return True
+    except Exception:  # noqa: BLE001 - e.g. a remote scheduler without xsi_dask installed
+        log.debug("xsi-dask: the scheduler could not load the unstrand plugin", exc_info=True)
+        return False
 
 
 def cluster_state(client, *, unstrand: bool = True) -> dict | None:
@@ -130,8 +170,7 @@ def _watch(client, futures: list) -> None:
     limit = stall_timeout()
     poll = min(1.0, max(0.1, limit / 10))
     last_finished, since = None, time.monotonic()
-    first = cluster_state(client, unstrand=False)
-    known: set[str] | None = None if first is None else set(first["workers"])
+    known = _seen.get(id(client))  # the workers at the last look, by an earlier pass: a pass shorter than one poll costs no look
     while True:
         try:
             wait(futures, timeout=poll)
@@ -148,7 +187,7 @@ def _watch(client, futures: list) -> None:
                                 "elsewhere", addr)
                 for addr in sorted(workers - known):
                     log.warning("xsi-dask: worker %s joined the cluster", addr)
-            known = workers
+            known = _seen[id(client)] = workers
             if state["stranded"]:
                 log.warning("xsi-dask: %d tasks of workers that are gone were given to the running workers",
                             state["stranded"])

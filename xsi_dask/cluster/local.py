@@ -18,6 +18,7 @@ from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from .. import config
+from .._dask import register_unstrand
 from ..errors import ClusterUnavailableError, ParameterError
 
 __all__ = ["dask_client", "check_count", "check_memory_limit", "check_scheduler_address", "connect_timeout"]
@@ -195,6 +196,7 @@ def dask_client(
                 f"could not start a local Dask cluster of {n_workers} workers x {threads} threads, memory limit "
                 f"{limit if not isinstance(limit, int) else format_bytes(limit)} ({type(exc).__name__}: {exc})"
             ) from exc
+    register_unstrand(client)  # stranded tasks go to a replacement worker the moment it joins
     try:
         if not quiet:
             n = len(client.nthreads())
