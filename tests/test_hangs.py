@@ -109,6 +109,41 @@ def test_workers_killed_mid_pass_give_the_undisturbed_result(store, cluster, mon
     assert len(after) == 2 and not set(calls["killed"]) & after and before - after == set(calls["killed"])
 
 
+@pytest.mark.parametrize("which", ["one", "both"])
+def test_workers_killed_while_scores_are_written_give_the_undisturbed_store(store, cluster, monkeypatch, tmp_path, which):
+    """The results writing (the scores' map pass, tile by tile into results.zarr) survives its workers dying too."""
+    import xarray as xr
+
+    import xsi_dask.io.results as results
+
+    m = xsi_dask.open_montage(store)
+    ds = xsi_dask.decompose(m, 4, power_iters=2)
+    want = ds.scores.values
+    pids = cluster.run(os.getpid)
+    targets = sorted(pids) if which == "both" else sorted(pids)[:1]
+    original = results._write_group
+
+    def write_group(*args, **kwargs):
+        def kill():
+            time.sleep(0.01)
+            for addr in targets:
+                os.kill(pids[addr], signal.SIGKILL)
+
+        threading.Thread(target=kill, daemon=True).start()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(results, "_write_group", write_group)
+    t0 = time.perf_counter()
+    results.write_results(tmp_path / "r.zarr", {"svd": ds})
+    assert time.perf_counter() - t0 < 45
+    got = xr.open_zarr(tmp_path / "r.zarr", group="svd").scores.values
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    deadline = time.monotonic() + 30
+    while (len(cluster.nthreads()) < 2 or set(targets) & set(cluster.nthreads())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(cluster.nthreads()) == 2 and not set(targets) & set(cluster.nthreads())
+
+
 def test_replacement_worker_takes_the_dead_workers_share(store, cluster, monkeypatch):
     """After a worker is replaced, each pass pins the dead worker's units to its replacement, the survivor keeps its own."""
     m = xsi_dask.open_montage(store)
@@ -138,6 +173,36 @@ def test_a_stalled_cluster_ends_the_pass_with_the_package_error(store):
         with pytest.raises(ClusterStalledError, match="no task finished for 3 s and the cluster has no workers"):
             plan.reduce(lambda b: 1.0, label="count")
         assert time.perf_counter() - t0 < 10
+
+
+def _ballast(fraction: float, dask_worker=None) -> None:
+    """Hold memory on the worker up to ``fraction`` of its limit (None: let it go)."""
+    import psutil
+
+    dask_worker.xsi_ballast = None
+    if fraction:
+        rss = psutil.Process().memory_info().rss
+        dask_worker.xsi_ballast = np.ones(max(0, int(fraction * dask_worker.memory_manager.memory_limit) - rss) // 8)
+
+
+def test_paused_workers_end_the_pass_with_the_package_error_and_it_runs_once_they_resume(store):
+    """Every worker paused at 80 % of its memory limit: ClusterStalledError naming it, in bounded time; resumed: it runs."""
+    from xsi_dask._dask import cluster_state
+
+    m = xsi_dask.open_montage(store)
+    with dask.config.set({"xsi-dask.stall-timeout": "3s"}), dask_client(workers=1, memory_limit="800MiB", quiet=True) as client:
+        plan = make_plan(m)
+        assert plan.reduce(lambda b: 1.0, label="count") == 4.0
+        client.run(_ballast, 0.87)  # between distributed's pause (80 %) and terminate (95 %) thresholds
+        deadline = time.monotonic() + 10
+        while cluster_state(client)["paused"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        with pytest.raises(ClusterStalledError, match="all 1 workers are paused at their memory limit"):
+            plan.reduce(lambda b: 2.0, label="count")
+        assert time.perf_counter() - t0 < 10
+        client.run(_ballast, None)
+        assert plan.reduce(lambda b: 3.0, label="count") == 12.0
 
 
 def _hog(pid: int, nbytes: int) -> int:
