@@ -21,7 +21,13 @@ import xsi_dask
 from xsi_dask.cli.main import main
 from xsi_dask.cluster.local import check_memory_limit, check_scheduler_address, dask_client
 from xsi_dask.engine import Plan, make_plan
-from xsi_dask.errors import ClusterStalledError, ClusterUnavailableError, InsufficientMemoryError, ParameterError
+from xsi_dask.errors import (
+    ClusterStalledError,
+    ClusterUnavailableError,
+    InsufficientMemoryError,
+    ParameterError,
+    WorkerLostError,
+)
 from xsi_dask.pipeline import ClusterParams
 from xsi_dask.testing.simulate import simulate
 
@@ -265,6 +271,30 @@ def test_memory_limit_below_one_task_is_refused_at_start_and_just_above_complete
         svd = xsi_dask.decompose(m, 4, power_iters=2)
         nmf = xsi_dask.nmf(m, 3, max_iter=5, init=svd)
     assert np.all(np.isfinite(svd.singular_values.values)) and np.isfinite(nmf.loss.values[-1])
+
+
+def _crash(b):
+    os._exit(1)
+
+
+def test_a_task_that_keeps_killing_its_worker_ends_with_the_package_error(store):
+    """distributed gives up on a task whose workers die (allowed-failures): WorkerLostError, not KilledWorker."""
+    m = xsi_dask.open_montage(store)
+    with dask.config.set({**STALL, "distributed.scheduler.allowed-failures": 0}), dask_client(workers=1, quiet=True):
+        plan = make_plan(m)
+        with pytest.raises(WorkerLostError, match=r"died 1 time\(s\)"):
+            plan.reduce(_crash, label="crash", pure=False)
+
+
+def test_cli_refuses_too_little_memory_at_start(store, tmp_path, capsys):
+    t0 = time.perf_counter()
+    code = main(["decompose", str(store.path), "--out", str(tmp_path / "r.zarr"), "--workers", "1", "--memory-limit",
+                 "200MiB", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.perf_counter() - t0 < 30
+    assert len(err) == 1 and err[0].startswith("xsi-dask decompose: error: the worker tcp://127.0.0.1:"), err
+    assert "memory limit of 200 MiB, below the" in err[0] and "--memory-limit" in err[0]
+    assert not (tmp_path / "r.zarr").exists()
 
 
 def test_the_memory_estimate_covers_the_parts_of_a_task(store):

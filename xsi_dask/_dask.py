@@ -221,7 +221,7 @@ def compute(*objs: Any, scheduler: str | None = None) -> tuple:
         return tuple(client.gather(futures))
     except KilledWorker as exc:
         raise WorkerLostError(
-            f"the workers running a task died {dask.config.get('distributed.scheduler.allowed-failures', 3) + 1} times "
+            f"the workers running a task died {dask.config.get('distributed.scheduler.allowed-failures', 3) + 1} time(s) "
             f"({exc}); a worker crash or a memory kill by the nanny: give the workers more memory (--memory-limit) "
             "or fewer threads, and see the workers' log lines above"
         ) from exc
