@@ -11,11 +11,14 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CalibrationMismatchError",
+    "ClusterStalledError",
+    "ClusterUnavailableError",
     "CorruptFileError",
     "CorruptStoreError",
     "CountsError",
     "DecompositionError",
     "InputFileNotFoundError",
+    "InsufficientMemoryError",
     "LayoutError",
     "NoSpectrumImageError",
     "NotOurOutputError",
@@ -27,6 +30,7 @@ __all__ = [
     "TileShapeMismatchError",
     "UnsupportedFormatError",
     "ViewError",
+    "WorkerLostError",
     "XSIError",
     "XSIWarning",
 ]
@@ -120,3 +124,19 @@ class NotOurOutputError(StoreExistsError):
 
 class OutputWriteError(XSIError, OSError):
     """An output cannot be written: an unwritable or vanished folder, a full disk; nothing was left behind."""
+
+
+class ClusterUnavailableError(XSIError, ConnectionError):
+    """The Dask scheduler given (``--scheduler``) cannot be reached, or the LocalCluster could not start."""
+
+
+class ClusterStalledError(XSIError, RuntimeError):
+    """No task of a pass finished for ``xsi-dask.stall-timeout`` while the cluster's workers were paused or gone."""
+
+
+class WorkerLostError(XSIError, RuntimeError):
+    """A task's workers died while running it too often (a crash or a memory kill, e.g. by the nanny)."""
+
+
+class InsufficientMemoryError(XSIError, MemoryError):
+    """The workers' memory limit is below what one task of the plan needs (checked before the first pass)."""

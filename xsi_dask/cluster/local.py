@@ -1,16 +1,138 @@
-"""Connect to a Dask cluster: a LocalCluster by default, or an existing scheduler."""
+"""Connect to a Dask cluster: a LocalCluster by default, or an existing scheduler.
+
+The cluster's arguments are checked before anything starts (worker and thread
+counts, the memory limit, the scheduler's address), a scheduler that does not
+answer is given up on after ``xsi-dask.connect-timeout``, and the workers' log
+lines at WARNING and above reach the user (a worker that died, was restarted
+by its nanny, or is paused at its memory limit).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from dask.system import CPU_COUNT
+from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from .. import config
+from .._dask import register_unstrand
+from ..errors import ClusterUnavailableError, ParameterError
 
-__all__ = ["dask_client"]
+__all__ = ["dask_client", "check_count", "check_memory_limit", "check_scheduler_address", "connect_timeout"]
+
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+
+
+def check_count(name: str, value: Any, *, optional: bool = True) -> int | None:
+    """``value`` as a count >= 1 (worker or thread count), or ParameterError naming it.
+
+    Parameters
+    ----------
+    name : str
+        What the count is, for the message (``"workers"``).
+    value : int or None
+        The count; None is allowed when ``optional``.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+                value = int(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ParameterError(f"{name} must be a whole number >= 1; got {value!r}") from None
+    if value < 1:
+        raise ParameterError(f"{name} must be >= 1; got {value}")
+    return int(value)
+
+
+def check_memory_limit(value: Any, name: str = "memory limit") -> str | int | float | None:
+    """A worker memory limit as distributed takes it, or ParameterError naming the value.
+
+    Accepted: None, ``"auto"`` (distributed's share of the machine's memory),
+    a size (``"4GiB"``, ``"500 MB"``, a number of bytes above 1) or a fraction
+    of the machine's memory in (0, 1] (``0.5`` or ``"0.5"``).
+
+    Returns
+    -------
+    str, int, float or None
+        ``"auto"``, a byte count (int) or a fraction (float); None for None.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or isinstance(value, str) and not value.strip():
+        raise ParameterError(f"{name} must be a size such as 4GiB, a fraction of the machine's memory, or 'auto'; got {value!r}")
+    number = None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is not None:
+        if not number > 0 or number != number or number == float("inf"):
+            raise ParameterError(f"{name} must be above 0 (a size such as 4GiB, a fraction such as 0.5, or 'auto'); "
+                                 f"got {value!r}")
+        return number if number <= 1 else int(number)
+    try:
+        nbytes = parse_bytes(str(value))
+    except (ValueError, TypeError):
+        nbytes = None
+    if nbytes is None or nbytes <= 0:
+        raise ParameterError(f"{name} must be a size such as 4GiB, a fraction of the machine's memory such as 0.5, "
+                             f"or 'auto'; got {value!r}")
+    return int(nbytes)
+
+
+def check_scheduler_address(address: Any) -> str:
+    """A scheduler address such as ``tcp://host:8786`` (or ``host:8786``), or ParameterError naming it at once."""
+    from distributed.comm.addressing import parse_host_port
+
+    bad = f"the scheduler address must look like tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786); got {address!r}"
+    if not isinstance(address, str) or not address.strip() or any(c.isspace() for c in address.strip()):
+        raise ParameterError(bad)
+    address = address.strip()
+    scheme, sep, loc = address.rpartition("://")
+    if sep and scheme not in _SCHEMES:
+        raise ParameterError(f"{bad} (unknown scheme {scheme!r}; known: {', '.join(_SCHEMES)})")
+    if scheme in ("inproc", "ucx"):
+        return address
+    try:
+        host, port = parse_host_port(loc)
+    except (ValueError, TypeError) as exc:
+        raise ParameterError(f"{bad} ({exc})") from None
+    if not host or not 0 < int(port) < 65536:
+        raise ParameterError(f"{bad} (no host, or port {port} outside 1-65535)")
+    return address
+
+
+def connect_timeout() -> float:
+    """Seconds to try to reach a scheduler (``xsi-dask.connect-timeout``)."""
+    return float(parse_timedelta(config.get("connect-timeout"), default="s"))
+
+
+def _connect(scheduler: str):
+    from distributed import Client
+
+    address = check_scheduler_address(scheduler)
+    timeout = connect_timeout()
+    try:
+        return Client(address, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - a timeout, a refusal, or something that is not a scheduler answering
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise ClusterUnavailableError(
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({why}); check that it runs and "
+            "that this machine can reach it, or leave out --scheduler for a local cluster "
+            "(xsi-dask.connect-timeout sets the wait)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -28,35 +150,66 @@ def dask_client(
     ----------
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``, e.g. one started by
-        dask-jobqueue on SLURM). Default: start a LocalCluster bound to
-        127.0.0.1 with ``workers`` processes (default: one per core) of
-        ``threads_per_worker`` threads (default 1: the tile kernels are
-        single-threaded) and ``memory_limit`` each (default "auto").
+        dask-jobqueue on SLURM), reached within ``xsi-dask.connect-timeout``.
+        Default: start a LocalCluster bound to 127.0.0.1 with ``workers``
+        processes (default: one per core) of ``threads_per_worker`` threads
+        (default 1: the tile kernels are single-threaded) and ``memory_limit``
+        each (default "auto"; a size such as "4GiB" or a fraction of the
+        machine's memory).
+    quiet : bool
+        Do not print the dashboard URL at start. Worker log lines at WARNING
+        and above are printed either way.
 
-    The dashboard URL is printed at start unless ``quiet``.
+    Raises
+    ------
+    ParameterError
+        A worker or thread count below 1, a memory limit that is not a size, a
+        malformed scheduler address (before anything starts).
+    ClusterUnavailableError
+        The scheduler does not answer within the connect timeout, or the
+        LocalCluster cannot start.
     """
-    from distributed import Client, LocalCluster
-
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        client = _connect(scheduler)
     else:
-        cluster = LocalCluster(
-            n_workers=int(config.get("workers", workers) or CPU_COUNT),
-            threads_per_worker=int(config.get("threads-per-worker", threads_per_worker)),
-            memory_limit=config.get("memory-limit", memory_limit),
-            host="127.0.0.1",
-            dashboard_address=config.get("dashboard-address"),
-            processes=True,
-            silence_logs=40,
-        )
-        client = Client(cluster)
+        from distributed import Client, LocalCluster
+
+        n_workers = check_count("the number of workers", config.get("workers", workers)) or CPU_COUNT
+        threads = check_count("threads per worker", config.get("threads-per-worker", threads_per_worker)) or 1
+        limit = check_memory_limit(config.get("memory-limit", memory_limit))
+        try:
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                memory_limit=limit,
+                host="127.0.0.1",
+                dashboard_address=config.get("dashboard-address"),
+                processes=True,
+                silence_logs=logging.WARNING,  # a lost, restarted or paused worker is news the user must see
+            )
+            client = Client(cluster)
+        except Exception as exc:  # noqa: BLE001
+            if cluster is not None:
+                cluster.close()
+            raise ClusterUnavailableError(
+                f"could not start a local Dask cluster of {n_workers} workers x {threads} threads, memory limit "
+                f"{limit if not isinstance(limit, int) else format_bytes(limit)} ({type(exc).__name__}: {exc})"
+            ) from exc
+    register_unstrand(client)  # stranded tasks go to a replacement worker the moment it joins
     try:
         if not quiet:
-            n = len(client.scheduler_info().get("workers", {}))
+            n = len(client.nthreads())
             print(f"Dask dashboard: {client.dashboard_link}  ({n} workers)", flush=True)
         yield client
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        # shutting down: a worker slow to exit is killed by its nanny, which is no news to the user
+        nanny_log = logging.getLogger("distributed.nanny")
+        level = nanny_log.level
+        nanny_log.setLevel(logging.ERROR)
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            nanny_log.setLevel(level)

@@ -539,6 +539,7 @@ def nmf(
     k, lam = n_components, float(sparsity)
     _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite)
     k, max_iter = int(k), int(max_iter)
+    plan.check_memory(k)  # refuse workers too small, before any pass
     loss_every = count_arg(loss_every, "loss_every", 1)
     refit_iter = count_arg(refit_iter, "refit_iter", 0)
     every = _checkpoint_every(checkpoint_every)

@@ -200,7 +200,8 @@ def decompose(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
-    k = n_components
+    k = count_arg(n_components, "n_components", 1, plan.n_channels, f"{plan.n_channels} (channels)")
+    plan.check_memory(k, solver=solver, oversampling=oversampling)  # refuse workers too small, before any pass
     label = f"Poisson SVD ({solver}, k={k})" if poisson else f"SVD ({solver}, k={k})"
     with Progress(label, svd_passes(solver, power_iters), unit="passes", enabled=progress) as bar:
         f = poisson_svd(plan, k, solver=solver, power_iters=power_iters, oversampling=oversampling, poisson=poisson,

@@ -35,13 +35,17 @@ import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 
+from .. import config
 from .._dask import compute, current_client
-from ..errors import ViewError
+from ..errors import InsufficientMemoryError, ViewError
 from ..io.store import MontageStore, tile_cache
 from ..montage.view import open_montage
 from .backends import backend_name, get_backend
 
-__all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses"]
+__all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses",
+           "worker_memory_limits"]
+
+FANIN = 8  # partial sums added per task of the reduction tree
 
 
 class Unit(NamedTuple):
@@ -152,7 +156,7 @@ def _add(*parts):
     return total
 
 
-def tree_sum(parts: Sequence[Delayed], fanin: int = 8) -> Delayed:
+def tree_sum(parts: Sequence[Delayed], fanin: int = FANIN) -> Delayed:
     """Sum delayed partial results (arrays, numbers, tuples or dicts of them) in a fixed-shape tree."""
     level = list(parts)
     if not level:
@@ -170,6 +174,22 @@ def worker_addresses() -> list[str]:
     worker, ``scheduler_info()`` only the first few in some distributed releases."""
     client = current_client()
     return sorted(client.nthreads()) if client is not None else []
+
+
+def worker_memory_limits() -> dict[str, tuple[int | None, int]]:
+    """``{address: (memory limit in bytes or None, threads)}`` of the active client's workers ({} without one)."""
+    client = current_client()
+    if client is None:
+        return {}
+
+    def limits(dask_scheduler=None):  # nested: sent by value, so a scheduler without xsi_dask runs it
+        return {a: (ws.memory_limit or None, ws.nthreads) for a, ws in dask_scheduler.workers.items()}
+
+    return client.run_on_scheduler(limits)
+
+
+def _mib(nbytes: float) -> str:
+    return f"{math.ceil(nbytes / 2**20)} MiB"
 
 
 def split_units(tiles: Sequence[int], pixels: int, workers: int) -> list[Unit]:
@@ -218,7 +238,12 @@ class Plan:
     cache : bool
         Tiles stay in the workers' tile cache between passes.
     workers : tuple of str
-        Worker addresses the units are pinned to round-robin (empty: no cluster).
+        Worker addresses when the plan was made (empty: no cluster). Unit ``i``
+        belongs to slot ``i % len(workers)``; each pass pins a slot's units to
+        the slot's worker if it is alive at the start of the pass, else to a
+        worker no slot holds (its replacement), else round-robin to the living
+        (:meth:`pass_workers`). Pins are loose (``allow_other_workers``), and
+        the pass's watchdog re-schedules tasks whose workers died mid-pass.
     backend : str
         Kernel backend name (``xsi-dask.backend`` when the plan was made).
     log : list of PassRecord
@@ -237,6 +262,7 @@ class Plan:
     channels: tuple[int, ...] | None = None
     bin: int = 1
     log: list[PassRecord] = field(default_factory=list, repr=False)
+    _slots: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     # ---- what the plan covers ----
 
@@ -276,19 +302,158 @@ class Plan:
     def passes_since(self, mark: int) -> list[PassRecord]:
         return self.log[mark:]
 
+    # ---- memory ----
+
+    def task_memory(self, k: int, *, solver: str = "randomized", oversampling: int | None = None) -> dict[str, int]:
+        """Peak bytes one task of this plan needs on a worker, by part, for ``k`` components (SVD or NMF).
+
+        Parameters
+        ----------
+        k : int
+            Components (SVD) or endmembers (NMF).
+        solver : str
+            ``"randomized"`` (the default, also NMF's init) or ``"gram"`` (a
+            dense channels x channels matrix per task and in the sums).
+        oversampling : int, optional
+            The randomized solver's oversampling (default ``xsi-dask.oversampling``).
+
+        Returns
+        -------
+        dict
+            ``tile`` (the largest tile's CSR arrays, as read, plus one decoded
+            Zarr chunk while reading), ``weights`` (the pixel weights: the count
+            map read, g and 1/g, 8 B/pixel each), ``work`` (the largest of: the
+            channels x l dense matrices of an SVD pass, X in, Y out and the
+            statistics, or the whole channels x channels block with ``gram``
+            and SciPy's sparse product on the way; NMF's pixels x k float64
+            factors of a tile, W loaded, W updated and one temporary, with H
+            and its numerator; the scores of a tile likewise), ``sum`` (a task
+            of the reduction tree: its 8 partial results and their sum) and
+            ``total`` = max(tile + weights + work, sum).
+        """
+        st = self.open_store()
+        M, P = self.n_channels, self.pixels_per_tile
+        k = max(1, min(int(k), M))
+        nnz = max(int(st.tiles[t]["nnz"]) for t in self.tiles)
+        tile = max(st.tile_nbytes(t) for t in self.tiles) + min(nnz, int(config.get("csr-chunk"))) * 8
+        weights = 3 * 8 * P
+        p = int(config.get("oversampling", oversampling))
+        l = min(M, k + p)
+        result = 8 * M * l + 2 * 8 * M  # what a unit of an SVD pass returns
+        svd = 8 * M * l * 2 + result
+        if solver == "gram":
+            result = 8 * M * M + 2 * 8 * M
+            svd = result + 2 * 8 * M * M + 48 * nnz  # SciPy's D^T (S D): float64/int copies of D and a sparse result
+        nmf = 8 * P * k * 3 + 8 * M * k * 3
+        work = max(svd, nmf)
+        total_sum = (FANIN + 1) * max(result, 8 * M * k * 2)
+        return {"tile": tile, "weights": weights, "work": work, "sum": total_sum,
+                "total": max(tile + weights + work, total_sum)}
+
+    def worker_memory(self, k: int, *, threads: int = 1, solver: str = "randomized",
+                      oversampling: int | None = None) -> dict[str, int]:
+        """Bytes a worker of ``threads`` threads needs for this plan, and the memory limit that gives them.
+
+        Returns
+        -------
+        dict
+            ``task`` (:meth:`task_memory`'s total), ``cache`` (the worker's
+            share of tiles kept between passes, when the plan caches tiles),
+            ``baseline`` (the worker process itself, ``xsi-dask.worker-baseline-memory``),
+            ``need`` = baseline + cache + threads x task, and ``limit``: ``need``
+            over the fraction of the limit at which distributed pauses a worker
+            (``distributed.worker.memory.pause``, else ``.terminate``).
+        """
+        task = self.task_memory(k, solver=solver, oversampling=oversampling)["total"]
+        cache = 0
+        if self.cache:
+            st = self.open_store()
+            share = -(-len(self.tiles) // max(1, len(self.workers)))
+            cache = sum(sorted((st.tile_nbytes(t) + 8 * self.pixels_per_tile for t in self.tiles), reverse=True)[:share])
+        baseline = config.get_bytes("worker-baseline-memory")
+        need = baseline + cache + max(1, int(threads)) * task
+        fraction = 1.0
+        for key in ("pause", "terminate"):
+            value = dask.config.get(f"distributed.worker.memory.{key}", False)
+            if value:
+                fraction = float(value)
+                break
+        return {"task": task, "cache": cache, "baseline": baseline, "need": need, "limit": math.ceil(need / fraction),
+                "fraction": fraction}
+
+    def check_memory(self, k: Any, *, solver: str = "randomized", oversampling: int | None = None) -> None:
+        """Refuse, before the first pass, workers whose memory limit is below what this plan needs.
+
+        Does nothing without a distributed client, for workers without a
+        memory limit, or for a ``k`` the algorithm will refuse itself.
+
+        Raises
+        ------
+        InsufficientMemoryError
+            A worker's memory limit is below :meth:`worker_memory`'s ``limit``;
+            the message gives the number needed and what it is made of.
+        """
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            return
+        if k < 1:
+            return
+        for addr, (limit, threads) in sorted(worker_memory_limits().items()):
+            if not limit:
+                continue
+            need = self.worker_memory(k, threads=threads, solver=solver, oversampling=oversampling)
+            if limit < need["limit"]:
+                raise InsufficientMemoryError(
+                    f"the worker {addr} has a memory limit of {_mib(limit)}, below the {_mib(need['limit'])} this "
+                    f"analysis needs: {threads} thread(s) x {_mib(need['task'])} for one task (the largest tile of "
+                    f"{self.tile_shape[0]} x {self.tile_shape[1]} pixels x {self.n_channels} channels and its "
+                    f"factors at k = {k}), {_mib(need['cache'])} of cached tiles, {_mib(need['baseline'])} for the "
+                    f"worker process (xsi-dask.worker-baseline-memory), and distributed pauses a worker at "
+                    f"{need['fraction']:.0%} of its limit. Give each worker at least {_mib(need['limit'])} "
+                    f"(--memory-limit {math.ceil(need['limit'] / 2**20)}MiB), or use smaller tiles (--split)"
+                )
+
     # ---- verbs ----
 
-    def _pinned(self, i: int):
+    def pass_workers(self) -> tuple[str, ...]:
+        """The worker of each slot for the pass about to start, from the workers alive now.
+
+        A slot keeps its worker while that worker lives (its tiles stay in
+        that worker's cache); the slot of a worker that is gone goes to a live
+        worker no slot holds (the nanny's replacement, or a worker that joined),
+        else round-robin to the living. Empty without a cluster or while no
+        worker is alive (the pass's tasks are then not pinned at all, so any
+        worker that joins takes them).
+        """
         if not self.workers:
+            return ()
+        live = worker_addresses()
+        if not live:
+            return ()
+        current = [self._slots.get(j, w) for j, w in enumerate(self.workers)]
+        free = [a for a in live if a not in current]
+        chosen = []
+        for j, addr in enumerate(current):
+            if addr not in live:
+                addr = free.pop(0) if free else live[j % len(live)]
+            chosen.append(addr)
+        self._slots.update(enumerate(chosen))
+        return tuple(chosen)
+
+    @staticmethod
+    def _pinned(workers: tuple[str, ...], i: int):
+        if not workers:
             return contextlib.nullcontext()
-        return dask.annotate(workers=[self.workers[i % len(self.workers)]], allow_other_workers=True)
+        return dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
 
     def unit_tasks(self, fn: Callable, *args: Any, pure: bool = True, literal: tuple = ()) -> list[Delayed]:
-        """One delayed ``fn(Block, *args)`` per unit, pinned round-robin to the workers."""
+        """One delayed ``fn(Block, *args)`` per unit, pinned (loosely) to the workers of :meth:`pass_workers`."""
         shared = _share(args, literal)
+        workers = self.pass_workers()
         tasks = []
         for i, u in enumerate(self.units):
-            with self._pinned(i):
+            with self._pinned(workers, i):
                 tasks.append(dask.delayed(_unit_task, pure=pure)(fn, self.source, u, *shared))
         return tasks
 
@@ -318,9 +483,10 @@ class Plan:
         """
         shared = _share(args, literal)
         h, w = self.tile_shape
+        workers = self.pass_workers()
         blocks = []
         for i, t in enumerate(self.tiles):
-            with self._pinned(i):
+            with self._pinned(workers, i):
                 task = dask.delayed(_tile_task, pure=pure)(fn, self.source, self.units_of(t), *shared)
             blocks.append(da.from_delayed(task, shape=(1, h, w, *tail), dtype=dtype, name=f"{name}-{task.key}"))
         return da.concatenate(blocks, axis=0)

@@ -138,23 +138,23 @@ class ClusterParams(_Params):
     memory_limit: str | None = None
 
     def __post_init__(self) -> None:
+        from ..cluster.local import check_memory_limit, check_scheduler_address
+
         o = "ClusterParams"
-        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
-            raise ParameterError(f"{o}.scheduler must be an address such as tcp://host:8786; got {self.scheduler!r}")
+        if self.scheduler is not None:
+            try:
+                _set(self, "scheduler", check_scheduler_address(self.scheduler))
+            except ParameterError as exc:
+                raise ParameterError(f"{o}.scheduler: {exc}") from None
         _int(o, "workers", self.workers, 1, optional=True)
         _int(o, "threads_per_worker", self.threads_per_worker, 1, optional=True)
         if self.memory_limit is not None:
-            from dask.utils import parse_bytes
-
-            text = str(self.memory_limit)
-            if text != "auto":
-                try:
-                    ok = parse_bytes(text) > 0
-                except (ValueError, TypeError):
-                    ok = False
-                if not ok:
-                    raise ParameterError(f"{o}.memory_limit must be a size such as 4GiB, or 'auto'; got {self.memory_limit!r}")
-            _set(self, "memory_limit", text)
+            try:
+                check_memory_limit(self.memory_limit)
+            except ParameterError:
+                raise ParameterError(f"{o}.memory_limit must be a size such as 4GiB, a fraction of the machine's "
+                                     f"memory such as 0.5, or 'auto'; got {self.memory_limit!r}") from None
+            _set(self, "memory_limit", str(self.memory_limit))
         if self.scheduler is not None and (self.workers, self.threads_per_worker, self.memory_limit) != (None, None, None):
             raise ParameterError(
                 f"{o}: workers, threads_per_worker and memory_limit size a LocalCluster; they cannot apply to "
