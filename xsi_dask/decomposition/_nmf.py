@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .. import config
-from .._dask import current_client
+from .._dask import compute, current_client
 from ..engine import Block, Plan, Unit, make_plan
 from ..engine.backends._numba_kernels import EPSILON
 from ..engine.scratch import Checkpoint, Scratch, ScratchError, sweep_scratch
@@ -765,8 +765,10 @@ def nmf(
             if out is not None:
                 write_results(out, {"nmf": ds}, overwrite=overwrite, progress=progress)
                 result = open_results(out, "nmf")
-            else:
-                result = ds.load()
+            else:  # through the engine's compute: the stall watchdog and stranded-task rescue cover it too
+                (values,) = compute(ds["abundances"].data)
+                ds["abundances"] = (ds["abundances"].dims, values, ds["abundances"].attrs)
+                result = ds
             if committed:  # done: the checkpoint has served
                 ckpt.remove()
             if stop.requested:  # SIGTERM during the last passes: they were finished first
