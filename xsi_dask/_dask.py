@@ -115,6 +115,10 @@ def unstrand_plugin():
     return Unstrand()
 
 
+def _has_unstrand(dask_scheduler=None) -> bool:
+    return "xsi-dask-unstrand" in dask_scheduler.plugins
+
+
 def register_unstrand(client) -> bool:
     """Install :func:`unstrand_plugin` on the client's scheduler; False where the scheduler cannot load it.
 
@@ -122,6 +126,8 @@ def register_unstrand(client) -> bool:
     (the plugin is pickled by reference) only waits up to a poll longer.
     """
     try:
+        if client.run_on_scheduler(_has_unstrand):  # a scheduler shared by several runs keeps the one it has
+            return True
         client.register_plugin(unstrand_plugin())
         return True
     except Exception:  # noqa: BLE001 - e.g. a remote scheduler without xsi_dask installed
