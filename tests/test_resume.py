@@ -431,7 +431,7 @@ def test_a_full_disk_in_the_scratch_folder_is_the_package_error_naming_it(store,
     full_disk["n"] = 0
     monkeypatch.setattr(_run, "_client", lambda cluster: nullcontext())
     rc = main(["nmf", str(store.path), "--out", str(tmp_path / "r.zarr"), "--components", str(K), "--max-iter", "20",
-               "--tol", "0", "--quiet"])
+               "--tol", "0", "--checkpoint-every", "10", "--quiet"])  # explicit: the default waits a minute
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.startswith("xsi-dask nmf: error: no space left on the device of ") and PREFIX in err
@@ -519,4 +519,24 @@ def test_run_resume_continues_the_interrupted_runs_nmf(store, tmp_path, fail_at,
     res = open_results(run(tmp_path / "r", resume=True).results, "nmf").load()
     assert res.attrs["resumed_from_iteration"] == 15
     assert_same(res, ref)
+    assert not checkpoints(store)
+
+
+def test_the_default_checkpoints_wait_a_minimum_interval(store, monkeypatch):
+    """Checkpoints by the configured default are no sooner than xsi-dask.nmf-checkpoint-min-interval apart (a run of
+    fast iterations spends no time in fsyncs); with the interval at 0 they come every nmf-checkpoint-every."""
+    commits = []
+    original = Checkpoint.commit
+
+    def counting(self, meta, *a, **kw):
+        commits.append(meta["n_iter"])
+        return original(self, meta, *a, **kw)
+
+    monkeypatch.setattr(Checkpoint, "commit", counting)
+    with dask.config.set({"xsi-dask.nmf-checkpoint-every": 10}):
+        _nmf(store, max_iter=30)
+        assert commits == []  # a few seconds' run: none (the default interval is 60 s)
+        with dask.config.set({"xsi-dask.nmf-checkpoint-min-interval": 0}):
+            _nmf(store, max_iter=30)
+    assert commits == [0, 10, 20]
     assert not checkpoints(store)

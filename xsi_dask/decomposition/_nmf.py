@@ -543,20 +543,25 @@ def nmf(
     loss_every = count_arg(loss_every, "loss_every", 1)
     refit_iter = count_arg(refit_iter, "refit_iter", 0)
     every = _checkpoint_every(checkpoint_every)
+    # checkpoints by the configured default also wait a minimum time, so that a run of fast iterations (a small
+    # montage: milliseconds an iteration) does not spend its time in fsyncs; checkpoint_every given is exact
+    min_gap = 0.0 if checkpoint_every is not None else float(dask.config.get("xsi-dask.nmf-checkpoint-min-interval", 60))
     M, npix = plan.n_channels, plan.pixels_per_tile
     h = plan.sum_spectrum()
     total = float(h.sum())
     on_cluster = current_client() is not None
     ckpt = found = None
+    superseded = False
     if every or resume:
         identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters)
         ckpt = Checkpoint.of("nmf", plan.store, plan.store_uuid, plan.tiles, on_cluster=on_cluster)
         try:
             found = ckpt.manifest()
+            superseded = found is not None
         except ScratchError:
             if resume:
                 raise
-            found = None  # a damaged checkpoint is replaced by this run's
+            found, superseded = None, True  # a damaged checkpoint is replaced by this run's
         if found is not None and ckpt.owner_alive(found):
             raise DecompositionError(
                 f"another NMF on these tiles (process {found['owner']['pid']} on this host) is writing the checkpoint "
@@ -590,9 +595,16 @@ def nmf(
                 return objective(loss, float(terms[0] if loss == "kl" else terms[1]), w_sum, wtw, w_root, H, total=total,
                                  sum_sq=sum_sq, lam=lam if penalty else 0.0)
 
+            last_commit = started
+
+            def due(n: int) -> bool:
+                """A periodic checkpoint after ``n`` iterations: every ``every``, and not sooner than ``min_gap`` s."""
+                return bool(every) and n % every == 0 and time.perf_counter() - last_commit >= min_gap
+
             def commit(n: int) -> None:
                 """The state after ``n`` iterations, committed to the checkpoint (W of slot n % 2 linked)."""
-                nonlocal committed
+                nonlocal committed, last_commit
+                last_commit = time.perf_counter()
                 ckpt.commit(
                     {"kind": "nmf", "n_iter": n, "init_name": init_name, "identity": identity},
                     {"H": H, "history": np.asarray(history, dtype=np.float64), "recorded": np.asarray(recorded),
@@ -671,7 +683,7 @@ def nmf(
                 sum_sq = float(terms[2])
                 history = [value(terms, w_sum, wtw, w_root, H)]
                 recorded = [0]  # history[i] is the loss after recorded[i] iterations
-                if every or stop.requested:
+                if due(0) or stop.requested:
                     commit(0)  # the start (an SVD's worth of passes) is not computed again
             if stop.requested:
                 stop.act()
@@ -706,7 +718,7 @@ def nmf(
                 if stop.requested:  # SIGTERM: commit this iteration, then what SIGTERM was to do
                     commit(n_iter)
                     stop.act()
-                elif every and n_iter % every == 0 and n_iter < max_iter:
+                elif n_iter < max_iter and due(n_iter):
                     commit(n_iter)
             slot = n_iter % 2
             # the loss after the last update: one more evaluation pass (no update)
@@ -769,7 +781,7 @@ def nmf(
                 (values,) = compute(ds["abundances"].data)
                 ds["abundances"] = (ds["abundances"].dims, values, ds["abundances"].attrs)
                 result = ds
-            if committed:  # done: the checkpoint has served
+            if committed or superseded:  # done: the checkpoint has served, or an older one is superseded
                 ckpt.remove()
             if stop.requested:  # SIGTERM during the last passes: they were finished first
                 stop.act()
