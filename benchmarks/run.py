@@ -35,7 +35,9 @@ def main() -> None:
         "The paper-size montage (10 x 10 tiles of 1024 x 1024 x 4096, `make bench-scale`) and the "
         "scaling series over 1-64 such tiles (`make bench-scale-series`) are not part of this run: "
         "see [benchmarks-scale.md](benchmarks-scale.md) and "
-        "[benchmarks-scale-series.md](benchmarks-scale-series.md).\n\n"
+        "[benchmarks-scale-series.md](benchmarks-scale-series.md). This code against an older revision, "
+        "interleaved in one run: [benchmarks-versions.md](benchmarks-versions.md) "
+        "(`benchmarks/compare_versions.py`).\n\n"
     )
     out = ROOT / args.out
     out.write_text(head + "\n".join(sections))
