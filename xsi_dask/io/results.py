@@ -246,7 +246,8 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
     """
     out = Path(out)
     with results_update(out, groups, overwrite=overwrite) as stage:
-        label = f"writing {out.name} ({', '.join(groups)}, tile by tile)"
+        shown = out.name[1:].split(".tmp-")[0] if out.name.startswith(".") and ".tmp-" in out.name else out.name  # staged
+        label = f"writing {shown} ({', '.join(groups)}, tile by tile)"
         with Progress(label, len(groups), unit="groups", enabled=progress) as bar:
             for name, ds in groups.items():
                 _write_group(ds, stage, name, bar)
