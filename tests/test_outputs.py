@@ -581,7 +581,7 @@ def test_signal_during_result_writing(tmp_path, monkeypatch, capsys, sig):
     code = main(["decompose", str(montage), "--out", str(out), "--overwrite", "--components", "2", "--workers", "1",
                  "--quiet"])
     # measured from the signal: the cluster's start and the SVD before it depend on the machine's load
-    assert code == 128 + sig and sent and time.monotonic() - sent[0] < 30
+    assert code == 128 + sig and sent and time.monotonic() - sent[0] < 10
     assert "interrupted" in capsys.readouterr().err
     assert tree_hash(out) == before and leftovers(tmp_path) == []
     _assert_old_results(out)
