@@ -525,3 +525,17 @@ def test_components_above_the_numerical_rank(tmp_path):
         gram = xsi_dask.decompose(m, 5, solver="gram")
     np.testing.assert_allclose(gram.singular_values.values[:2], ds.singular_values.values, rtol=1e-10)
     assert np.all(gram.singular_values.values[2:] < 1e-6)
+
+
+def test_options_that_would_be_ignored_are_refused(sim):
+    """power_iters/oversampling with the gram solver, power_iters with an NMF start that computes no SVD: refused."""
+    m = xsi_dask.open_montage(sim)
+    with dask.config.set(scheduler="sync"):
+        for kw in ({"power_iters": 3}, {"oversampling": 5}):
+            with pytest.raises(DecompositionError, match="randomized solver"):
+                xsi_dask.decompose(m, 3, solver="gram", **kw)
+        svd = xsi_dask.decompose(m, 3)
+        for init in ("random", svd):
+            with pytest.raises(DecompositionError, match="power_iters"):
+                xsi_dask.nmf(m, 2, max_iter=2, init=init, power_iters=4)
+        assert xsi_dask.nmf(m, 2, max_iter=2, power_iters=4).attrs["init"] == "poisson-nndsvda"

@@ -342,7 +342,8 @@ def _link_or_copy(src, dst) -> None:
         shutil.copyfile(src, dst)
 
 
-def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: int, tol: float, out, overwrite: bool):
+def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: int, tol: float, out, overwrite: bool,
+                   power_iters: int | None = None):
     """Every argument checked before the first pass."""
     M = plan.n_channels
     count_arg(k, "n_components", 1, M, f"{M} (channels)")
@@ -358,6 +359,9 @@ def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: in
     if not ok:
         raise DecompositionError(
             f"init must be 'poisson-nndsvda', 'nndsvda', 'random', an SVD Dataset or a (W, H) pair; got {init!r}")
+    if power_iters is not None and not (isinstance(init, str) and init in ("nndsvda", "poisson-nndsvda")):
+        raise DecompositionError(f"power_iters is for the SVD that init='poisson-nndsvda'/'nndsvda' computes; init "
+                                 f"{init if isinstance(init, str) else type(init).__name__!r} computes none: leave it out")
     if out is not None:
         if has_group(out, "nmf") and not overwrite:
             raise StoreExistsError(f"{out} already has an 'nmf' group; pass --overwrite (overwrite=True) to replace it")
@@ -537,7 +541,7 @@ def nmf(
     started = time.perf_counter()
     plan = make_plan(montage)
     k, lam = n_components, float(sparsity)
-    _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite)
+    _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite, power_iters)
     k, max_iter = int(k), int(max_iter)
     plan.check_memory(k)  # refuse workers too small, before any pass
     loss_every = count_arg(loss_every, "loss_every", 1)

@@ -66,6 +66,9 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
         eigenvalues = None
         params = {"power_iters": q, "oversampling": p}
     elif solver == "gram":
+        if power_iters is not None or oversampling is not None:
+            raise DecompositionError("power_iters and oversampling belong to the randomized solver; the gram solver is "
+                                     "exact in one pass: leave them out, or use solver='randomized'")
         A = op.gram()
         if tick is not None:
             tick()
@@ -182,7 +185,9 @@ def decompose(
     ------
     DecompositionError
         Bad ``n_components``, ``solver``, ``power_iters`` or ``oversampling``
-        (each an integer in range; a float or bool is refused, not truncated).
+        (each an integer in range; a float or bool is refused, not truncated);
+        ``power_iters`` or ``oversampling`` given with ``solver="gram"``, which
+        would not use them.
 
     Warns
     -----

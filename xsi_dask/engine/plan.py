@@ -299,9 +299,6 @@ class Plan:
         """Passes over the counts run on this plan so far (steps that read no counts are logged, not counted)."""
         return sum(1 for r in self.log if r.nnz)
 
-    def passes_since(self, mark: int) -> list[PassRecord]:
-        return self.log[mark:]
-
     # ---- memory ----
 
     def task_memory(self, k: int, *, solver: str = "randomized", oversampling: int | None = None) -> dict[str, int]:
