@@ -20,13 +20,9 @@ doi:10.1016/j.patcog.2007.09.010 (NNDSVD).
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import os
-import shutil
 import signal
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +36,11 @@ from .. import config
 from .._dask import compute, current_client
 from ..engine import Block, Plan, Unit, make_plan
 from ..engine.backends._numba_kernels import EPSILON
-from ..engine.scratch import Checkpoint, Scratch, ScratchError, sweep_scratch
+from ..engine.scratch import Scratch, ScratchError, sweep_scratch
 from ..errors import DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
+from ._checkpoint import SigtermStop, Terminated, checkpoint_every_of, digest, link_or_copy, open_checkpoint
 from ._svd import count_arg, map_coords, poisson_svd, run_attrs, svd_passes
 
 __all__ = ["nmf", "update_h_kl", "update_h_fro", "objective", "nndsvda_factors"]
@@ -231,71 +228,14 @@ def _svd_init(init: xr.Dataset, plan: Plan, k: int) -> tuple[np.ndarray, np.ndar
     return S, L, bool(int(a.get("poisson", 1)))
 
 
-# ---- checkpoints and SIGTERM ----
-
-class _Terminated(BaseException):
-    """SIGTERM under the default disposition: unwinds the run (its scratch folder goes) before the process ends."""
-
-
-class _SigtermStop:
-    """While a run iterates, SIGTERM (SLURM's end of walltime) only sets a flag; the loop checkpoints, then :meth:`act`.
-
-    Installed only in the main thread (the only one Python delivers signals to)
-    and only when SIGTERM is not ignored; the previous handler is restored on
-    exit.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.installed, self.requested, self.prev = enabled, False, False, None
-
-    def __enter__(self) -> _SigtermStop:
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            prev = signal.getsignal(signal.SIGTERM)
-            if prev is not None and prev != signal.SIG_IGN:
-                self.prev = prev
-                signal.signal(signal.SIGTERM, self._handle)
-                self.installed = True
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.prev)
-            self.installed = False
-
-    def act(self) -> None:
-        """What SIGTERM would have done, now that the state is committed: the previous handler, or the end of the process."""
-        self.requested = False
-        if callable(self.prev):  # the program's own handler: it raises, exits, or lets the run go on
-            self.prev(signal.SIGTERM, inspect.currentframe())
-        else:
-            raise _Terminated()
-
-
-def _checkpoint_every(value: int | None) -> int:
-    v = dask.config.get("xsi-dask.nmf-checkpoint-every", 10) if value is None else value
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 0:
-        raise DecompositionError(f"checkpoint_every must be an integer >= 0 (0: no checkpoints); got {v!r}")
-    return int(v)
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
+# ---- the identity of a run (what a checkpoint must match to be resumed) ----
 
 def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every: int, init, seed: int,
               power_iters: int | None) -> dict:
     """Everything that decides the iterates and the loss history of a run (a checkpoint must match it to be resumed)."""
     if isinstance(init, xr.Dataset):
         S, L, poisson = _svd_init(init, plan, k)
-        start = f"{'poisson-nndsvda' if poisson else 'nndsvda'} from a given SVD ({_digest(S, L)})"
+        start = f"{'poisson-nndsvda' if poisson else 'nndsvda'} from a given SVD ({digest(S, L)})"
     elif isinstance(init, str) and init != "random":
         q = power_iters if power_iters is not None else dask.config.get("xsi-dask.power-iters", None)
         start = f"{init} (seed {seed}, power iterations {'default' if q is None else int(q)})"
@@ -303,43 +243,13 @@ def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every:
         start = f"random (seed {seed})"
     else:
         W0, H0 = init
-        start = f"given (W, H) ({_digest(H0, *list(W0))})"
+        start = f"given (W, H) ({digest(H0, *list(W0))})"
     return {
         "store": plan.store, "store_uuid": plan.store_uuid, "tiles": [int(t) for t in plan.tiles],
         "units": [[int(u.tile), int(u.start), int(u.stop)] for u in plan.units], "channels": int(plan.n_channels),
         "backend": plan.backend, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
         "loss_every": int(loss_every), "init": start,
     }
-
-
-_WHY = {"backend": "the kernel backend (xsi-dask.backend)"}
-
-
-def _check_resumable(ckpt: Checkpoint, found: dict, identity: dict, max_iter: int) -> None:
-    """Refuse a checkpoint written by a run with other parameters, naming each difference."""
-    if found.get("kind") != "nmf" or found.get("version") != 1 or not isinstance(found.get("identity"), dict):
-        raise DecompositionError(f"{ckpt.path} is not an NMF checkpoint this xsi_dask can resume; remove it to start afresh")
-    have = found["identity"]
-    diff = [f"{_WHY.get(key, key)}: {have.get(key)!r} in the checkpoint, {want!r} now" for key, want in identity.items()
-            if have.get(key) != want and key != "units"]  # other units (workers): W is re-split per tile
-    if diff:
-        raise DecompositionError(
-            f"cannot resume from the checkpoint {ckpt.path}: it was written by an NMF with other parameters ("
-            + "; ".join(diff) + "). Resume with the same parameters, or run without resume (the checkpoint is then "
-            "replaced)"
-        )
-    if int(found["n_iter"]) > max_iter:
-        raise DecompositionError(f"cannot resume from the checkpoint {ckpt.path}: it is at iteration {found['n_iter']}, "
-                                 f"beyond max_iter={max_iter}; raise max_iter")
-
-
-def _link_or_copy(src, dst) -> None:
-    try:
-        os.link(src, dst)
-    except FileNotFoundError:
-        raise
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def _check_request(plan: Plan, k: int, loss: str, lam: float, init, max_iter: int, tol: float, out, overwrite: bool,
@@ -546,7 +456,7 @@ def nmf(
     plan.check_memory(k)  # refuse workers too small, before any pass
     loss_every = count_arg(loss_every, "loss_every", 1)
     refit_iter = count_arg(refit_iter, "refit_iter", 0)
-    every = _checkpoint_every(checkpoint_every)
+    every = checkpoint_every_of(checkpoint_every)
     # checkpoints by the configured default also wait a minimum time, so that a run of fast iterations (a small
     # montage: milliseconds an iteration) does not spend its time in fsyncs; checkpoint_every given is exact
     min_gap = 0.0 if checkpoint_every is not None else float(dask.config.get("xsi-dask.nmf-checkpoint-min-interval", 60))
@@ -558,23 +468,7 @@ def nmf(
     superseded = False
     if every or resume:
         identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters)
-        ckpt = Checkpoint.of("nmf", plan.store, plan.store_uuid, plan.tiles, on_cluster=on_cluster)
-        try:
-            found = ckpt.manifest()
-            superseded = found is not None
-        except ScratchError:
-            if resume:
-                raise
-            found, superseded = None, True  # a damaged checkpoint is replaced by this run's
-        if found is not None and ckpt.owner_alive(found):
-            raise DecompositionError(
-                f"another NMF on these tiles (process {found['owner']['pid']} on this host) is writing the checkpoint "
-                f"{ckpt.path}; wait for it to end, or pass checkpoint_every=0 (--checkpoint-every 0)"
-            )
-        if resume and found is not None:
-            _check_resumable(ckpt, found, identity, max_iter)
-        else:
-            found = None  # a fresh run replaces an older checkpoint with its own first one
+        ckpt, found, superseded = open_checkpoint(plan, identity, resume=resume, max_iter=max_iter, on_cluster=on_cluster)
     sweep_scratch(plan.store, plan.store_uuid)  # folders of killed runs on this store
     n_init = 0 if found is not None else 1 + svd_passes("randomized", power_iters) \
         if isinstance(init, str) and "nndsvda" in init else (1 if isinstance(init, xr.Dataset) else 0)
@@ -583,7 +477,7 @@ def nmf(
     label = f"NMF ({'KL' if loss == 'kl' else 'Frobenius'}, k={k})"
     tasks = dict(pure=False, literal=(Scratch,))
     committed = False
-    stop = _SigtermStop(enabled=every > 0)
+    stop = SigtermStop(enabled=every > 0)
     try:
         with stop, Scratch.create(plan.store, plan.store_uuid, on_cluster=on_cluster) as scratch, \
                 Progress(label, n_init + max_iter - n0 + 2 + n_refit, unit="passes", enabled=progress) as bar:
@@ -630,7 +524,7 @@ def nmf(
                     for u in plan.units:
                         src, dst = ckpt.file(found, _w(u, "ckpt")), scratch.path / f"{_w(u, n0 % 2)}.npy"
                         try:
-                            _link_or_copy(src, dst)
+                            link_or_copy(src, dst)
                         except OSError as exc:
                             raise ScratchError(f"cannot restore W of tile {u.tile} from the checkpoint {ckpt.path} "
                                                f"({exc}); remove the checkpoint to start afresh") from exc
@@ -789,7 +683,7 @@ def nmf(
                 ckpt.remove()
             if stop.requested:  # SIGTERM during the last passes: they were finished first
                 stop.act()
-    except _Terminated:
+    except Terminated:
         # SIGTERM under the default disposition, now that the state is committed and the scratch folder is gone
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
