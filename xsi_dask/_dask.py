@@ -59,20 +59,26 @@ def _probe_function():
     without xsi_dask installed (``dask scheduler`` on a login node) runs it too.
     """
 
-    def probe(dask_scheduler=None, unstrand=True):
+    def unstrand(s) -> int:
+        """Recommend for processing every ``no-worker`` task with loose restrictions while a worker runs; their count.
+
+        Loose restrictions to workers that are gone: distributed never re-evaluates these when a worker joins
+        (bulk_schedule_unrunnable_after_adding_worker checks only the restricted workers), so ask again.
+        """
+        if not s.running:
+            return 0
+        recs = {ts.key: "processing" for ts in list(s.unrunnable) if ts.loose_restrictions}
+        if recs:
+            s.transitions(recs, stimulus_id=f"xsi-dask-unstrand-{time.time()}")
+        return len(recs)
+
+    def probe(dask_scheduler=None, unstrand_tasks=True):
         s = dask_scheduler
         finished = 0
         for tp in list(s.task_prefixes.values()):
             counts = tp.state_counts  # cumulative: tasks that ever entered each state
             finished += counts.get("memory", 0) + counts.get("erred", 0)
-        stranded = 0
-        if unstrand and s.running:
-            # loose restrictions to workers that are gone: distributed never re-evaluates these when a worker
-            # joins (bulk_schedule_unrunnable_after_adding_worker checks only the restricted workers), so ask again
-            recs = {ts.key: "processing" for ts in list(s.unrunnable) if ts.loose_restrictions}
-            if recs:
-                stranded = len(recs)
-                s.transitions(recs, stimulus_id=f"xsi-dask-unstrand-{time.time()}")
+        stranded = unstrand(s) if unstrand_tasks else 0
         return {
             "finished": finished,
             "workers": sorted(s.workers),
@@ -83,21 +89,11 @@ def _probe_function():
             "stranded": stranded,
         }
 
-    return probe
+    return probe, unstrand
 
 
-_PROBE = _probe_function()
+_PROBE, _unstrand = _probe_function()
 _seen: dict[int, set[str]] = {}  # id(client) -> worker addresses at the last look
-
-
-def _unstrand(scheduler) -> int:
-    """Recommend for processing every ``no-worker`` task with loose restrictions while a worker runs; their count."""
-    if not scheduler.running:
-        return 0
-    recs = {ts.key: "processing" for ts in list(scheduler.unrunnable) if ts.loose_restrictions}
-    if recs:
-        scheduler.transitions(recs, stimulus_id=f"xsi-dask-unstrand-{time.time()}")
-    return len(recs)
 
 
 def unstrand_plugin():
@@ -147,7 +143,7 @@ def cluster_state(client, *, unstrand: bool = True) -> dict | None:
         ``stranded`` (tasks this look re-scheduled).
     """
     try:
-        return client.run_on_scheduler(_PROBE, unstrand=unstrand)
+        return client.run_on_scheduler(_PROBE, unstrand_tasks=unstrand)
     except Exception:  # noqa: BLE001 - a scheduler that does not answer is what the watchdog watches for
         return None
 

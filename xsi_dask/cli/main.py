@@ -270,10 +270,7 @@ def _cmd_nmf(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    try:
-        from ..engine.scratch import clean
-    except ImportError as exc:  # the scratch module is not in this installation
-        raise XSIError(f"this xsi_dask cannot clean scratch folders ({exc})") from exc
+    from ..engine.scratch import clean
 
     removed = clean(args.store)
     for path in removed:
@@ -311,17 +308,6 @@ COMMANDS = {
 }
 
 
-def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an output path that may not be written before any reading or computing (ingest, simulate).
-
-    run, decompose and nmf check theirs in the pipeline functions they call.
-    """
-    if args.command in ("ingest", "simulate"):
-        from ..io.store import check_output
-
-        check_output(args.out, "montage", overwrite=args.overwrite)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xsi-dask`` command line; the exit status.
 
@@ -339,7 +325,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with signals_as_exceptions():
         try:
-            _check_out(args)
             return COMMANDS[args.command](args)
         except XSIError as exc:
             print(f"xsi-dask {args.command}: error: {exc}", file=sys.stderr)

@@ -22,7 +22,6 @@ from ..errors import (
     CountsError,
     LayoutError,
     ParameterError,
-    StoreExistsError,
     TileShapeMismatchError,
     XSIWarning,
 )
@@ -38,7 +37,7 @@ from .layout import (
     split_layout,
 )
 from .readers import EnergyAxis, SpectrumImage, read_spectrum_image
-from .store import MontageStore, atomic_output, write_montage_attrs, write_tile
+from .store import MontageStore, atomic_output, check_output, write_montage_attrs, write_tile
 
 __all__ = ["ingest"]
 
@@ -286,13 +285,12 @@ def ingest(
         ``threads`` (or ``xsi-dask.ingest-threads``) is not a whole number >= 1.
     """
     started = time.perf_counter()
-    _ingest_threads(threads)  # before any reading
+    n_threads = _ingest_threads(threads)  # before any reading
     tolerance = float(config.get("energy-tolerance", energy_tolerance))
     reader_kwargs = dict(reader_kwargs or {})
     if sum(x is not None for x in (grid, manifest, split)) > 1:
         raise LayoutError("give only one of grid, manifest and split")
-    if Path(out).exists() and not overwrite:  # before any reading
-        raise StoreExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    check_output(out, "montage", overwrite=overwrite)  # before any reading: never replaces what is not ours
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
 
@@ -327,7 +325,6 @@ def ingest(
             )
         tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
         meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
-        n_threads = int(config.get("ingest-threads", threads) or CPU_COUNT)
         if progress:
             from dask.diagnostics import ProgressBar
 

@@ -231,6 +231,13 @@ def write_montage_attrs(root: zarr.Group, *, tiles: list[dict[str, Any]], **fiel
     }))
 
 
+def csr_dtypes(nnz: int, channels: int) -> tuple[np.dtype, np.dtype]:
+    """The stored dtypes of a tile's channel indices and row pointers (the smallest that hold them)."""
+    idt = np.dtype(np.uint16) if channels <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+    pdt = np.dtype(np.uint32) if nnz <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+    return idt, pdt
+
+
 def write_tile(
     group: zarr.Group,
     name: str,
@@ -274,8 +281,7 @@ def write_tile(
     nnz = int(indices.size)
     vmax = int(values.max()) if nnz else 0
     vdt = smallest_uint(vmax)
-    idt = np.dtype(np.uint16) if channels <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
-    pdt = np.dtype(np.uint32) if nnz <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+    idt, pdt = csr_dtypes(nnz, channels)
     vals = values.astype(vdt, copy=False)
 
     sum_spectrum = np.bincount(indices, weights=vals, minlength=channels).astype(np.uint64)
@@ -732,9 +738,8 @@ class MontageStore:
         """Bytes of tile ``t``'s CSR arrays in memory (as :meth:`tile_csr` returns them)."""
         info = self.tiles[t]
         nnz = int(info["nnz"])
-        idx = 2 if self.channels <= np.iinfo(np.uint16).max + 1 else 4
-        ptr = 4 if nnz <= np.iinfo(np.uint32).max else 8
-        return nnz * (idx + np.dtype(info["values_dtype"]).itemsize) + (self.pixels_per_tile + 1) * ptr
+        idt, pdt = csr_dtypes(nnz, self.channels)
+        return nnz * (idt.itemsize + np.dtype(info["values_dtype"]).itemsize) + (self.pixels_per_tile + 1) * pdt.itemsize
 
     def cache_fits(self, tiles: list[int], workers: int = 1) -> bool:
         """Whether each worker's share of ``tiles`` fits the tile cache (``xsi-dask.tile-cache``).
@@ -1195,10 +1200,10 @@ def _array_dirs(path: Path) -> list[str]:
     found = []
     for meta in sorted(path.rglob("zarr.json")):
         try:
-            text = meta.read_text(errors="replace")
-        except OSError:
-            continue
-        if '"array"' in text:
+            kind = json.loads(meta.read_text(errors="replace")).get("node_type")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable metadata is reported where the node is opened
+        if kind == "array":  # not a substring test: a group's attributes may contain the word "array"
             found.append(meta.parent.relative_to(path).as_posix())
     return found
 

@@ -196,13 +196,13 @@ def _init_from(svd_ds, nmf: NMFParams) -> tuple[Any, str]:
     return svd_ds, f"NNDSVDa from the Poisson-scaled SVD above (computed once, its first {nmf.components} components)"
 
 
-def _nmf(montage, nmf: NMFParams, init: Any, results: Path, overwrite: bool, progress: bool):
-    """NMF written as group ``nmf`` of ``results`` (its scratch folder gone); the dataset opened from there."""
+def _nmf(montage, nmf: NMFParams, init: Any, results: Path, progress: bool):
+    """NMF written as group ``nmf`` of the staged ``results`` (its scratch folder gone); the dataset opened from there."""
     from .. import nmf as nmf_fn
 
     return nmf_fn(
         montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
-        sparsity=nmf.sparsity, out=results, overwrite=overwrite, checkpoint_every=nmf.checkpoint_every,
+        sparsity=nmf.sparsity, out=results, checkpoint_every=nmf.checkpoint_every,
         resume=nmf.resume, progress=progress,
     )
 
@@ -358,6 +358,7 @@ def run(
 def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress) -> RunResult:
     """:func:`run` once its outputs are checked and its folder made."""
     from .. import open_montage
+    from ..engine import worker_addresses
     from ..io.ingest import ingest
     from ..io.results import open_results, write_results
     from ..io.store import MontageStore, atomic_output
@@ -384,7 +385,7 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
     montage = open_montage(store)
     # svd and nmf go into a staged results store that replaces results.zarr in one rename once both are written
     # (a reader sees the old results or the new ones); it is removed only after the cluster is down
-    with atomic_output(results, overwrite=overwrite, kind="results") as staged, _client(cluster) as client:
+    with atomic_output(results, overwrite=overwrite, kind="results") as staged, _client(cluster):
         t = time.perf_counter()
         svd_ds = _svd(montage, store.channels, svd, progress)
         timings["SVD"] = time.perf_counter() - t
@@ -393,9 +394,9 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
         timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
         init, init_text = _init_from(svd_ds, nmf)
         t = time.perf_counter()
-        _nmf(montage, nmf, init, staged, False, progress)
+        _nmf(montage, nmf, init, staged, progress)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
-        n_workers = len(client.scheduler_info().get("workers", {}))
+        n_workers = len(worker_addresses())  # scheduler_info() lists only a few workers in some releases
     t = time.perf_counter()
     svd_r, nmf_r = open_results(results, "svd"), open_results(results, "nmf")
     figs = save_all(out / "figures", svd_r, nmf_r)
@@ -450,7 +451,7 @@ def _analyse_store(store, out, group: str, params, cluster, overwrite: bool, pro
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
     with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
         if group == "nmf":
-            _nmf(open_montage(st), params, params.init, staged, False, progress)
+            _nmf(open_montage(st), params, params.init, staged, progress)
         else:
             ds = _svd(open_montage(st), st.channels, params, progress)
             write_results(staged, {"svd": ds}, progress=progress)

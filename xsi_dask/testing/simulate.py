@@ -32,7 +32,7 @@ from ..errors import LayoutError, XSIError
 from ..io._csr import grow
 from ..io.layout import parse_grid
 from ..io.readers import EnergyAxis
-from ..io.store import CHECKED_ZSTD, MontageStore, atomic_output, write_montage_attrs, write_tile
+from ..io.store import CHECKED_ZSTD, MontageStore, atomic_output, check_output, write_montage_attrs, write_tile
 from .physics import Detector, mean_z, phase_spectrum
 from .presets import PRESETS, Preset
 
@@ -277,6 +277,7 @@ def simulate(
     if preset not in PRESETS:
         raise XSIError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     pre = PRESETS[preset]
+    check_output(out, "montage", overwrite=overwrite)  # before any work: never replaces what is not ours
     grid = parse_grid(tiles, "tiles")
     shape = parse_grid(tile_shape, "tile shape")
     px_nm = float(pixel_size_nm or pre.pixel_size_nm)
