@@ -97,6 +97,14 @@ class XSIWarning(UserWarning):
     """Warnings issued by xsi_dask (treated as errors in the test suite)."""
 
 
+class ConvergenceWarning(XSIWarning):
+    """An iterative method stopped at its iteration limit before meeting its tolerance (the result is returned)."""
+
+
+class LowCountWarning(XSIWarning):
+    """Too few counts per pixel for the Poisson-scaled decomposition to separate components from the noise."""
+
+
 class BackendError(XSIError, ValueError):
     """A kernel backend is unknown or cannot be loaded (``xsi-dask.backend``)."""
 

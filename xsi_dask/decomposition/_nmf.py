@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -37,7 +38,7 @@ from .._dask import compute, current_client
 from ..engine import Block, Plan, Unit, make_plan
 from ..engine.backends._numba_kernels import EPSILON
 from ..engine.scratch import Scratch, ScratchError, sweep_scratch
-from ..errors import DecompositionError, StoreExistsError
+from ..errors import ConvergenceWarning, DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
 from ._checkpoint import SigtermStop, Terminated, checkpoint_every_of, digest, link_or_copy, open_checkpoint
@@ -139,14 +140,14 @@ def _nndsvd_w(b: Block, scratch: Scratch, sign, scale, fill: float) -> None:
 
 def _random_w(b: Block, k: int, avg: float, seed: int, scratch: Scratch) -> None:
     rng = np.random.default_rng([seed, b.unit.tile])  # drawn for the whole tile: the same W however tiles are split
-    W = np.abs(avg * rng.standard_normal((b.store.pixels_per_tile, k)))
+    W = np.abs(avg * rng.standard_normal((b.pixels_per_tile, k)))
     scratch.save(_w(b.unit, 0), W[b.unit.start : b.unit.stop])
 
 
 def _abundance(blocks: list[Block], scratch: Scratch, slot: int, scale, order):
     """Abundances of one tile (1, y, x, k) from the W of its units."""
     W = np.concatenate([scratch.load(_w(b.unit, slot)) for b in blocks])
-    return (W[:, order] * scale[None, :]).reshape(1, *blocks[0].store.tile_shape, order.size)
+    return (W[:, order] * scale[None, :]).reshape(1, *blocks[0].tile_shape, order.size)
 
 
 # ---- the NNDSVDa start ----
@@ -247,6 +248,7 @@ def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every:
     return {
         "store": plan.store, "store_uuid": plan.store_uuid, "tiles": [int(t) for t in plan.tiles],
         "units": [[int(u.tile), int(u.start), int(u.stop)] for u in plan.units], "channels": int(plan.n_channels),
+        "channel_runs": [list(r) for r in (plan.source.runs or ())], "bin": int(plan.bin),
         "backend": plan.backend, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
         "loss_every": int(loss_every), "init": start,
     }
@@ -586,6 +588,7 @@ def nmf(
             if stop.requested:
                 stop.act()
             n_iter = n0
+            converged = False
             for n_iter in range(n0 + 1, max_iter + 1):
                 src = (n_iter - 1) % 2  # W after n_iter - 1 iterations; this one writes the other slot
                 Ht = np.ascontiguousarray(H.T)
@@ -612,6 +615,7 @@ def nmf(
                 bar.update(iteration=n_iter, loss=history[-1])
                 if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and \
                         abs(history[-2] - history[-1]) < tol * abs(history[0]):
+                    converged = True
                     break
                 if stop.requested:  # SIGTERM: commit this iteration, then what SIGTERM was to do
                     commit(n_iter)
@@ -637,6 +641,13 @@ def nmf(
                     bar.update()
                 terms, w_sum, wtw, w_root = plan.reduce(_loss_terms, scratch, slot, Ht, label="NMF loss (refit)", **tasks)
             divergence = value(terms, w_sum, wtw, w_root, H, penalty=False)
+            change = abs(history[-2] - history[-1]) / abs(history[0]) if len(history) > 1 and history[0] else float("nan")
+            if not converged and tol > 0:
+                warnings.warn(
+                    f"NMF stopped at max_iter={max_iter} before converging: the loss changed by {change:.2g} of the "
+                    f"initial loss over the last {recorded[-1] - recorded[-2] if len(recorded) > 1 else 1} iteration(s), "
+                    f"above tol={tol:g}; the endmembers may still move. Raise max_iter (--nmf-max-iter) or resume "
+                    "from a checkpoint", ConvergenceWarning, stacklevel=2)
 
             # spectra normalised to 1, abundances in counts; largest endmember first
             scale = H.sum(1)
@@ -659,13 +670,15 @@ def nmf(
                     "max_iter": max_iter,
                     "tol": tol,
                     "n_iter": n_iter,
+                    "converged": bool(converged),
+                    "final_relative_change": float(change),
                     "loss_every": loss_every,
                     "sparsity": lam,
                     "refit_iter": n_refit,
                     "divergence": divergence,
                     "seed": seed,
                     **({"resumed_from_iteration": n0} if found is not None else {}),
-                    **run_attrs(plan, started),
+                    **run_attrs(plan, started, montage),
                 },
             )
             ds["abundances"].attrs["units"] = "counts"

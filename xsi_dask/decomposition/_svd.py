@@ -69,16 +69,35 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
         if power_iters is not None or oversampling is not None:
             raise DecompositionError("power_iters and oversampling belong to the randomized solver; the gram solver is "
                                      "exact in one pass: leave them out, or use solver='randomized'")
-        A = op.gram()
+        # channels without a count in the view have zero rows and columns in D~^T D~: the gram is formed
+        # and diagonalised over the active channels only (exact), so a sparse spectrum costs what its
+        # active channels cost, not channels^2 (a 16 x 16 map with 25 active of 4096 channels)
+        active = np.flatnonzero(op.h > 0)
+        if active.size == 0:
+            raise DecompositionError("the view holds no counts: nothing to decompose (check the energy range and tiles)")
+        sub = op if active.size == M else PoissonOperator(plan.with_channels(active), poisson=poisson, center=center)
+        A = sub.gram()
+        if sub is not op:
+            op.colsum = np.zeros(M)
+            op.colsum[active] = sub.colsum
+            op.frob2 = sub.frob2
         if tick is not None:
             tick()
+        Ma = active.size
+        ka = min(k, Ma)
         # every eigenvalue (for the scree) but only k eigenvectors: 2-3x faster
         # than a full eigh at 4096 channels
-        eigenvalues = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
-        evals, E = scipy.linalg.eigh(A, subset_by_index=(M - k, M - 1))
-        S = np.sqrt(np.clip(evals[::-1], 0.0, None))
-        V = E[:, ::-1]
-        params = {}
+        eigenvalues = np.zeros(M)
+        eigenvalues[:Ma] = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
+        evals, E = scipy.linalg.eigh(A, subset_by_index=(Ma - ka, Ma - 1))
+        S = np.zeros(k)
+        S[:ka] = np.sqrt(np.clip(evals[::-1], 0.0, None))
+        V = np.zeros((M, k))
+        V[active, :ka] = E[:, ::-1]
+        if ka < k:  # beyond the active channels: eigenvalue 0, unit vectors on inactive channels (orthonormal)
+            idle = np.setdiff1d(np.arange(M), active)[: k - ka]
+            V[idle, np.arange(ka, k)] = 1.0
+        params = {"active_channels": int(Ma)}
     else:
         raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")
     return SVDFactors(S, rsvd.svd_flip(V), eigenvalues, op, params)
@@ -93,9 +112,20 @@ def count_arg(value, name: str, low: int, high: int | None = None, high_text: st
     return int(value)
 
 
-def run_attrs(plan: Plan, started: float) -> dict:
-    """The attributes every result records: passes, non-zeros, seconds, store, store id, backend, version."""
+def run_attrs(plan: Plan, started: float, montage: xr.DataArray | None = None) -> dict:
+    """The attributes every result records: passes, non-zeros, seconds, store, store id, backend, version, and
+    what the view kept: ``energy_range`` (keV of the first and last channel), ``n_channels``, ``bin``,
+    ``counts_per_pixel`` (mean per binned pixel over the kept channels) and, from
+    :func:`~xsi_dask.montage.prepare.analysis_view`, ``zero_peak_cutoff`` (keV; None when the zero peak was kept
+    or the view was not made by it)."""
+    e = plan.energy
+    view = montage.attrs if montage is not None else {}
     return {
+        "energy_range": [float(e[0]), float(e[-1])],
+        "n_channels": int(plan.n_channels),
+        "bin": int(plan.bin),
+        "counts_per_pixel": float(plan.sum_spectrum().sum() / plan.n_pixels),
+        "zero_peak_cutoff": view.get("zero_peak_cutoff"),
         "passes": plan.passes,
         "nnz": plan.nnz,
         "seconds": time.perf_counter() - started,
@@ -236,7 +266,7 @@ def decompose(
             "center": int(center),
             "seed": seed,
             "total_scaled_variance": op.frob2,
-            **run_attrs(plan, started),
+            **run_attrs(plan, started, montage),
             **params,
         },
     )

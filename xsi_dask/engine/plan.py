@@ -22,6 +22,7 @@ pixel weights, the backend's kernels) and the pass's arguments.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -40,6 +41,7 @@ from .._dask import compute, current_client
 from ..errors import InsufficientMemoryError, ViewError
 from ..io.store import MontageStore, tile_cache
 from ..montage.view import open_montage
+from ._viewtile import channel_runs, view_pixel_totals, view_tile_csr
 from .backends import backend_name, get_backend
 
 __all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses",
@@ -74,22 +76,25 @@ class Source:
     store_uuid: str
     cache: bool
     backend: str
+    runs: tuple[tuple[int, int], ...] | None = None  # kept store channels as (start, stop) runs; None: all
+    bin: int = 1  # pixels binned b x b within each tile
 
 
-def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True) -> np.ndarray:
-    """1/g per pixel of tile ``t`` (0 where g = 0), or ones; cached per process with the tile."""
+def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True,
+                       runs: tuple[tuple[int, int], ...] | None = None, b: int = 1) -> np.ndarray:
+    """1/g per (binned) pixel of tile ``t`` over the view's channels (0 where g = 0), or ones; cached per process."""
 
     def load():
         if not poisson:
-            return np.ones(store.pixels_per_tile)
-        g = store.count_map(t).reshape(-1).astype(np.float64)
+            return np.ones(store.pixels_per_tile // (b * b))
+        g = view_pixel_totals(store, t, runs, b, cache)
         s = np.zeros_like(g)
         np.divide(1.0, g, out=s, where=g > 0)
         return s
 
     if not cache:
         return load()
-    return tile_cache.get((str(store.path), store.uuid, t, "pixel-weights", poisson), load)
+    return tile_cache.get((str(store.path), store.uuid, t, "pixel-weights", poisson, runs, b), load)
 
 
 class Block:
@@ -98,30 +103,42 @@ class Block:
     Attributes
     ----------
     unit : Unit
+        Rows ``start:stop`` are (binned) pixels of the view's tile.
     csr : (indptr, indices, data)
         ``indptr`` (rows + 1,) the unit's slice of the tile's row pointers
         (``indptr[0]`` need not be 0); ``indices``, ``data`` (nnz,) the tile's
-        channel indices and counts in their stored compact dtypes. Read from
-        the store (or the worker's tile cache) on first access.
+        channel indices and counts in compact dtypes. Read from the store (or
+        the worker's tile cache) on first access; with a channel selection or
+        binning, the tile as the view sees it (channels renumbered 0.. over
+        the kept ones, b x b pixel blocks summed).
+    tile_shape : (int, int)
+        Pixels (y, x) of a tile of the view (the stored shape over the bin).
     kernels
         The plan's kernel backend (:mod:`xsi_dask.engine.backends`).
     """
 
-    __slots__ = ("source", "unit", "store", "_csr", "kernels")
+    __slots__ = ("source", "unit", "store", "_csr", "kernels", "tile_shape")
 
     def __init__(self, source: Source, unit: Unit):
         self.source, self.unit = source, unit
         self.store = MontageStore.cached(source.store)
         self._csr = None  # read on first use: a task that only touches its scratch files reads no counts
         self.kernels = get_backend(source.backend)
+        h, w = self.store.tile_shape
+        self.tile_shape = (h // source.bin, w // source.bin)
 
     @property
     def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indptr, indices, data), the first arguments of every kernel (a row block's indptr is a view)."""
         if self._csr is None:
-            csr = self.store.tile_csr(self.unit.tile, cache=self.source.cache)
+            src = self.source
+            csr = view_tile_csr(self.store, self.unit.tile, src.runs, src.bin, src.cache)
             self._csr = (csr.indptr[self.unit.start : self.unit.stop + 1], csr.indices, csr.data)
         return self._csr
+
+    @property
+    def pixels_per_tile(self) -> int:
+        return self.tile_shape[0] * self.tile_shape[1]
 
     @property
     def indptr(self) -> np.ndarray:
@@ -133,11 +150,14 @@ class Block:
 
     def pixel_weights(self, poisson: bool) -> np.ndarray:
         """1/g of the unit's pixels (0 where g = 0) with ``poisson``, else ones; float64 (rows,)."""
-        return tile_pixel_weights(self.store, self.unit.tile, poisson, self.source.cache)[self.unit.start : self.unit.stop]
+        src = self.source
+        weights = tile_pixel_weights(self.store, self.unit.tile, poisson, src.cache, src.runs, src.bin)
+        return weights[self.unit.start : self.unit.stop]
 
     def counts_per_pixel(self) -> np.ndarray:
-        """g, the counts of the unit's pixels, float64 (rows,)."""
-        return self.store.count_map(self.unit.tile).reshape(-1)[self.unit.start : self.unit.stop].astype(np.float64)
+        """g, the counts of the unit's (binned) pixels over the view's channels, float64 (rows,)."""
+        src = self.source
+        return view_pixel_totals(self.store, self.unit.tile, src.runs, src.bin, src.cache)[self.unit.start : self.unit.stop]
 
 
 # ---- graph pieces ----
@@ -226,13 +246,16 @@ class Plan:
     tiles : tuple of int
         Store tile numbers of the view, in view order.
     tile_shape : (int, int)
-        Pixels (y, x) of a tile.
+        Pixels (y, x) of a tile of the view (the stored tile over ``bin``).
     n_channels : int
-        Channels of the store.
+        Channels of the view (the store's, or the selected ones).
     channels : tuple of int or None
-        Channel selection (None: all). Only None is honoured today.
+        Store channel indices of the view, increasing (None: all): an energy
+        range or a channel mask. The passes compute exactly as on data
+        holding only these channels (pixel totals and Poisson weights over them).
     bin : int
-        Pixel binning factor (1: none). Only 1 is honoured today.
+        Pixel binning factor (1: none): the counts of each ``bin x bin`` block
+        of a tile are summed into one pixel, as ``coarsen(y=bin, x=bin).sum()``.
     units : tuple of Unit
         Tasks of a pass: whole tiles, or row blocks when tiles < workers.
     cache : bool
@@ -268,7 +291,27 @@ class Plan:
 
     @property
     def source(self) -> Source:
-        return Source(self.store, self.store_uuid, self.cache, self.backend)
+        runs = None if self.channels is None else channel_runs(self.channels)
+        return Source(self.store, self.store_uuid, self.cache, self.backend, runs, self.bin)
+
+    @property
+    def energy(self) -> np.ndarray:
+        """Energies (keV) of the view's channels, (n_channels,)."""
+        e = self.open_store().energy
+        return e if self.channels is None else e[np.asarray(self.channels)]
+
+    def with_channels(self, subset: Sequence[int] | np.ndarray) -> Plan:
+        """This plan restricted to ``subset`` (indices into the plan's channels, increasing); it shares the pass log.
+
+        Used where channels that hold no counts in the view can be left out
+        exactly (the gram solver: their rows and columns of D~^T D~ are zero).
+        """
+        sub = np.asarray(subset, dtype=np.int64)
+        base = np.arange(self.open_store().channels) if self.channels is None else np.asarray(self.channels)
+        chosen = base[sub]
+        all_store = chosen.size == self.open_store().channels
+        return dataclasses.replace(self, channels=None if all_store else tuple(int(c) for c in chosen),
+                                   n_channels=int(chosen.size))
 
     def open_store(self) -> MontageStore:
         return MontageStore.cached(self.store)
@@ -287,9 +330,10 @@ class Plan:
         return sum(int(st.tiles[t]["nnz"]) for t in self.tiles)
 
     def sum_spectrum(self) -> np.ndarray:
-        """Counts per channel over the plan's tiles, float64 (channels,)."""
+        """Counts per channel of the view over the plan's tiles, float64 (n_channels,)."""
         st = self.open_store()
-        return np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
+        h = np.sum([st.sum_spectrum(t) for t in self.tiles], axis=0).astype(np.float64)
+        return h if self.channels is None else h[np.asarray(self.channels)]
 
     def units_of(self, tile: int) -> tuple[Unit, ...]:
         return tuple(u for u in self.units if u.tile == tile)
@@ -491,49 +535,103 @@ class Plan:
 
 # ---- the plan from the view ----
 
-def _view_problem(v: xr.DataArray, st: MontageStore) -> str | None:
-    """What in the view the engine cannot honour, judged from dims, sizes, dtype and coordinates."""
+def _view_params(v: xr.DataArray, st: MontageStore) -> tuple[list[int], tuple[int, ...] | None, int]:
+    """The tiles, store channels and bin factor a view's coordinates say it holds, or a :class:`ViewError`."""
     want = ("tile", "y", "x", "energy")
     if v.dims != want:
         if "tile" not in v.dims and "tile" in v.coords:
-            return (f"a single tile was selected with a scalar (dims {v.dims}); keep the tile dimension: "
-                    "isel(tile=[t]) instead of isel(tile=t)")
-        return f"its dims are {v.dims}, not {want} (transposed, stacked or reduced views are not supported)"
+            raise ViewError(f"the montage view cannot be honoured: a single tile was selected with a scalar (dims {v.dims}); "
+                            "keep the tile dimension: isel(tile=[t]) instead of isel(tile=t)")
+        raise ViewError(f"the montage view cannot be honoured: its dims are {v.dims}, not {want} "
+                        "(transposed, stacked or reduced views are not supported)")
+    tiles = [int(t) for t in np.atleast_1d(v["tile"].values)]
+    if len(set(tiles)) != len(tiles):
+        raise ViewError(f"the view repeats tiles {sorted({t for t in tiles if tiles.count(t) > 1})}; select each tile once")
+    if not tiles:
+        raise ViewError("the view selects no tiles")
+    energy = np.asarray(v["energy"].values, dtype=np.float64)
+    axis = st.energy
+    idx = np.searchsorted(axis, energy)
+    ok = energy.size > 0 and bool(np.all(idx < axis.size)) and np.array_equal(axis[np.minimum(idx, axis.size - 1)], energy)
+    if not ok or (idx.size > 1 and np.any(np.diff(idx) <= 0)):
+        raise ViewError("the montage view cannot be honoured: its energy axis is not an increasing selection of the "
+                        "store's channels (binned, reordered, repeated or computed energies); select channels with "
+                        "sel(energy=slice(lo, hi)) or isel(energy=mask)")
+    channels = None if idx.size == axis.size else tuple(int(i) for i in idx)
     h, w = st.tile_shape
-    if v.sizes["energy"] != st.channels or not np.array_equal(np.asarray(v["energy"].values), st.energy):
-        return (f"it has {v.sizes['energy']} of the store's {st.channels} points along 'energy', or another energy axis "
-                "(sel/isel on energy): energy ranges are not supported yet; pass the whole energy axis")
-    if (v.sizes["y"], v.sizes["x"]) != (h, w):
-        return (f"its tiles are {v.sizes['y']} x {v.sizes['x']} pixels along ('y', 'x'), the store's {h} x {w} "
-                "(a pixel slice or coarsen()): pixel selections and binning are not supported yet")
-    return None
+    vy, vx = v.sizes["y"], v.sizes["x"]
+    b = h // vy if vy else 0
+    if not (vy and vx and b >= 1 and b * vy == h and b * vx == w and h // b == vy and w // b == vx):
+        raise ViewError(
+            f"the montage view cannot be honoured: its tiles are {vy} x {vx} pixels along ('y', 'x'), not the store's "
+            f"{h} x {w} nor those binned by one factor (a pixel slice, coarsen with boundary='trim'/'pad', or different "
+            "factors along y and x): bin with coarsen(y=b, x=b).sum(), b dividing both sides of the tile")
+    return tiles, channels, b
 
 
-@functools.lru_cache(maxsize=64)
-def _pristine_names(store: str, uuid: str, tiles: tuple[int, ...]) -> frozenset[str]:
-    """Dask names of the unmodified view of the store (path and uuid), and of one isel/sel of ``tiles`` on it."""
-    p = open_montage(MontageStore.cached(store))
-    n = p.sizes["tile"]
-    names = set()
-    if list(tiles) == list(range(n)):
-        names.add(p.data.name)
+def _tile_forms(a: xr.DataArray, tiles: list[int], n: int) -> list[xr.DataArray]:
+    """The tile selections (isel/sel forms) of ``tiles`` on ``a``, whose tiles are the store's ``n``."""
     idx = np.asarray(tiles, dtype=np.int64)
-    names.add(p.isel(tile=idx).data.name)
-    names.add(p.isel(tile=list(tiles)).data.name)
+    forms = [a.isel(tile=idx), a.isel(tile=list(tiles))]
     if len(tiles) > 1:
         steps = set(np.diff(idx).tolist())
         if len(steps) == 1 and 0 not in steps:
             step = steps.pop()
             stop = tiles[-1] + (1 if step > 0 else -1)
-            names.add(p.isel(tile=slice(tiles[0], stop if stop >= 0 else None, step)).data.name)
+            forms.append(a.isel(tile=slice(tiles[0], stop if stop >= 0 else None, step)))
     else:
-        names.add(p.isel(tile=slice(tiles[0], tiles[0] + 1)).data.name)
+        forms.append(a.isel(tile=slice(tiles[0], tiles[0] + 1)))
     if list(idx) == sorted(set(tiles)):
         mask = np.zeros(n, dtype=bool)
         mask[idx] = True
-        names.add(p.isel(tile=mask).data.name)
-        names.add(p.isel(tile=xr.DataArray(mask, dims="tile")).data.name)
-    return frozenset(names)
+        forms += [a.isel(tile=mask), a.isel(tile=xr.DataArray(mask, dims="tile"))]
+    return forms
+
+
+def _energy_forms(a: xr.DataArray, channels: tuple[int, ...], n: int) -> list[xr.DataArray]:
+    """The channel selections (an index array, a mask or a slice from sel) of ``channels`` on ``a``."""
+    idx = np.asarray(channels, dtype=np.int64)
+    forms = [a.isel(energy=idx)]
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
+        forms.append(a.isel(energy=slice(int(idx[0]), int(idx[-1]) + 1)))
+    return forms
+
+
+def _replay(name: str, layers: frozenset, st: MontageStore, tiles: list[int], channels: tuple[int, ...] | None,
+            b: int) -> bool:
+    """Whether the dask array ``name`` (graph layers ``layers``) is the store's montage with exactly one tile
+    selection, one channel selection and one ``coarsen(y=b, x=b).sum()``, applied in any order.
+
+    Dask names are hashes of the operation and its inputs, so a view equals
+    such a replay exactly when the names agree; each step of the view's graph
+    is found by trying the selections its coordinates say it made.
+    """
+    n = st.n_tiles
+    chosen = tuple(range(st.channels)) if channels is None else channels
+    todo = {"tile": lambda a: _tile_forms(a, tiles, n), "energy": lambda a: _energy_forms(a, chosen, st.channels)}
+    todo["bin"] = lambda a: [a.coarsen(y=b, x=b).sum()]
+    # a selection of every tile or channel may or may not be in the graph; the others must be
+    required = {k for k, needed in (("tile", tiles != list(range(n))), ("energy", channels is not None), ("bin", b > 1))
+                if needed}
+    current = open_montage(st)
+    while current.data.name != name:
+        for kind, forms in list(todo.items()):
+            # a selection of everything can leave the array as it is: not a step
+            hit = next((f for f in forms(current) if f.data.name in layers and f.data.name != current.data.name), None)
+            if hit is not None:
+                current = hit
+                del todo[kind]
+                break
+        else:
+            return False
+    return not (required & set(todo))
+
+
+@functools.lru_cache(maxsize=64)
+def _honoured(store: str, uuid: str, name: str, tiles: tuple[int, ...], channels: tuple[int, ...] | None, b: int,
+              layers: frozenset) -> bool:
+    """:func:`_replay`, cached by the view's name (``uuid``: a store rewritten at the same path is another)."""
+    return _replay(name, layers, MontageStore.cached(store), list(tiles), channels, b)
 
 
 def _operation(v: xr.DataArray) -> str:
@@ -549,7 +647,12 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
     ----------
     montage : xarray.DataArray
         Counts (tile, y, x, energy) from :func:`xsi_dask.open_montage`, as is
-        or with the tiles selected by one ``isel``/``sel`` on ``tile``.
+        or with, in any order, the tiles selected by one ``isel``/``sel`` on
+        ``tile``, the channels by one ``sel(energy=slice(lo, hi))`` or
+        ``isel(energy=mask or indices)``, and the pixels binned by
+        ``coarsen(y=b, x=b).sum()`` (see
+        :func:`xsi_dask.montage.prepare.analysis_view`). The plan computes
+        exactly what these operations describe, from the stored counts.
     backend : str, optional
         Kernel backend (default ``xsi-dask.backend``).
 
@@ -564,9 +667,10 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
     ------
     ViewError
         The view was modified in a way the engine does not honour:
-        arithmetic, ``where``, a dtype change, rechunking, an energy or pixel
-        selection, ``coarsen``, a scalar or chained tile selection, repeated
-        tiles, or it is not a montage view at all. The engine reads the stored
+        arithmetic, ``where``, a dtype change, rechunking, a pixel slice,
+        ``coarsen`` other than a sum over equal factors dividing the tile, a
+        reordered or computed energy axis, a scalar or chained selection,
+        repeated tiles, or it is not a montage view at all. The engine reads the stored
         counts, so honouring such a view silently would give a wrong result.
     StoreFormatError
         The store behind the view is gone or not a montage store.
@@ -583,24 +687,18 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
     if not isinstance(montage.data, da.Array):
         raise ViewError("the view holds computed data, not the lazy montage: the engine reads the store itself; "
                         "pass the DataArray from open_montage (optionally isel(tile=...))")
-    problem = _view_problem(montage, st)
-    if problem:
-        raise ViewError(f"the montage view cannot be honoured: {problem}")
-    tiles = [int(t) for t in np.atleast_1d(montage["tile"].values)]
-    if len(set(tiles)) != len(tiles):
-        raise ViewError(f"the view repeats tiles {sorted({t for t in tiles if tiles.count(t) > 1})}; select each tile once")
-    if not tiles:
-        raise ViewError("the view selects no tiles")
+    tiles, channels, b = _view_params(montage, st)
     pristine = open_montage(st)
-    if montage.dtype != pristine.dtype:
+    if montage.dtype.kind != "u":  # the counts, or their sums over pixel blocks (unsigned)
         raise ViewError(f"the view's dtype is {montage.dtype}, not the stored counts' {pristine.dtype} "
                         "(astype): the engine computes in float64 from the stored integer counts; drop the astype")
-    if montage.data.name not in _pristine_names(str(st.path), st.uuid, tuple(tiles)):
+    layers = frozenset(montage.data.dask.layers)
+    if not _honoured(str(st.path), st.uuid, montage.data.name, tuple(tiles), channels, b, layers):
         raise ViewError(
             f"the montage view was modified after open_montage ({_operation(montage)!r} in its dask graph): the engine "
-            "computes on the stored counts and cannot honour arithmetic, where(), fillna, rechunking or chained "
-            "selections. Select tiles with one isel(tile=[...]) or sel(tile=...) on the view from open_montage; "
-            "energy ranges and binning are not supported yet"
+            "computes on the stored counts and honours only one tile selection (isel(tile=[...]) or sel(tile=...)), one channel "
+            "selection (sel(energy=slice(lo, hi)) or isel(energy=mask)) and coarsen(y=b, x=b).sum(), in any order; "
+            "not arithmetic, where(), fillna, astype, rechunking, pixel slices or chained selections of one dimension"
         )
     workers = worker_addresses()
     n_workers = max(1, len(workers))
@@ -608,10 +706,12 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
         store=str(st.path),
         store_uuid=st.uuid,
         tiles=tuple(tiles),
-        tile_shape=tuple(st.tile_shape),
-        n_channels=st.channels,
-        units=tuple(split_units(tiles, st.pixels_per_tile, n_workers)),
+        tile_shape=(st.tile_shape[0] // b, st.tile_shape[1] // b),
+        n_channels=st.channels if channels is None else len(channels),
+        units=tuple(split_units(tiles, st.pixels_per_tile // (b * b), n_workers)),
         cache=st.cache_fits(tiles, n_workers),
         workers=tuple(workers),
         backend=backend_name(backend),
+        channels=channels,
+        bin=b,
     )

@@ -48,7 +48,7 @@ def _scores_task(blocks: list[Block], poisson: bool, Vh: np.ndarray, shift: np.n
     if shift is not None:
         g = np.concatenate([b.counts_per_pixel() if poisson else np.ones(b.rows) for b in blocks])
         out -= np.sqrt(g)[:, None] * shift[None, :]
-    return out.reshape(1, *blocks[0].store.tile_shape, Vh.shape[1])
+    return out.reshape(1, *blocks[0].tile_shape, Vh.shape[1])
 
 
 @dataclass
