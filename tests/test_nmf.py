@@ -74,9 +74,27 @@ def test_nndsvda_init_is_nonnegative_and_converges(p45, init):
     m, _ = p45
     ds = xsi_dask.nmf(m, 4, init=init, max_iter=300, tol=1e-4)
     assert ds.attrs["n_iter"] < 300  # stopped on the relative loss change
+    assert ds.attrs["converged"] is True
+    loss, it = ds.loss.values, ds.iteration.values
+    assert abs(loss[-2] - loss[-1]) < 1e-4 * loss[0] and it[-1] == ds.attrs["n_iter"]
     assert ds.attrs["init"] == init
     assert (ds.abundances.values >= 0).all()
     assert ds.loss.values[-1] < 0.95 * ds.loss.values[0]
+
+
+def test_stopping_above_tol_warns_and_says_so(p45):
+    """max_iter reached with the loss still moving by more than tol: a ConvergenceWarning and converged=False."""
+    from xsi_dask.errors import ConvergenceWarning
+
+    m, _ = p45
+    with pytest.warns(ConvergenceWarning, match=r"max_iter=3 before converging.*above tol=1e-06"):
+        ds = xsi_dask.nmf(m, 4, max_iter=3, tol=1e-6)
+    assert ds.attrs["converged"] is False and ds.attrs["n_iter"] == 3
+    assert ds.attrs["final_relative_change"] > 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fixed = xsi_dask.nmf(m, 4, max_iter=3, tol=0)  # tol=0: exactly max_iter asked for, nothing to warn about
+    assert fixed.attrs["converged"] is False
 
 
 def test_random_init_seeded(p45):
