@@ -81,6 +81,7 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
             op.colsum = np.zeros(M)
             op.colsum[active] = sub.colsum
             op.frob2 = sub.frob2
+            op.totals_histogram = sub.totals_histogram
         if tick is not None:
             tick()
         Ma = active.size

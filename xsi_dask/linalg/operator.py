@@ -28,18 +28,30 @@ __all__ = ["PoissonOperator"]
 
 # ---- unit tasks: module-level functions, so they pickle by reference ----
 
+#: pixel totals at or above this share the last bin of the histogram the first pass gathers
+TOTALS_CAP = 2**16
+
+
+def _totals_histogram(b: Block) -> np.ndarray:
+    """Counts of the unit's (binned) pixels by total over the view's channels: bin g for g < cap, the last bin
+    for g >= cap; int64 (cap + 1,). Summed over the units, it gives the pixel-total percentiles exactly."""
+    g = b.counts_per_pixel().astype(np.int64)
+    return np.bincount(np.minimum(g, TOTALS_CAP), minlength=TOTALS_CAP + 1)
+
+
 def _apply_task(b: Block, poisson: bool, Xh: np.ndarray, with_stats: bool):
-    """(D_u^T S_u D_u Xh, stats) for one unit; stats = [D^T sqrt(s), sum_i d^2 s] per channel, or None."""
+    """(D_u^T S_u D_u Xh, stats) for one unit; stats = ([D^T sqrt(s), sum_i d^2 s] per channel, the pixel-total
+    histogram), or None."""
     s = b.pixel_weights(poisson)
     Y = b.kernels.gram_apply(*b.csr, s, Xh)
-    stats = b.kernels.colsum_frob(*b.csr, s, Xh.shape[0]) if with_stats else None
+    stats = (b.kernels.colsum_frob(*b.csr, s, Xh.shape[0]), _totals_histogram(b)) if with_stats else None
     return Y, stats
 
 
 def _gram_task(b: Block, poisson: bool, channels: int):
     """(D_u^T S_u D_u as dense channels x channels, stats) for one unit."""
     s = b.pixel_weights(poisson)
-    return b.kernels.gram_block(*b.csr, s, channels), b.kernels.colsum_frob(*b.csr, s, channels)
+    return b.kernels.gram_block(*b.csr, s, channels), (b.kernels.colsum_frob(*b.csr, s, channels), _totals_histogram(b))
 
 
 def _scores_task(blocks: list[Block], poisson: bool, Vh: np.ndarray, shift: np.ndarray | None):
@@ -64,6 +76,12 @@ class PoissonOperator:
         Apply Keenan-Kotula scaling (default in the decompositions).
     center : bool
         Subtract the column (channel) means of D~ as a rank-one correction.
+
+    After the first pass: ``colsum`` (channels,) the column sums of the scaled
+    counts, ``frob2`` the squared Frobenius norm of D~ (centred if so), and
+    ``totals_histogram`` (:data:`TOTALS_CAP` + 1,) int64, how many (binned)
+    pixels have each total count over the view's channels (the noise floor of
+    :mod:`xsi_dask.decomposition._rank` reads its percentiles).
     """
 
     plan: Plan
@@ -72,6 +90,7 @@ class PoissonOperator:
     h: np.ndarray = field(init=False)
     wh: np.ndarray = field(init=False)
     colsum: np.ndarray | None = field(init=False, default=None)
+    totals_histogram: np.ndarray | None = field(init=False, default=None)
     frob2: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -97,7 +116,8 @@ class PoissonOperator:
             return None
         return self.wh * self.colsum / self.n_pixels
 
-    def _take_stats(self, stats: np.ndarray) -> None:
+    def _take_stats(self, stats: tuple[np.ndarray, np.ndarray]) -> None:
+        stats, self.totals_histogram = stats
         self.colsum = stats[0]
         frob = float(np.dot(stats[1], self.wh**2))
         if self.center:
