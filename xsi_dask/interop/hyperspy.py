@@ -72,14 +72,18 @@ def _refuse_size(nbytes: int, limit: int, what: str, hint: str) -> None:
             f"(max_bytes=, default xsi-dask.in-memory-limit): a dense copy must be deliberate. {hint}")
 
 
+def _require(signal_type: str) -> None:
+    """Import HyperSpy, and exspy for the EDS and EELS signal classes (it registers them with HyperSpy)."""
+    _import("hyperspy.api")
+    if str(signal_type or "").upper().startswith(("EDS", "EELS")):
+        _import("exspy")
+
+
 def _dict2signal(data, axes: list[dict], metadata: dict, original_metadata: dict, *, lazy: bool = False):
     """A HyperSpy signal of the class its ``Signal.signal_type`` names, built as ``hs.load`` builds it."""
-    _import("hyperspy.api")
+    _require(str(((metadata or {}).get("Signal") or {}).get("signal_type") or ""))
     from hyperspy.io import dict2signal
 
-    signal_type = str(((metadata or {}).get("Signal") or {}).get("signal_type") or "")
-    if signal_type.upper().startswith(("EDS", "EELS")):
-        _import("exspy")  # registers the EDS and EELS signal classes with HyperSpy
     return dict2signal(
         {"data": data, "axes": axes, "metadata": copy.deepcopy(metadata),
          "original_metadata": copy.deepcopy(original_metadata)},
@@ -143,13 +147,35 @@ def _pixel_origin(st, t: int) -> tuple[float, float]:
     return float(oy or 0.0), float(ox or 0.0)
 
 
-def _sparse(view: xr.DataArray):
-    """The view's counts as one pydata-sparse COO (tile, y, x, energy), never dense."""
+def _plain(view: xr.DataArray, st) -> bool:
+    """Whether the view shows whole tiles as stored (no energy or pixel selection, no binning)."""
+    h, w = st.tile_shape
+    if (view.sizes["y"], view.sizes["x"], view.sizes["energy"]) != (h, w, st.channels):
+        return False
+    px = st.attrs["pixels"]
+    return (np.array_equal(view["energy"].values, st.energy)
+            and np.array_equal(view["y"].values, np.arange(h) * px["scale_y"])
+            and np.array_equal(view["x"].values, np.arange(w) * px["scale_x"]))
+
+
+def _tile_entries(view: xr.DataArray, i: int, st, t: int, plain: bool) -> tuple[np.ndarray, ...]:
+    """(y, x, channel, count) of the non-zero counts of the view's ``i``-th tile (store tile ``t``), never dense.
+
+    A plain view is read from the tile's CSR arrays; any other view (an energy
+    range, binning) is computed through its sparse dask graph.
+    """
+    if plain:
+        csr = st.tile_csr(t)
+        pixel = np.repeat(np.arange(st.pixels_per_tile), np.diff(csr.indptr.astype(np.int64)))
+        return pixel // st.tile_shape[1], pixel % st.tile_shape[1], csr.indices.astype(np.int64), csr.data
     import sparse
 
-    block = view.data
+    block = view.isel(tile=[i]).data
     block = block.compute() if hasattr(block, "compute") else block
-    return block if isinstance(block, sparse.COO) else sparse.COO.from_numpy(np.asarray(block))
+    if not isinstance(block, sparse.COO):
+        block = sparse.COO.from_numpy(np.asarray(block))
+    _, yy, xx, ee = block.coords
+    return yy, xx, ee, block.data
 
 
 def _target_dtype(vmax: int, view_dtype: np.dtype, dtypes: list[str]) -> np.dtype:
@@ -244,21 +270,29 @@ def to_hyperspy(montage, tile: int | None = None, *, stitch: bool = False, max_b
         raise ViewError(
             f"stitch: the view's {len(tiles)} tiles do not fill their {n_rows} x {n_cols} grid once each (rows "
             f"{sorted(set(rows.tolist()))}, cols {sorted(set(cols.tolist()))}); convert tiles one by one with tile=")
-    # each tile read sparse (as stored), then scattered into one dense array of the source files' dtype
-    blocks = [_sparse(view.isel(tile=[i])) for i in range(len(tiles))]
     src_index = [_source_of(st, t)[0] for t in tiles]
     sources = st.attrs.get("sources") or []
-    vmax = max((int(b.data.max()) for b in blocks if b.nnz), default=0)
-    dtype = _target_dtype(vmax, np.dtype(view.dtype), [str(sources[k].get("dtype", view.dtype)) for k in set(src_index)])
-    _refuse_size(len(tiles) * h * w * channels * dtype.itemsize, limit,
-                 f"the {'stitched montage' if len(tiles) > 1 else f'tile {tiles[0]}'} ({n_rows * h} x {n_cols * w} px x "
-                 f"{channels} channels, {dtype.name})",
-                 "Select a part of it (isel(y=..., x=...), sel(energy=...)), bin it (coarsen(y=b, x=b).sum()), or raise max_bytes")
+    _require(str(sources[src_index[0]].get("signal_type") or ""))  # a missing extra is said before any reading
+    dtypes = [str(sources[k].get("dtype", view.dtype)) for k in set(src_index)]
+
+    def refuse_above(dtype: np.dtype) -> None:
+        _refuse_size(len(tiles) * h * w * channels * dtype.itemsize, limit,
+                     f"the {'stitched montage' if len(tiles) > 1 else f'tile {tiles[0]}'} ({n_rows * h} x {n_cols * w} px x "
+                     f"{channels} channels, {dtype.name})",
+                     "Select a part of it (isel(y=..., x=...), sel(energy=...)), bin it (coarsen(y=b, x=b).sum()), "
+                     "or raise max_bytes")
+
+    refuse_above(_target_dtype(0, np.dtype(view.dtype), dtypes))  # before reading: binned counts can only widen it
+    # each tile read sparse, then scattered into one dense array of the source files' dtype
+    plain = _plain(view, st)
+    blocks = [_tile_entries(view, i, st, t, plain) for i, t in enumerate(tiles)]
+    vmax = max((int(b[3].max()) for b in blocks if b[3].size), default=0)
+    dtype = _target_dtype(vmax, np.dtype(view.dtype), dtypes)
+    refuse_above(dtype)
     data = np.zeros((n_rows * h, n_cols * w, channels), dtype)
-    for i, b in enumerate(blocks):
+    for i, (yy, xx, ee, values) in enumerate(blocks):
         r, c = int(rows[i]) - r0, int(cols[i]) - c0
-        _, yy, xx, ee = b.coords
-        data[yy + r * h, xx + c * w, ee] = b.data
+        data[yy + r * h, xx + c * w, ee] = values
     blocks.clear()
     first = next(t for i, t in enumerate(tiles) if (int(rows[i]), int(cols[i])) == (r0, c0))
     k0 = _source_of(st, first)[0]
