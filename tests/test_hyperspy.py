@@ -104,6 +104,8 @@ def test_from_hyperspy_round_trip_is_exact(name, cls, tmp_path):
     assert_axes_equal(back, ref)
     assert back.metadata.as_dictionary() == to_json(ref.metadata.as_dictionary())
     assert back.original_metadata.as_dictionary() == to_json(ref.original_metadata.as_dictionary())
+    lazy = xsi_dask.to_hyperspy(xsi_dask.from_hyperspy(ref.as_lazy(), tmp_path / "lazy.zarr"))  # read a row block at a time
+    np.testing.assert_array_equal(lazy.data, ref.data)
     with pytest.raises(StoreExistsError):
         xsi_dask.from_hyperspy(ref, tmp_path / "rt.zarr")
     xsi_dask.from_hyperspy(ref, tmp_path / "rt.zarr", overwrite=True)
@@ -134,6 +136,20 @@ def test_to_hyperspy_velox_counts_and_calibration(tmp_path):
     for key, value in got.items():
         if key not in exspy_defaults:
             assert functools.reduce(lambda d, k: d[k], key, want) == value, key
+
+
+def test_eels_comes_back_as_eels_in_ev(tmp_path):
+    path = EDS.parent / "eels" / "CuZn_EELS_mapping_tutorial.hspy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = hs.load(path)
+    s = xsi_dask.to_hyperspy(xsi_dask.ingest(path, tmp_path / "eels.zarr", progress=False))
+    assert type(s) is exspy.signals.EELSSpectrum and s.data.dtype == ref.data.dtype
+    np.testing.assert_array_equal(s.data, ref.data)
+    for a, b in zip(s.axes_manager._axes, ref.axes_manager._axes, strict=True):
+        assert (a.size, a.units) == (b.size, b.units)
+        assert a.offset == pytest.approx(b.offset, rel=1e-12) and a.scale == pytest.approx(b.scale, rel=1e-12)
+    assert s.axes_manager.signal_axes[0].units == "eV"
 
 
 def test_stitch_tile_and_views(bruker, bruker_2x2):

@@ -17,7 +17,8 @@ counts (same dtype), the axes' sizes, offsets, scales and units, and the
 metadata and original metadata of ``s``, with two normalisations the store
 makes: the metadata are stored as JSON (arrays and tuples come back as lists,
 NumPy scalars as Python numbers, non-finite floats as None), and the energy
-axis is in keV (an eV axis comes back in keV, the same calibration). The
+axis is in keV (an eV axis comes back in keV, the same calibration; EELS
+signals come back in eV, to rounding of the keV the store keeps). The
 navigation axes are named ``y`` and ``x`` and the signal axis ``Energy``
 (the store keeps no axis names).
 
@@ -220,7 +221,8 @@ def to_hyperspy(montage, tile: int | None = None, *, stitch: bool = False, max_b
         counts (y, x, energy), dense NumPy, in the source file's dtype (the
         view's, uint32 or wider, where binned counts do not fit it). Axes:
         ``y`` and ``x`` (scale and units of the pixels, offset the tile's
-        origin), ``Energy`` (keV, offset and scale of the view's channels).
+        origin), ``Energy`` (offset and scale of the view's channels, keV;
+        EELS in eV, the store's keV x 1000, equal to the file's to rounding).
         ``metadata`` and ``original_metadata``: the source file's, as
         RosettaSciIO read them (stored as JSON; exspy adds its defaults, as
         ``hs.load`` does).
@@ -306,12 +308,16 @@ def to_hyperspy(montage, tile: int | None = None, *, stitch: bool = False, max_b
     metadata.setdefault("Signal", {})
     if not metadata["Signal"].get("signal_type") and sources[k0].get("signal_type"):
         metadata["Signal"]["signal_type"] = sources[k0]["signal_type"]
+    # the store keeps keV; EELS goes back in eV, the unit exspy's EELS edges and fine structure work in
+    eels = str(metadata["Signal"].get("signal_type") or "").upper().startswith("EELS")
+    e_factor, e_units = (1000.0, "eV") if eels else (1.0, "keV")
     oy, ox = _pixel_origin(st, first)
     units = px["units"]
     axes = [
         {"name": "y", "size": data.shape[0], "offset": oy + y_off, "scale": y_scale, "units": units, "navigate": True},
         {"name": "x", "size": data.shape[1], "offset": ox + x_off, "scale": x_scale, "units": units, "navigate": True},
-        {"name": "Energy", "size": channels, "offset": e_off, "scale": e_scale, "units": "keV", "navigate": False},
+        {"name": "Energy", "size": channels, "offset": e_off * e_factor, "scale": e_scale * e_factor, "units": e_units,
+         "navigate": False},
     ]
     return _dict2signal(data, axes, metadata, original)
 
