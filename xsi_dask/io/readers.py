@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import importlib
@@ -443,6 +444,37 @@ def read_spectrum_image(
     return _read_in_process(path, module_name, lazy, kwargs)
 
 
+_MISSING = object()
+
+
+def _apply_mapping(sig: dict[str, Any]) -> dict[str, Any]:
+    """The signal's metadata completed from its original metadata by the reader's ``mapping``, as HyperSpy's
+    loader does (``{original.path: (metadata.path, function or None)}``; a value the function maps to None,
+    or a path that is absent, is skipped)."""
+    metadata = copy.deepcopy(sig.get("metadata", {}) or {})
+    original = sig.get("original_metadata", {}) or {}
+    for source, (target, function) in (sig.get("mapping") or {}).items():
+        value = original
+        for key in str(source).split("."):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is _MISSING:
+                break
+        if value is _MISSING:
+            continue
+        try:
+            value = function(value) if function is not None else value
+        except Exception:  # noqa: BLE001 - a vendor field the reader's own converter cannot parse: not mapped
+            continue
+        if value is None:
+            continue
+        node = metadata
+        *parents, leaf = str(target).split(".")
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+        node[leaf] = value
+    return metadata
+
+
 def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str, Any]) -> SpectrumImage:
     """Read ``path`` with its RosettaSciIO plug-in in this process (the checks of the path are done)."""
     ext = path.suffix.lower()
@@ -493,7 +525,7 @@ def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str,
         pixels=_pixel_axes(axes),
         images=images,
         other_images=other,
-        metadata=to_json(si.get("metadata", {})),
+        metadata=to_json(_apply_mapping(si)),
         original_metadata=to_json(si.get("original_metadata", {})),
         signal_type=_signal_type(si),
     )
