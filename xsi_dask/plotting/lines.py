@@ -112,8 +112,10 @@ _ELECTRONS = {"K": 2, "L1": 2, "L2": 2, "L3": 4, "M1": 2, "M2": 2, "M3": 4, "M4"
 # the families an EDS analyst names: L lines from Ca (Z 20), M lines from La (Z 57), as in exspy's
 # line table (after NIST's EPQ library); lighter elements' L and M lines lie below the detector's range
 _FAMILY_MIN_Z = {"K": 1, "L": 20, "M": 57}
-_MERGE_KEV = 0.015  # lines of one name closer than this are one unresolved peak
-_ONE_PEAK = ("Ka", "Kb", "La")  # doublets an EDS detector never resolves: one line each in exspy's table too
+# lines of one name closer than max(15 eV, 1 % of their energy) are one peak to an EDS detector (FWHM >= 2 %
+# there): Ka1 + Ka2, La1 + La2 (one line each in exspy's table too)
+_MERGE_KEV = 0.015
+_MERGE_FRACTION = 0.01
 
 
 def _symbol(name: str) -> str:
@@ -154,8 +156,9 @@ def element_lines(symbol: str) -> tuple[tuple[float, str, float], ...]:
     Radiat. Phys. Chem. 63, 121 (2002), doi:10.1016/S0969-806X(01)00227-4).
     Lines are named by family and group as HyperSpy/exspy name them without
     the index (``Ka``, ``Kb``, ``La``, ``Lb``, ``Lg``, ``Ll``, ``Ln``,
-    ``Ma``, ``Mb``, ``Mg``, ``Mz``); the Ka, Kb and La doublets, and lines
-    of one name within 15 eV, are merged (intensity-weighted energy). The weight of a line is its
+    ``Ma``, ``Mb``, ``Mg``, ``Mz``); lines of one name closer than
+    max(15 eV, 1 % of their energy), which no EDS detector resolves (Ka1 +
+    Ka2, La1 + La2), are merged (intensity-weighted energy). The weight of a line is its
     intensity x the fluorescence yield of its initial subshell x the
     subshell's electron count (its approximate share of the ionisations),
     normalised to 1 for the strongest line of each family: the same
@@ -188,7 +191,7 @@ def element_lines(symbol: str) -> tuple[tuple[float, str, float], ...]:
         items.sort()
         group = [items[0]]
         for e, w in items[1:] + [(math.inf, 0.0)]:
-            if e - group[-1][0] <= _MERGE_KEV or (name in _ONE_PEAK and e < math.inf):
+            if e < math.inf and e - group[-1][0] <= max(_MERGE_KEV, _MERGE_FRACTION * e):
                 group.append((e, w))
                 continue
             wsum = sum(g[1] for g in group)
