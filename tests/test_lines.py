@@ -1,9 +1,12 @@
-"""X-ray line labels come from xraydb and use the context of the other peaks."""
+"""X-ray line labels come from xraydb, use the context of the other peaks, and only the sample's elements where it lists them."""
+
+import functools
 
 import numpy as np
 import pytest
 
-from xsi_dask.plotting.lines import label_peaks, line_table
+from xsi_dask.errors import ParameterError
+from xsi_dask.plotting.lines import component_labels, element_lines, label_options, label_peaks, line_table, parse_elements
 
 
 def _peaks(centres, heights, sigma=0.03):
@@ -33,11 +36,6 @@ def test_negative_loadings_and_empty_spectra():
 
 
 # ---- element-aware labels ----------------------------------------------------------------------
-
-import functools  # noqa: E402
-
-from xsi_dask.errors import ParameterError  # noqa: E402
-from xsi_dask.plotting.lines import component_labels, element_lines, label_options, parse_elements  # noqa: E402
 
 BRUKER = ["Ag", "Al", "C", "Cu", "O"]  # Sample.elements of bcf_v2_50x50px.bcf
 
@@ -123,6 +121,10 @@ def test_label_options_from_attrs():
         "elements": ["Al", "Cu"], "resolution_mnka_ev": 133.0}
     # resolution differing between source files: the widest, so that no line is missed
     assert label_options({"elements": None, "energy_resolution_MnKa": [128.0, None, 135.0]})["resolution_mnka_ev"] == 135.0
+    # the analyst's list replaces the file's
+    assert label_options({"elements": ["Al", "Cu"]}, elements="Fe,cr") == {"elements": ["Cr", "Fe"], "resolution_mnka_ev": None}
+    with pytest.raises(ParameterError, match="'Q'"):
+        label_options({}, elements="Fe,Q")
 
 
 # ---- on the real maps ---------------------------------------------------------------------------

@@ -211,19 +211,36 @@ def _lines_of(elements: tuple[str, ...]):
     return np.asarray(e), list(n), np.asarray(w)
 
 
-def label_options(attrs: Mapping) -> dict:
+def label_options(attrs: Mapping, elements: str | Iterable[str] | None = None) -> dict:
     """``elements`` and ``resolution_mnka_ev`` for :func:`label_peaks` from a montage's or a result's attributes.
 
-    ``attrs`` holds the keys of :func:`xsi_dask.io.metadata.acquisition`
-    (``open_montage(...).attrs``): ``elements`` (None: all elements) and
-    ``energy_resolution_MnKa`` (eV; where it differs between source files, the
-    widest, so that no line is missed; absent: exspy's 130 eV default).
+    Parameters
+    ----------
+    attrs : mapping
+        Holds the keys of :func:`xsi_dask.io.metadata.acquisition`
+        (``open_montage(...).attrs``): ``elements`` (None or absent: all
+        elements) and ``energy_resolution_MnKa`` (eV; where it differs between
+        source files, the widest, so that no line is missed; absent: exspy's
+        130 eV default).
+    elements : str or list of str, optional
+        The analyst's list (``--elements Fe,Cr``), replacing the file's.
+
+    Returns
+    -------
+    dict
+        ``{"elements": list or None, "resolution_mnka_ev": float or None}``, keyword arguments of
+        :func:`label_peaks` and :func:`component_labels`.
+
+    Raises
+    ------
+    ParameterError
+        ``elements`` holds a name that is no element symbol, or is empty.
     """
     res = attrs.get("energy_resolution_MnKa")
     if isinstance(res, (list, tuple)):
         res = max((float(r) for r in res if r is not None), default=None)
-    elements = attrs.get("elements")
-    return {"elements": None if elements is None else list(elements), "resolution_mnka_ev": res}
+    chosen = parse_elements(elements) if elements is not None else attrs.get("elements")
+    return {"elements": None if chosen is None else list(chosen), "resolution_mnka_ev": res}
 
 
 def _label_listed(energy, spectrum, elements: list[str], resolution_mnka_ev: float, n_peaks: int, prominence: float):
