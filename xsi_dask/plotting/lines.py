@@ -200,7 +200,7 @@ def element_lines(symbol: str) -> tuple[tuple[float, str, float], ...]:
     top = {}
     for _, _, w, fam in merged:
         top[fam] = max(top.get(fam, 0.0), w)
-    return tuple(sorted((e, n, w / top[fam]) for e, n, w, fam in merged))
+    return tuple(sorted((float(e), n, float(w / top[fam])) for e, n, w, fam in merged))
 
 
 def _lines_of(elements: tuple[str, ...]):
