@@ -52,6 +52,7 @@ from zarr.codecs import ZstdCodec
 
 from .. import config
 from ..errors import CorruptStoreError, StoreExistsError, StoreFormatError
+from .metadata import acquisition
 
 __all__ = [
     "CHECKED_ZSTD",
@@ -918,6 +919,7 @@ class MontageStore:
             "dense_float32_bytes": voxels * 4,
             "stored_bytes": stored,
             "sources": [s["path"] for s in self.attrs["sources"]],
+            "acquisition": acquisition(self.attrs),
         }
 
 

@@ -10,6 +10,7 @@ import sparse
 import xarray as xr
 
 from ..errors import StoreFormatError
+from ..io.metadata import acquisition
 from ..io.store import MontageStore, TileCSR
 
 __all__ = ["open_montage", "montage_store", "MontageAccessor"]
@@ -40,6 +41,13 @@ def open_montage(store: str | Path | MontageStore) -> xr.DataArray:
         units of the tile's pixels, from 0 at the tile origin), and per tile
         ``row``, ``col``, ``source``, ``stage_y``/``stage_x`` (NaN where
         unknown). ``montage.xsi`` gives the store and per-tile CSR arrays.
+        Attributes: ``units`` ("counts"), ``store``, ``store_uuid`` and the
+        acquisition metadata of :func:`xsi_dask.io.metadata.acquisition`
+        (``signal_type``, ``beam_energy`` keV, ``elements``, ``xray_lines``,
+        ``live_time`` / ``real_time`` s, ``energy_resolution_MnKa`` eV,
+        the energy and pixel calibration, ``microscope``, ``detector``;
+        a value that differs between source files is a list, one per source,
+        named in ``varying``).
 
     Raises
     ------
@@ -87,7 +95,7 @@ def open_montage(store: str | Path | MontageStore) -> xr.DataArray:
         dims=("tile", "y", "x", "energy"),
         coords=coords,
         name="counts",
-        attrs={"units": "counts", "store": str(st.path), "store_uuid": st.uuid},
+        attrs={**acquisition(st), "units": "counts", "store": str(st.path), "store_uuid": st.uuid},
     )
 
 

@@ -51,7 +51,45 @@ def format_info(info: dict) -> str:
         f"stored           {_size(info['stored_bytes'])} ({ratio:,.0f}x smaller)",
         "sources          " + "\n                 ".join(info["sources"]),
     ]
+    acq = info.get("acquisition")
+    if acq:
+        lines += _format_acquisition(acq)
     return "\n".join(lines)
+
+
+def _format_acquisition(acq: dict) -> list[str]:
+    """The lines of :func:`format_info` for :func:`xsi_dask.io.metadata.acquisition`; per-source lists where values differ."""
+
+    def val(v, fmt="{}", unit=""):
+        if v is None:
+            return "not recorded"
+        if isinstance(v, list):  # differs between the source files: every value shown, never the first one
+            shown = ", ".join("?" if x is None else fmt.format(x) for x in v[:8]) + (", ..." if len(v) > 8 else "")
+            return f"differs by source: {shown}{unit}"
+        return fmt.format(v) + unit
+
+    elements = acq.get("elements")
+    lines_ = ", ".join(acq.get("xray_lines") or [])
+    res = acq.get("energy_resolution_MnKa")
+    res_s = val(res, "{:g}", " eV at Mn Ka")
+    if acq.get("energy_resolution_MnKa_default"):
+        res_s += " (not recorded: exspy's default)"
+    out = [
+        f"signal           {val(acq.get('signal_type') or None)}",
+        f"beam energy      {val(acq.get('beam_energy'), '{:g}', ' keV')}",
+        "elements         " + (", ".join(elements) if elements else "not recorded")
+        + (f" (lines {lines_})" if lines_ else ""),
+        f"live time        {val(acq.get('live_time'), '{:.4g}', ' s')}",
+        f"real time        {val(acq.get('real_time'), '{:.4g}', ' s')}",
+        f"resolution       {res_s}",
+        f"detector         {val(acq.get('detector'))}",
+        f"microscope       {val(acq.get('microscope'))}",
+    ]
+    if acq.get("n_sources", 1) > 1 and (acq.get("live_time_per_source") or acq.get("real_time_per_source")):
+        out.append("                 (times summed over the source files; they differ between files)")
+    if acq.get("varying"):
+        out.append(f"differs by file  {', '.join(acq['varying'])}")
+    return out
 
 
 @dataclass(frozen=True)
