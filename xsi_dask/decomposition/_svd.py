@@ -113,15 +113,22 @@ def count_arg(value, name: str, low: int, high: int | None = None, high_text: st
     return int(value)
 
 
+# the acquisition metadata a result carries from the montage's attrs (labels and reports read them)
+ACQUISITION_KEYS = ("signal_type", "beam_energy", "elements", "xray_lines", "live_time", "real_time",
+                    "energy_resolution_MnKa", "energy_resolution_MnKa_default")
+
+
 def run_attrs(plan: Plan, started: float, montage: xr.DataArray | None = None) -> dict:
     """The attributes every result records: passes, non-zeros, seconds, store, store id, backend, version, and
     what the view kept: ``energy_range`` (keV of the first and last channel), ``n_channels``, ``bin``,
     ``counts_per_pixel`` (mean per binned pixel over the kept channels) and, from
     :func:`~xsi_dask.montage.prepare.analysis_view`, ``zero_peak_cutoff`` (keV; None when the zero peak was kept
-    or the view was not made by it)."""
+    or the view was not made by it), and the montage's acquisition metadata (:data:`ACQUISITION_KEYS`)."""
     e = plan.energy
     view = montage.attrs if montage is not None else {}
+    acquired = {k: view[k] for k in ACQUISITION_KEYS if k in view}
     return {
+        **acquired,
         "energy_range": [float(e[0]), float(e[-1])],
         "n_channels": int(plan.n_channels),
         "bin": int(plan.bin),

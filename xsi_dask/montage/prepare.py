@@ -41,14 +41,13 @@ def zero_peak_cutoff(montage: xr.DataArray, resolution_mnka_ev: float | None = N
 
     ``ZERO_PEAK_FWHMS`` x FWHM(0), the detector's peak width at 0 keV from its
     resolution at Mn Ka (:func:`xsi_dask.io.metadata.detector_fwhm`): the
-    resolution given, else the first source file's
-    ``Detector.EDS.energy_resolution_MnKa``, else exspy's default of 130 eV.
+    resolution given, else the largest ``Detector.EDS.energy_resolution_MnKa``
+    of the source files, else exspy's default of 130 eV.
     """
     if resolution_mnka_ev is None:
-        for src in montage_store(montage).attrs.get("sources") or []:
-            resolution_mnka_ev = energy_resolution_mnka(src.get("metadata") or {})
-            if resolution_mnka_ev is not None:
-                break
+        found = [energy_resolution_mnka(src.get("metadata") or {}) for src in montage_store(montage).attrs.get("sources") or []]
+        found = [r for r in found if r is not None]
+        resolution_mnka_ev = max(found) if found else None  # files that differ: the widest peak
     r = DEFAULT_RESOLUTION_MNKA_EV if resolution_mnka_ev is None else resolution_mnka_ev
     return ZERO_PEAK_FWHMS * detector_fwhm(0.0, r)
 
