@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import xarray as xr
+from distributed import LocalCluster
 
 import xsi_dask
 from xsi_dask.cli.main import main
@@ -203,9 +204,10 @@ def test_run_with_a_relative_out(tmp_path, monkeypatch, store, captured):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    args = ["run", str(store.path), "--out", "rel/run", "--components", "10", "--nmf-components", "2",
-            "--max-iter", "12", "--workers", "1", "--quiet"]
-    assert main(args) == 0
+    args = ["run", str(store.path), "--out", "rel/run", "--components", "10", "--nmf-components", "2", "--max-iter", "12",
+            "--quiet"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        assert main([*args, "--scheduler", cluster.scheduler_address]) == 0  # in-process: no worker processes to start
     report = work / "rel" / "run" / "report.html"
     files = _assert_images_resolve(report)
     monkeypatch.chdir(tmp_path)  # opened from elsewhere, the relative src still resolve against the report
@@ -308,7 +310,8 @@ def test_scree_cut_at_roundoff_on_a_rank_deficient_gram(store):
     drawn = fig.axes[0].lines[0].get_ydata()
     assert drawn.size == rank and drawn.min() > 1e-14
     np.testing.assert_allclose(drawn, ev[:rank] / svd.attrs["total_scaled_variance"])
-    assert f"{ev.size - rank} below round-off not shown" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == (
+        f"gram eigenvalues ({rank} above round-off; {ev.size - rank} below not shown)")
 
 
 def test_scree_draws_noise_band_and_n_significant(store):
@@ -331,20 +334,22 @@ def test_scree_draws_noise_band_and_n_significant(store):
 
 def test_report_command_after_decompose_and_nmf(tmp_path, monkeypatch, store, captured):
     monkeypatch.chdir(tmp_path)
-    assert main(["decompose", str(store.path), "--out", "res.zarr", "--components", "3", "--workers", "1", "--quiet"]) == 0
-    assert main(["nmf", str(store.path), "--out", "res.zarr", "--components", "3", "--max-iter", "5",
-                 "--workers", "1", "--quiet"]) == 0
+    # one in-process cluster for both commands (each would start its own LocalCluster of worker processes)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        sched = ["--scheduler", cluster.scheduler_address, "--quiet"]
+        assert main(["decompose", str(store.path), "--out", "res.zarr", "--components", "2", *sched]) == 0
+        assert main(["nmf", str(store.path), "--out", "res.zarr", "--components", "3", "--max-iter", "5", *sched]) == 0
     captured.clear()
     assert main(["report", "res.zarr", "--elements", "fe,Cr", "--per-page", "2"]) == 0  # default: beside res.zarr
     report = tmp_path / "report.html"
     names = {f.name for f in _assert_images_resolve(report)}
-    assert names == {"scree.png", "loadings.png", "loadings_page2.png", "scores.png", "scores_page2.png", "nmf_spectra.png",
-                     "nmf_spectra_page2.png", "nmf_abundances.png", "nmf_abundances_page2.png", "nmf_rgb.png", "nmf_loss.png"}
+    assert names == {"scree.png", "loadings.png", "scores.png", "nmf_spectra.png", "nmf_spectra_page2.png", "nmf_abundances.png",
+                     "nmf_abundances_page2.png", "nmf_rgb.png", "nmf_loss.png"}
     assert _index(_map_titles(captured, "nmf_abundances")) == [0, 1, 2]
     assert _index(_spectrum_names(captured, "nmf_spectra")) == [0, 1, 2]
     page = _parse(report)
     assert page.headings == ["Results", "Acquisition", "Calibration", "Data analysed", "Poisson-scaled SVD", "NMF"]
-    assert page.rows["elements used for line labels"].startswith("Fe, Cr (")
+    assert page.rows["elements used for line labels"] == "Fe, Cr (given to the report)"
     nmf = xr.open_zarr(tmp_path / "res.zarr", group="nmf")
     assert page.rows["iterations run"] == f"{nmf.attrs['n_iter']} of max_iter 5"
     # the loss figure of the command is drawn against the stored iteration numbers
@@ -395,3 +400,33 @@ def test_acquisition_rows_across_files():
     assert build.parse_elements(" ag, Cu ,") == ["Ag", "Cu"]
     with pytest.raises(ParameterError, match="'iron' is not an element symbol"):
         build.parse_elements(["iron"])
+
+
+def test_report_shows_what_the_results_record(tmp_path, store):
+    """The view (energy range, zero peak, bin), the elements, n_significant with its noise edge and the NMF's
+    recorded convergence and number of endmembers, as the analysis records them in the results' attributes."""
+    m = xsi_dask.open_montage(store)
+    svd = xsi_dask.decompose(m, 4, solver="gram")
+    ev = svd["eigenvalues"].values
+    view = {"energy_range": [0.2, 2.5], "zero_peak_cutoff": 0.1862, "bin": 2, "elements": ["O", "Al"]}
+    svd.attrs.update(n_significant=2, noise_edge=float(ev[2]), n_significant_is_lower_bound=False, **view)
+    nmf = _nmf_ds([0, 10, 14], [3.0, 2.0, 1.99], converged=True, n_iter=14, max_iter=200, tol=1e-4,
+                  n_components_source="n_significant", **view)
+    nmf.attrs["store"] = str(store.path)
+    res = tmp_path / "r.zarr"
+    write_results(res, {"svd": svd, "nmf": nmf})
+    page = _parse(build.make_report(res))
+    r = page.rows
+    assert r["energy range (recorded)"] == "0.2 keV to 2.5 keV"
+    assert r["zero peak"] == "excluded below 0.1862 keV"
+    assert r["binning"] == "2 x 2 pixels summed"
+    cpp = store.attrs["total_counts"] / 144
+    assert r["counts per 2 x 2 binned pixel (mean, all channels)"] == format_number(4 * cpp)
+    assert r["elements used for line labels"] == "O, Al (recorded in the results: --elements of the analysis)"
+    assert r["n_significant (components above the noise)"].startswith("2 (")
+    total = svd.attrs["total_scaled_variance"]
+    assert r["noise edge"] == (f"{format_number(float(ev[2]))} (eigenvalue of the scaled gram); "
+                               f"{format_number(float(ev[2]) / total)} as a variance ratio")
+    assert r["converged"] == "yes" and r["iterations run"] == "14 of max_iter 200"
+    assert r["endmembers"] == "2 (from the data: the SVD's n_significant)"
+    assert not page.notes

@@ -27,6 +27,7 @@ from .formatting import format_number, format_seconds
 
 __all__ = ["acquisition_rows", "calibration_rows", "make_report", "parse_elements"]
 
+_SOURCE = {"given": "given", "n_significant": "from the data: the SVD's n_significant", "default": "the default"}
 _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}
 
 
@@ -164,9 +165,27 @@ def source_elements(store) -> list[str]:
     return out
 
 
-def _resolution(store) -> float | None:
+def _label_elements(given: list[str] | None, attrs: Mapping, store) -> tuple[list[str] | None, str]:
+    """The elements whose lines label peaks, and where they come from: given, recorded by the analysis, the files'."""
+    if given is not None:
+        return given, "given to the report"
+    if attrs.get("elements"):
+        return parse_elements(list(attrs["elements"])), "recorded in the results: --elements of the analysis"
+    files = source_elements(store)
+    if files:
+        return files, "the files' element lists"
+    return None, "no list given nor recorded: every element's lines"
+
+
+def _resolution(store, attrs: Mapping) -> float | None:
+    """The detector FWHM at Mn Ka (eV) for line labels: the results' record (the widest where it varies), else the files'."""
     from ..io.metadata import energy_resolution_mnka
 
+    rec = attrs.get("energy_resolution_MnKa")
+    rec = [_num(r) for r in rec] if isinstance(rec, (list, tuple)) else [_num(rec)]
+    rec = [r for r in rec if r is not None]
+    if rec:
+        return max(rec)
     for s in _sources(store):
         r = energy_resolution_mnka(s.get("metadata") or {})
         if r is not None:
@@ -305,12 +324,18 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         rows["gram eigenvalues above round-off"] = f"{v['eigen'].size:,} of {v['n_eigen']:,}"
     notes = []
     if v["n_significant"] is not None:
-        crit = a.get("n_significant_method") or a.get("noise_criterion")
-        rows["n_significant (components above the noise)"] = str(v["n_significant"]) + (f" ({crit})" if crit else "")
+        n = v["n_significant"]
+        if a.get("n_significant_is_lower_bound"):
+            text = f"at least {n}: all {len(evr)} kept components stand above the noise (compute more to count them)"
+        else:
+            text = str(n)
+        rows["n_significant (components above the noise)"] = text + " (Marchenko-Pastur edge of the Poisson-scaled noise)"
     else:
         rows["n_significant (components above the noise)"] = "not recorded"
     if v["edge"] is not None:
-        rows["noise edge (variance ratio)"] = ", ".join(format_number(float(x)) for x in v["edge"])
+        raw = np.atleast_1d(np.asarray(a["noise_edge"], dtype=float))
+        rows["noise edge"] = (", ".join(format_number(float(x)) for x in raw) + " (eigenvalue of the scaled gram); "
+                              + ", ".join(format_number(float(x)) for x in v["edge"]) + " as a variance ratio")
     rows["passes over the data"] = format_number(a.get("passes")) if a.get("passes") is not None else ""
     rows["time"] = format_seconds(a.get("seconds")) if a.get("seconds") is not None else ""
     for w in a.get("warnings") or []:
@@ -326,9 +351,10 @@ def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], l
     if conv is False:
         notes.append(f"The NMF did not converge: it stopped at max_iter = {a.get('max_iter')} with the relative loss change "
                      f"above tol = {format_number(_num(a.get('tol')))}. Run more iterations (--max-iter) or resume it.")
+    src = a.get("n_components_source")
     rows = {
         "method": str(a.get("method", "NMF")),
-        "endmembers": str(nmf.sizes.get("component", "")),
+        "endmembers": str(nmf.sizes.get("component", "")) + (f" ({_SOURCE.get(src, src)})" if src else ""),
         "loss function": str(a.get("loss_function", "")),
         "init": str(a.get("init", "")),
         "sparsity (L1/2 weight)": format_number(_num(a.get("sparsity"))) if a.get("sparsity") is not None else "",
@@ -413,14 +439,11 @@ def make_report(
     groups = _open(results)
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else results.parent
     _check_target(out_dir)
-    chosen = parse_elements(elements)
+    given = parse_elements(elements)
     store, why_no_store = _store_of(groups)
     any_ds = next(iter(groups.values()))
-    if chosen is None and any_ds.attrs.get("elements"):
-        chosen = parse_elements(list(any_ds.attrs["elements"]))
-    file_elements = source_elements(store)
-    label_elements = chosen if chosen is not None else (file_elements or None)
-    resolution = _resolution(store)
+    label_elements, elements_source = _label_elements(given, any_ds.attrs, store)
+    resolution = _resolution(store, any_ds.attrs)
 
     svd, nmf = groups.get("svd"), groups.get("nmf")
     report = out_dir / "report.html"
@@ -430,7 +453,7 @@ def make_report(
         figs = save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
                         resolution_mnka_ev=resolution)
         drawn = time.perf_counter() - t
-        sections = _sections(results, store, why_no_store, groups, figs, run_info, chosen, file_elements, label_elements,
+        sections = _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source,
                              resolution, drawn)
         if title is None:
             names = [Path(str(s.get("path", ""))).name for s in _sources(store)] or [results.name]
@@ -445,7 +468,7 @@ def make_report(
                                "Free space or choose another --out") from exc
 
 
-def _sections(results, store, why_no_store, groups, figs, run_info, chosen, file_elements, label_elements, resolution, drawn):
+def _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source, resolution, drawn):
     by_name: dict[str, list[Path]] = {}
     for p in figs:
         by_name.setdefault(p.stem.split("_page")[0], []).append(p)
@@ -473,9 +496,7 @@ def _sections(results, store, why_no_store, groups, figs, run_info, chosen, file
         res_notes.append(f"Metadata and calibration not shown: {why_no_store}.")
     sections.append(("Results", {k: v for k, v in res_rows.items() if v}, [], res_notes))
     acq = acquisition_rows(store)
-    src = ("--elements / the elements argument" if chosen is not None else
-           "the files' element lists" if file_elements else "none given: every element's lines")
-    acq["elements used for line labels"] = (", ".join(label_elements) if label_elements else "all") + f" ({src})"
+    acq["elements used for line labels"] = (", ".join(label_elements) if label_elements else "all") + f" ({elements_source})"
     if resolution is not None:
         acq["detector resolution used for labels"] = format_number(resolution, "eV", sig=3) + " at Mn Ka"
     if store is not None or acq:

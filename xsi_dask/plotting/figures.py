@@ -223,8 +223,8 @@ def draw_scree(svd: xr.Dataset, *, max_ranks: int = SCREE_MAX_RANKS) -> Figure:
     ax = fig.subplots()
     if v["eigen"] is not None:
         ev = v["eigen"][:max_ranks]
-        shown = f"{ev.size} of {v['n_eigen']}" if ev.size < v["eigen"].size else f"{ev.size}"
-        cut = f"; {v['n_roundoff']} below round-off not shown" if v["n_roundoff"] else ""
+        shown = f"first {ev.size} of {v['eigen'].size}" if ev.size < v["eigen"].size else f"{ev.size}"
+        cut = f" above round-off; {v['n_roundoff']} below not shown" if v["n_roundoff"] else ""
         ax.semilogy(np.arange(ev.size), ev, ".", color="0.55", ms=4, label=f"gram eigenvalues ({shown}{cut})")
     evr = v["evr"]
     pos = evr > 0
