@@ -3,6 +3,7 @@ loss against the iteration, the scree cut at round-off, formatted numbers, and `
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from html.parser import HTMLParser
@@ -16,7 +17,7 @@ from distributed import LocalCluster
 
 import xsi_dask
 from xsi_dask.cli.main import main
-from xsi_dask.errors import InputFileNotFoundError, NotOurOutputError, ParameterError, StoreFormatError
+from xsi_dask.errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError
 from xsi_dask.io.results import write_results
 from xsi_dask.plotting import build, figures
 from xsi_dask.plotting.formatting import format_number, format_seconds, format_value
@@ -220,7 +221,7 @@ def test_run_with_a_relative_out(tmp_path, monkeypatch, store, captured):
     assert _index(_map_titles(captured, "nmf_abundances")) == [0, 1]
     page = _parse(report)
     assert page.headings[0] == "Run" and page.rows["time: SVD"].endswith(" s")
-    assert page.rows["components kept"] == "10" and page.rows["endmembers"] == "2"
+    assert page.rows["components kept"] == "10" and page.rows["endmembers"].split()[0] == "2"
     # every figure file of the folder is in the report (no page left out, no stale file)
     assert names == {p.name for p in (work / "rel" / "run" / "figures").iterdir()}
 
@@ -272,6 +273,7 @@ def test_convergence_recorded_or_inferred():
     assert figures.nmf_converged(_nmf_ds(it, loss, n_iter=20, max_iter=20, tol=1e-4))[0] is False
     assert figures.nmf_converged(_nmf_ds(it, loss, n_iter=12, max_iter=20, tol=1e-4))[0] is True
     assert figures.nmf_converged(_nmf_ds(it, loss, n_iter=20, max_iter=20, tol=0.0))[0] is None
+    assert figures.nmf_converged(_nmf_ds(it, loss, converged=False, n_iter=20, max_iter=20, tol=0.0))[0] is None
     assert figures.nmf_converged(_nmf_ds(it, loss))[0] is None
     title = figures.draw_loss(_nmf_ds(it, loss, converged=False, n_iter=20, max_iter=20, tol=1e-4)).axes[0].get_title()
     assert "NOT converged" in title and "max_iter = 20" in title
@@ -340,7 +342,7 @@ def test_report_command_after_decompose_and_nmf(tmp_path, monkeypatch, store, ca
         assert main(["decompose", str(store.path), "--out", "res.zarr", "--components", "2", *sched]) == 0
         assert main(["nmf", str(store.path), "--out", "res.zarr", "--components", "3", "--max-iter", "5", *sched]) == 0
     captured.clear()
-    assert main(["report", "res.zarr", "--elements", "fe,Cr", "--per-page", "2"]) == 0  # default: beside res.zarr
+    assert main(["report", "res.zarr", "--elements", "cr,Fe", "--per-page", "2"]) == 0  # default: beside res.zarr
     report = tmp_path / "report.html"
     names = {f.name for f in _assert_images_resolve(report)}
     assert names == {"scree.png", "loadings.png", "scores.png", "nmf_spectra.png", "nmf_spectra_page2.png", "nmf_abundances.png",
@@ -349,7 +351,7 @@ def test_report_command_after_decompose_and_nmf(tmp_path, monkeypatch, store, ca
     assert _index(_spectrum_names(captured, "nmf_spectra")) == [0, 1, 2]
     page = _parse(report)
     assert page.headings == ["Results", "Acquisition", "Calibration", "Data analysed", "Poisson-scaled SVD", "NMF"]
-    assert page.rows["elements used for line labels"] == "Fe, Cr (given to the report)"
+    assert page.rows["elements used for line labels"] == "Cr, Fe (given to the report)"
     nmf = xr.open_zarr(tmp_path / "res.zarr", group="nmf")
     assert page.rows["iterations run"] == f"{nmf.attrs['n_iter']} of max_iter 5"
     # the loss figure of the command is drawn against the stored iteration numbers
@@ -369,7 +371,7 @@ def test_report_refusals(tmp_path, store, capsys):
         build.make_report(res, tmp_path / "mine")
     assert (tmp_path / "mine" / "report.html").read_text() == "<html>my notes</html>"
     assert not (tmp_path / "mine" / "figures").exists()
-    with pytest.raises(ParameterError, match="'Xx' is not an element symbol"):
+    with pytest.raises(ParameterError, match="'Xx' is not .*element symbol"):
         build.make_report(res, tmp_path / "o", elements="Fe,Xx")
     with pytest.raises(ParameterError, match="max_per_page"):
         build.make_report(res, tmp_path / "o", max_per_page=0)
@@ -379,6 +381,21 @@ def test_report_refusals(tmp_path, store, capsys):
     # a report of ours is replaced
     build.make_report(res, tmp_path / "o")
     build.make_report(res, tmp_path / "o")
+
+
+def test_a_full_disk_is_the_package_error(tmp_path, monkeypatch):
+    import xsi_dask.plotting.report as report_mod
+
+    res = tmp_path / "r.zarr"
+    write_results(res, {"nmf": _nmf_ds([0, 5], [2.0, 1.0], n_iter=5, max_iter=5, tol=0.0)})
+
+    def full(path, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(report_mod, "write_report", full)
+    out = tmp_path / "o"
+    with pytest.raises(OutputWriteError, match=re.escape(f"{out}: cannot be written: the disk is full ({out / 'report.html'})")):
+        build.make_report(res, out)
 
 
 def test_acquisition_rows_across_files():
@@ -408,7 +425,8 @@ def test_report_shows_what_the_results_record(tmp_path, store):
     m = xsi_dask.open_montage(store)
     svd = xsi_dask.decompose(m, 4, solver="gram")
     ev = svd["eigenvalues"].values
-    view = {"energy_range": [0.2, 2.5], "zero_peak_cutoff": 0.1862, "bin": 2, "elements": ["O", "Al"]}
+    view = {"energy_range": [0.2, 2.5], "zero_peak_cutoff": 0.1862, "bin": 2, "elements": ["Al", "O"],
+            "counts_per_pixel": 812.54321}
     svd.attrs.update(n_significant=2, noise_edge=float(ev[2]), n_significant_is_lower_bound=False, **view)
     nmf = _nmf_ds([0, 10, 14], [3.0, 2.0, 1.99], converged=True, n_iter=14, max_iter=200, tol=1e-4,
                   n_components_source="n_significant", **view)
@@ -422,7 +440,8 @@ def test_report_shows_what_the_results_record(tmp_path, store):
     assert r["binning"] == "2 x 2 pixels summed"
     cpp = store.attrs["total_counts"] / 144
     assert r["counts per 2 x 2 binned pixel (mean, all channels)"] == format_number(4 * cpp)
-    assert r["elements used for line labels"] == "O, Al (recorded in the results: --elements of the analysis)"
+    assert r["counts per 2 x 2 binned pixel (mean, channels analysed)"] == "812.5"
+    assert r["elements used for line labels"] == "Al, O (recorded in the results: --elements of the analysis)"
     assert r["n_significant (components above the noise)"].startswith("2 (")
     total = svd.attrs["total_scaled_variance"]
     assert r["noise edge"] == (f"{format_number(float(ev[2]))} (eigenvalue of the scaled gram); "

@@ -25,7 +25,7 @@ from . import report as _report
 from .figures import PER_PAGE, component_titles, loss_curve, nmf_converged, save_all, scree_values
 from .formatting import format_number, format_seconds
 
-__all__ = ["acquisition_rows", "calibration_rows", "make_report", "parse_elements"]
+__all__ = ["acquisition_rows", "calibration_rows", "make_report", "parse_elements", "source_elements"]
 
 _SOURCE = {"given": "given", "n_significant": "from the data: the SVD's n_significant", "default": "the default"}
 _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}
@@ -288,9 +288,10 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         total = None if store is None else store.n_tiles
         rows["tiles analysed"] = f"{nt}" + (f" of {total}" if total is not None and total != nt else "")
     notes = []
-    if a.get("counts_per_pixel") is not None:
-        rows["counts per pixel (mean, analysed)"] = format_number(_num(a["counts_per_pixel"]), sig=4)
-    elif store is not None:
+    if a.get("counts_per_pixel") is not None:  # recorded by the analysis: per (binned) pixel, kept channels only
+        where = f"per {binned} x {binned} binned pixel" if binned > 1 else "per pixel"
+        rows[f"counts {where} (mean, channels analysed)"] = format_number(_num(a["counts_per_pixel"]), sig=4)
+    if store is not None:
         tiles = np.asarray(ds["tile"].values, dtype=int) if "tile" in ds.coords else np.arange(store.n_tiles)
         counts = sum(int(store.tiles[t]["total_counts"]) for t in tiles if 0 <= t < store.n_tiles)
         cpp = counts / max(1, len(tiles) * store.pixels_per_tile)

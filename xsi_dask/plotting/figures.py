@@ -267,19 +267,20 @@ def loss_curve(nmf: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
 def nmf_converged(nmf: xr.Dataset) -> tuple[bool | None, str]:
     """Whether the NMF met its tolerance, and how that is known.
 
+    None with ``tol = 0`` (no test: ``max_iter`` iterations are run);
     ``attrs["converged"]`` when recorded; else inferred: stopping before
     ``max_iter`` with ``tol > 0`` means the relative loss change fell below
     ``tol``; running all ``max_iter`` iterations means it did not (or only
-    just); None when the attributes do not tell or ``tol`` is 0 (no test).
+    just); None when the attributes do not tell.
     """
     a = nmf.attrs
+    n, mx, tol = a.get("n_iter"), a.get("max_iter"), a.get("tol")
+    if tol is not None and float(tol) <= 0:
+        return None, "no test (tol = 0: runs max_iter iterations)"
     if a.get("converged") is not None:
         return bool(a["converged"]), "recorded"
-    n, mx, tol = a.get("n_iter"), a.get("max_iter"), a.get("tol")
     if n is None or mx is None or tol is None:
         return None, "not recorded"
-    if float(tol) <= 0:
-        return None, "no test (tol = 0: runs max_iter iterations)"
     if int(n) < int(mx):
         return True, "not recorded; inferred: stopped before max_iter"
     return False, "not recorded; inferred: ran all max_iter iterations"
