@@ -199,6 +199,22 @@ def test_image_src_is_relative_to_the_report(tmp_path, monkeypatch):
     assert image_src(tmp_path / "x" / "f.png", "y/report.html") == "../x/f.png"
 
 
+def test_write_report_escapes_html(tmp_path):
+    from xsi_dask.plotting.report import is_our_report, write_report
+
+    fig = tmp_path / "figures" / "it's <a>.png"
+    fig.parent.mkdir()
+    fig.write_bytes(b"")
+    out = write_report(tmp_path / "report.html", title="<script>x</script> & co",
+                       sections=[("A <b>", {"k<": "v & <i>", "n": 0.0002842200919985771}, [fig], ["note <u>"])])
+    text = out.read_text()
+    assert "<script>" not in text and "<b>" not in text and "<i>" not in text and "<u>" not in text
+    page = _parse(out)
+    assert page.headings == ["A <b>"] and page.rows == {"k<": "v & <i>", "n": "2.842 × 10⁻⁴"} and page.notes == ["note <u>"]
+    assert page.images == ["figures/it%27s%20%3Ca%3E.png"] and _assert_images_resolve(out) == [fig]
+    assert is_our_report(out) and not out.with_name(".report.html.tmp").exists()
+
+
 def test_run_with_a_relative_out(tmp_path, monkeypatch, store, captured):
     """`xsi-dask run --out rel/run` from another folder: every image resolves relative to the report;
     10 SVD components: all 10 are drawn, on two pages of loadings and two of score maps."""
