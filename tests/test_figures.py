@@ -47,7 +47,7 @@ def test_drawing_does_not_import_pyplot(tmp_path):
     code = (
         "import sys\nfrom pathlib import Path\nimport numpy as np, xarray as xr\n"
         "from xsi_dask.plotting import figures\n"
-        f"figures.scree(xr.Dataset({{'explained_variance_ratio': ('component', np.array([0.5, 0.2, 0.1]))}}), "
+        f"figures.save(figures.draw_scree(xr.Dataset({{'explained_variance_ratio': ('component', np.array([0.5, 0.2, 0.1]))}})), "
         f"Path({str(tmp_path / 's.png')!r}))\n"
         "assert 'matplotlib.pyplot' not in sys.modules\nprint('ok')"
     )
@@ -125,7 +125,7 @@ def test_save_all_writes_every_figure(tmp_path, svd, nmf):
         "loadings.png": (9, 1.6 * 5 + 0.8),
         "scores.png": (3.2 * 4, 3.2 * 2 * 0.75 + 0.6),
         "nmf_spectra.png": (9, 1.6 * 3 + 0.8),
-        "nmf_abundances.png": (3.2 * 3, 3.2 * 1 * 0.75 + 0.6),
+        "nmf_abundances.png": (max(3.2 * 3, 6.4), 3.2 * 1 * 0.75 + 0.6),
         "nmf_rgb.png": (6, 6 * 0.75 + 0.6),
         "nmf_loss.png": (5.5, 3.5),
     }
@@ -134,14 +134,40 @@ def test_save_all_writes_every_figure(tmp_path, svd, nmf):
 
 
 def test_each_figure_on_its_own(tmp_path, svd, nmf):
-    figures.scree(svd.drop_vars("eigenvalues"), tmp_path / "scree.png")
+    figures.save(figures.draw_scree(svd.drop_vars("eigenvalues")), tmp_path / "scree.png")
     _check_png(tmp_path / "scree.png", (6.5, 4))
     e = svd["energy"].values
-    figures.spectra(e, nmf["spectra"].values, tmp_path / "sp.png", title="t", ylabel="y", max_curves=2)
+    figures.save(figures.draw_spectra(e, nmf["spectra"].values[:2], title="t", ylabel="y"), tmp_path / "sp.png")
     _check_png(tmp_path / "sp.png", (9, 1.6 * 2 + 0.8))
     mos = figures.mosaic(nmf["abundances"], max_px=16)  # 24 x 32 px, block-averaged by 2
     assert mos.shape == (12, 16, 3) and np.isfinite(mos).all()
-    figures.map_grid(mos[:, :, :1], tmp_path / "one.png", title="one map")
-    _check_png(tmp_path / "one.png", (3.2, 3.2 * 0.75 + 0.6))
-    figures.rgb_overlay(mos, tmp_path / "rgb.png", components=(2, 1, 0))
+    figures.save(figures.draw_maps(mos[:, :, :1], title="one map"), tmp_path / "one.png")
+    _check_png(tmp_path / "one.png", (6.4, 3.2 * 0.75 + 0.6))
+    figures.save(figures.draw_rgb(mos, components=(2, 1, 0)), tmp_path / "rgb.png")
     _check_png(tmp_path / "rgb.png", (6, 6 * 0.75 + 0.6))
+    figures.save(figures.draw_loss(nmf), tmp_path / "loss.png")
+    _check_png(tmp_path / "loss.png", (5.5, 3.5))
+
+
+def test_pages():
+    assert figures.pages(10, 8) == [range(0, 8), range(8, 10)]
+    assert figures.pages(8, 8) == [range(0, 8)]
+    assert figures.pages(3, 1) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert figures.pages(0, 8) == []
+    with pytest.raises(ValueError, match="per_page"):
+        figures.pages(3, 0)
+
+
+def test_every_component_on_some_page(tmp_path, svd, nmf):
+    """5 loadings, 3 endmembers, 2 a page: 3 + 2 pages of each kind, and every panel titled by its component."""
+    paths = figures.save_all(tmp_path, svd, nmf, per_page=2)
+    names = [p.name for p in paths]
+    assert names == ["scree.png", "loadings.png", "loadings_page2.png", "loadings_page3.png", "scores.png", "scores_page2.png",
+                     "scores_page3.png", "nmf_spectra.png", "nmf_spectra_page2.png", "nmf_abundances.png",
+                     "nmf_abundances_page2.png", "nmf_rgb.png", "nmf_loss.png"]
+    _check_png(tmp_path / "loadings_page3.png", (9, 1.6 * 1 + 0.8))  # the fifth loading alone
+    _check_png(tmp_path / "scores_page3.png", (6.4, 3.2 * 0.75 + 0.6))
+    # the component names are those of component_titles, in order
+    titles = figures.component_titles(svd["energy"].values, svd["loadings"].values)
+    assert [t.split()[0] for t in titles] == ["#0", "#1", "#2", "#3", "#4"]
+    assert "Fe Ka" in titles[0]  # 6.40 keV

@@ -137,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every chunk, checksum, CSR array and total of a montage store")
     p.add_argument("store", metavar="STORE.zarr")
+
+    p = sub.add_parser(
+        "report", help="figures and report.html of a results store (after decompose and/or nmf)",
+        epilog="example: xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
+    )
+    p.add_argument("results", metavar="RESULTS.zarr", help="results store written by decompose, nmf or run")
+    p.add_argument("--out", metavar="DIR", help="folder of report.html and figures/ (default: the folder holding RESULTS.zarr)")
+    p.add_argument("--elements", metavar="EL,EL", help="label peaks with these elements' X-ray lines, e.g. Fe,Cr "
+                                                     "(default: the element list of the source files)")
+    p.add_argument("--per-page", type=int, default=8, metavar="N", help="components per figure (default 8; all are shown)")
+    p.add_argument("--title", help="report title (default from the source file names)")
     return parser
 
 
@@ -296,6 +307,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..plotting.build import make_report
+
+    path = make_report(args.results, args.out, title=args.title, elements=args.elements, max_per_page=args.per_page)
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS = {
     "ingest": _cmd_ingest,
     "info": _cmd_info,
@@ -305,6 +324,7 @@ COMMANDS = {
     "nmf": _cmd_nmf,
     "clean": _cmd_clean,
     "verify": _cmd_verify,
+    "report": _cmd_report,
 }
 
 

@@ -400,8 +400,8 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
     from ..io.ingest import ingest
     from ..io.results import open_results, write_results
     from ..io.store import MontageStore, atomic_output
-    from ..plotting.figures import save_all
-    from ..plotting.report import write_report
+    from ..plotting.build import make_report
+    from ..plotting.formatting import format_seconds
 
     results = out / "results.zarr"
     timings: dict[str, float] = {}
@@ -435,10 +435,7 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
         _nmf(montage, nmf, init, staged, progress)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
         n_workers = len(worker_addresses())  # scheduler_info() lists only a few workers in some releases
-    t = time.perf_counter()
-    svd_r, nmf_r = open_results(results, "svd"), open_results(results, "nmf")
-    figs = save_all(out / "figures", svd_r, nmf_r)
-    timings["figures"] = time.perf_counter() - t
+    nmf_r = open_results(results, "nmf")
     passes = {"svd": int(svd_ds.attrs["passes"]), "nmf": int(nmf_r.attrs["passes"])}
 
     names = [str(p) for p in sources] or [str(layout.manifest)]
@@ -459,19 +456,14 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
         "parameters": str(config),
         "xsi_dask": __version__,
     }
-    data = {k: info[k] for k in ("tiles", "shape", "nnz", "fraction_nonzero", "total_counts", "counts_per_pixel")}
-    by_name = {p.stem: p for p in figs}
     first = Path(names[0]).name
-    report = write_report(
-        out / "report.html",
-        title=f"xsi_dask run: {first}" + (f" and {len(names) - 1} more" if len(names) > 1 else ""),
-        sections=[
-            ("Run", {**params, **{f"time: {k}": f"{v:.2f} s" for k, v in timings.items()}}, []),
-            ("Data", data, []),
-            ("Poisson-scaled SVD", {}, [by_name[n] for n in ("scree", "loadings", "scores") if n in by_name]),
-            ("NMF", {}, [by_name[n] for n in ("nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss") if n in by_name]),
-        ],
+    t = time.perf_counter()
+    report = make_report(
+        results, out, title=f"xsi_dask run: {first}" + (f" and {len(names) - 1} more" if len(names) > 1 else ""),
+        run_info={**params, **{f"time: {k}": format_seconds(v) for k, v in timings.items()}},
     )
+    timings["figures and report"] = time.perf_counter() - t
+    figs = sorted((out / "figures").glob("*.png"))
     return RunResult(
         out=out, report=Path(report), results=results, store=Path(store.path), config=config, figures=tuple(figs),
         timings=timings, passes=passes, nmf_init=init_text,

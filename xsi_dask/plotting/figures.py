@@ -1,4 +1,9 @@
-"""Figures of a decomposition: scree, spectra with X-ray lines, montage mosaics, RGB overlay.
+"""Figures of a decomposition: scree, spectra with X-ray lines, montage mosaics, RGB overlay, NMF loss.
+
+Every ``draw_*`` function returns a :class:`matplotlib.figure.Figure` (tests
+inspect its artists); :func:`save` writes one as PNG and :func:`save_all`
+writes the whole set, in pages: every component is shown, ``per_page`` to a
+figure, as many figures as needed.
 
 Maps are assembled into the montage mosaic tile by tile from the (lazy) result
 arrays and block-averaged to at most ``max_px`` pixels a side, so a figure of a
@@ -7,66 +12,346 @@ terabyte montage needs only a few tiles in memory at a time.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from .formatting import format_number
 from .lines import label_peaks
 
 # Figures are built on matplotlib.figure.Figure directly (no pyplot, no backend switch):
 # nothing global is touched, so importing this module leaves a Jupyter session's backend alone,
 # and a Figure without a pyplot manager is freed by garbage collection like any object.
 
-__all__ = ["map_grid", "mosaic", "rgb_overlay", "save_all", "scree", "spectra"]
+__all__ = [
+    "FIGURE_NAME",
+    "PER_PAGE",
+    "component_labels",
+    "component_titles",
+    "draw_loss",
+    "draw_maps",
+    "draw_rgb",
+    "draw_scree",
+    "draw_spectra",
+    "loss_curve",
+    "mosaic",
+    "nmf_converged",
+    "pages",
+    "roundoff_rank",
+    "save",
+    "save_all",
+    "scree_values",
+]
 
 _DPI = 110
+PER_PAGE = 8
+"""Components per figure (spectra stacked, maps on a grid of 4 columns)."""
+SCREE_MAX_RANKS = 200
+"""At most this many gram eigenvalues are drawn on the scree (the caption says how many there are)."""
+FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf_rgb|nmf_loss)(_page\d+)?\.png")
+"""Names of the figure files :func:`save_all` writes (first page ``loadings.png``, then ``loadings_page2.png``, ...)."""
 
 
-def scree(svd: xr.Dataset, path: Path) -> Path:
-    """Log-scale scree: explained variance ratio per component (every rank with the gram solver)."""
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.subplots()
-    total = svd.attrs.get("total_scaled_variance") or 1.0
-    if "eigenvalues" in svd:
-        ev = np.asarray(svd["eigenvalues"].values)[:200] / total
-        ax.semilogy(np.arange(ev.size), ev, ".", color="0.6", ms=4, label="all eigenvalues (gram)")
-    evr = np.asarray(svd["explained_variance_ratio"].values)
-    ax.semilogy(np.arange(evr.size), evr, "o-", color="C0", ms=5, label="kept components")
-    ax.set_xlabel("component")
-    ax.set_ylabel("explained variance ratio")
-    ax.set_title(f"Scree ({svd.attrs.get('method', 'SVD')}, {svd.attrs.get('solver', '')} solver)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(frameon=False)
-    fig.tight_layout()
+# ---- the one labelling of components ----
+
+def component_labels(energy, curves, *, elements: Sequence[str] | None = None,
+                     resolution_mnka_ev: float | None = None) -> list[str]:
+    """Names of the components' main X-ray lines ("Al Ka, Ag La"), one per component; "" for none.
+
+    Every figure title, map title and report row takes its component names
+    from here, so one peak has one name everywhere.
+
+    .. note:: a shim over :func:`xsi_dask.plotting.lines.label_peaks` (which
+       knows no element list: ``elements`` and ``resolution_mnka_ev`` are not
+       used yet) until ``lines.component_labels`` lands; then this function
+       becomes ``from .lines import component_labels``.
+
+    Parameters
+    ----------
+    energy : array of shape (channels,)
+        Energy axis, keV.
+    curves : array of shape (component, channels)
+        Spectra or loadings (signed: peaks are found on the magnitude).
+    elements : sequence of str, optional
+        Element symbols whose lines may name a peak.
+    resolution_mnka_ev : float, optional
+        Detector FWHM at Mn Ka, eV.
+
+    Returns
+    -------
+    list of str
+        The two most prominent labelled peaks of each component, joined by ", ".
+    """
+    energy = np.asarray(energy)
+    names = []
+    for y in np.asarray(curves):
+        peaks = [(abs(h), lab) for _, h, lab in label_peaks(energy, y) if lab]
+        names.append(", ".join(lab for _, lab in sorted(peaks, reverse=True)[:2]))
+    return names
+
+
+def _peak_annotations(energy, y, *, elements=None, resolution_mnka_ev=None) -> list[tuple[float, float, str]]:
+    """(energy, height, label) of the peaks drawn on a spectrum; the same line data as :func:`component_labels`."""
+    return [(e, h, lab) for e, h, lab in label_peaks(np.asarray(energy), y) if lab]
+
+
+def component_titles(energy, curves, *, elements: Sequence[str] | None = None,
+                     resolution_mnka_ev: float | None = None) -> list[str]:
+    """``#i Al Ka, Ag La`` for each component: its index and :func:`component_labels` (``#i`` alone without a label)."""
+    labels = component_labels(energy, curves, elements=elements, resolution_mnka_ev=resolution_mnka_ev)
+    return [f"#{i} {lab}".rstrip() for i, lab in enumerate(labels)]
+
+
+# ---- paging ----
+
+def pages(n: int, per_page: int = PER_PAGE) -> list[range]:
+    """Component indices of each page: ``range(0, 8), range(8, 10)`` for 10 components, 8 a page."""
+    per_page = int(per_page)
+    if per_page < 1:
+        raise ValueError(f"per_page must be at least 1; got {per_page}")
+    return [range(i, min(i + per_page, n)) for i in range(0, n, per_page)]
+
+
+def _page_name(stem: str, page: int) -> str:
+    return f"{stem}.png" if page == 0 else f"{stem}_page{page + 1}.png"
+
+
+def _of(idx: range, n: int) -> str:
+    """`` (components 8-9 of 10)`` when ``idx`` is not all of them, else ""."""
+    if len(idx) == n:
+        return ""
+    first, last = idx[0], idx[-1]
+    return f" (component{'s' if last > first else ''} {first}{f'-{last}' if last > first else ''} of {n})"
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path``; the path."""
+    path = Path(path)
     fig.savefig(path, dpi=_DPI)
     return path
 
 
-def spectra(energy: np.ndarray, curves: np.ndarray, path: Path, *, title: str, ylabel: str, max_curves: int = 8) -> Path:
-    """Stacked spectra (component, energy) against keV, peaks labelled with X-ray lines."""
-    curves = np.asarray(curves)[:max_curves]
+# ---- scree ----
+
+def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
+    """How many leading eigenvalues of a symmetric (gram) matrix stand above round-off.
+
+    An eigenvalue below ``M * eps * max`` (``M`` eigenvalues, ``eps`` the
+    float64 machine epsilon) is indistinguishable from zero in a float64
+    eigendecomposition of an M x M matrix (Golub & Van Loan, *Matrix
+    Computations*, 4th ed., §8.1: eigenvalues are computed to ``eps * ||A||``);
+    a rank-deficient map's gram spectrum runs down to 1e-134 below that.
+
+    Parameters
+    ----------
+    eigenvalues : array of shape (M,)
+        Eigenvalues, largest first.
+    rank : int, optional
+        The count recorded by the solver (``attrs["eigenvalues_roundoff_rank"]``),
+        used instead of the threshold when given.
+
+    Returns
+    -------
+    int
+    """
+    ev = np.asarray(eigenvalues, dtype=float)
+    if rank is not None:
+        return int(min(max(int(rank), 0), ev.size))
+    if ev.size == 0 or not np.any(ev > 0):
+        return 0
+    cut = ev.size * np.finfo(np.float64).eps * float(np.max(ev))
+    return int(np.count_nonzero(ev > cut))
+
+
+def _attr_number(attrs, name):
+    v = attrs.get(name)
+    try:
+        return None if v is None or isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def scree_values(svd: xr.Dataset) -> dict:
+    """What the scree draws, as numbers (explained variance ratios, round-off cut, noise edge).
+
+    Returns
+    -------
+    dict
+        ``evr``: the kept components' explained variance ratios;
+        ``eigen``: gram eigenvalues / total scaled variance above round-off
+        (None without the gram solver); ``n_eigen``: how many eigenvalues
+        there are; ``n_roundoff``: how many were cut as round-off;
+        ``edge``: the noise edge ``attrs["noise_edge"]`` (an eigenvalue of
+        the scaled gram, as ``eigenvalues``) over the total scaled variance,
+        or None; ``n_significant``: ``attrs["n_significant"]`` or None.
+    """
+    a = svd.attrs
+    total = _attr_number(a, "total_scaled_variance") or 1.0
+    evr = np.asarray(svd["explained_variance_ratio"].values, dtype=float)
+    out = {"evr": evr, "eigen": None, "n_eigen": 0, "n_roundoff": 0, "edge": None, "n_significant": None}
+    if "eigenvalues" in svd:
+        ev = np.asarray(svd["eigenvalues"].values, dtype=float)
+        rank = a.get("eigenvalues_roundoff_rank")
+        keep = roundoff_rank(ev, rank=None if rank is None else int(rank))
+        out.update(eigen=ev[:keep] / total, n_eigen=int(ev.size), n_roundoff=int(ev.size - keep))
+    edge = a.get("noise_edge")
+    if edge is not None:
+        edge = np.atleast_1d(np.asarray(edge, dtype=float)) / total
+        out["edge"] = edge
+    if a.get("n_significant") is not None:
+        out["n_significant"] = int(a["n_significant"])
+    return out
+
+
+def draw_scree(svd: xr.Dataset, *, max_ranks: int = SCREE_MAX_RANKS) -> Figure:
+    """Log-scale scree: explained variance ratio per rank, round-off cut, noise band and n_significant.
+
+    Gram eigenvalues (``solver="gram"``) are drawn down to round-off
+    (:func:`roundoff_rank`), at most ``max_ranks`` of them (the legend says
+    how many there are); the kept components' ratios on top. With
+    ``attrs["noise_edge"]`` the band at and below the noise edge is shaded
+    (one value: the edge; two: the band between them); with
+    ``attrs["n_significant"]`` a vertical line separates the significant
+    components from the rest.
+    """
+    v = scree_values(svd)
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    if v["eigen"] is not None:
+        ev = v["eigen"][:max_ranks]
+        shown = f"first {ev.size} of {v['eigen'].size}" if ev.size < v["eigen"].size else f"{ev.size}"
+        cut = f" above round-off; {v['n_roundoff']} below not shown" if v["n_roundoff"] else ""
+        ax.semilogy(np.arange(ev.size), ev, ".", color="0.55", ms=4, label=f"gram eigenvalues ({shown}{cut})")
+    evr = v["evr"]
+    pos = evr > 0
+    ax.semilogy(np.arange(evr.size)[pos], evr[pos], "o-", color="C0", ms=5, label="kept components")
+    if v["edge"] is not None:
+        edge = v["edge"]
+        bottom, top = ax.get_ylim()
+        bottom = min(bottom, float(edge.min()) / 3)
+        lo, hi = (bottom, float(edge.max())) if edge.size == 1 else (float(edge.min()), float(edge.max()))
+        ax.axhspan(lo, hi, color="C3", alpha=0.12, lw=0, label=f"noise band (edge {format_number(hi)})")
+        ax.axhline(hi, color="C3", lw=0.8, ls="--")
+        ax.set_ylim(bottom, max(top, hi * 3))
+    if v["n_significant"] is not None:
+        n = v["n_significant"]
+        ax.axvline(n - 0.5, color="C2", lw=1.0, ls=":", label=f"n_significant = {n}")
+    ax.set_xlabel("component (rank)")
+    ax.set_ylabel("explained variance ratio")
+    ax.set_title(f"Scree ({svd.attrs.get('method', 'SVD')}, {svd.attrs.get('solver', '')} solver)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---- NMF loss ----
+
+def loss_curve(nmf: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, loss): the NMF objective against the iteration it was recorded after.
+
+    The loss is recorded every ``loss_every`` iterations and after the last
+    (``iteration = 0, 10, ..., 50, 51``); without an ``iteration`` coordinate
+    (older results) the index stands in.
+    """
+    loss = np.asarray(nmf["loss"].values, dtype=float)
+    dim = nmf["loss"].dims[0]
+    it = np.asarray(nmf[dim].values) if dim in nmf.coords else np.arange(loss.size)
+    return it, loss
+
+
+def nmf_converged(nmf: xr.Dataset) -> tuple[bool | None, str]:
+    """Whether the NMF met its tolerance, and how that is known.
+
+    None with ``tol = 0`` (no test: ``max_iter`` iterations are run);
+    ``attrs["converged"]`` when recorded; else inferred: stopping before
+    ``max_iter`` with ``tol > 0`` means the relative loss change fell below
+    ``tol``; running all ``max_iter`` iterations means it did not (or only
+    just); None when the attributes do not tell.
+    """
+    a = nmf.attrs
+    n, mx, tol = a.get("n_iter"), a.get("max_iter"), a.get("tol")
+    if tol is not None and float(tol) <= 0:
+        return None, "no test (tol = 0: runs max_iter iterations)"
+    if a.get("converged") is not None:
+        return bool(a["converged"]), "recorded"
+    if n is None or mx is None or tol is None:
+        return None, "not recorded"
+    if int(n) < int(mx):
+        return True, "not recorded; inferred: stopped before max_iter"
+    return False, "not recorded; inferred: ran all max_iter iterations"
+
+
+def _convergence_text(nmf: xr.Dataset) -> str:
+    a = nmf.attrs
+    conv, _ = nmf_converged(nmf)
+    tol = f"tol {format_number(float(a['tol']))}" if a.get("tol") is not None else "tol ?"
+    n = a.get("n_iter")
+    if conv is True:
+        return f"converged after {n} iterations ({tol})"
+    if conv is False:
+        return f"NOT converged: stopped at max_iter = {a.get('max_iter')} above {tol}"
+    return f"convergence: {nmf_converged(nmf)[1]}"
+
+
+def draw_loss(nmf: xr.Dataset) -> Figure:
+    """NMF loss against the iteration number (:func:`loss_curve`), with its convergence in the title."""
+    it, loss = loss_curve(nmf)
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
+    if np.all(loss > 0):
+        ax.semilogy(it, loss, ".-")
+    else:  # a loss of 0 or below (a perfect or a Frobenius fit of centred data) has no log
+        ax.plot(it, loss, ".-")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    conv, _ = nmf_converged(nmf)
+    ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})\n{_convergence_text(nmf)}", fontsize=9,
+                 color="C3" if conv is False else "black")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ---- spectra ----
+
+def draw_spectra(energy, curves, *, title: str, ylabel: str, names: Sequence[str] | None = None,
+                 elements: Sequence[str] | None = None, resolution_mnka_ev: float | None = None) -> Figure:
+    """Stacked spectra (component, energy) against keV, one panel each, peaks labelled with X-ray lines.
+
+    ``names`` (one per curve, e.g. ``"#3 Al Ka"``) label the panels; peaks
+    are annotated from the same line data as :func:`component_labels`.
+    """
+    energy = np.asarray(energy)
+    curves = np.atleast_2d(np.asarray(curves, dtype=float))
     n = curves.shape[0]
+    names = list(names) if names is not None else [f"#{i}" for i in range(n)]
     fig = Figure(figsize=(9, 1.6 * n + 0.8))
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)
-    e_max = float(energy[np.nonzero(np.abs(curves).max(0) > 0.002 * np.abs(curves).max())[0].max()]) if np.any(curves) else float(energy[-1])
+    mag = np.abs(curves).max(0)
+    e_max = float(energy[np.nonzero(mag > 0.002 * mag.max())[0].max()]) if np.any(curves) else float(energy[-1])
     for i, (ax, y) in enumerate(zip(axes[:, 0], curves)):
         ax.plot(energy, y, lw=0.8, color=f"C{i % 10}")
         ax.axhline(0, color="0.8", lw=0.5)
-        for e, h, label in label_peaks(energy, y):
-            if label:
-                ax.annotate(label, (e, h), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom" if h >= 0 else "top", fontsize=7)
-        ax.set_ylabel(f"#{i}", rotation=0, labelpad=12)
+        for e, h, label in _peak_annotations(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev):
+            ax.annotate(label, (e, h), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom" if h >= 0 else "top", fontsize=7)
+        ax.text(0.995, 0.95, names[i], transform=ax.transAxes, ha="right", va="top", fontsize=8)
         ax.margins(y=0.25)
         ax.set_xlim(max(float(energy[0]), 0.0), min(float(energy[-1]), e_max * 1.05 + 0.5))
-    axes[0, 0].set_title(title)
+    axes[0, 0].set_title(title, fontsize=10)
     axes[-1, 0].set_xlabel("energy (keV)")
     fig.text(0.005, 0.5, ylabel, rotation=90, va="center")
-    fig.tight_layout(rect=(0.02, 0, 1, 1))
-    fig.savefig(path, dpi=_DPI)
-    return path
+    h = fig.get_figheight()  # fixed margins in inches: tight_layout costs as much as drawing the figure
+    fig.subplots_adjust(left=0.085, right=0.985, bottom=0.5 / h, top=1 - 0.35 / h, hspace=0.12)
+    return fig
 
+
+# ---- maps ----
 
 def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
@@ -92,13 +377,14 @@ def mosaic(maps: xr.DataArray, *, max_px: int = 1600) -> np.ndarray:
     return out
 
 
-def map_grid(mos: np.ndarray, path: Path, *, title: str, cmap: str = "viridis", labels: list[str] | None = None, units: str = "") -> Path:
-    """One panel per component of a mosaic (Y, X, component)."""
+def draw_maps(mos: np.ndarray, *, title: str, cmap: str = "viridis", labels: Sequence[str] | None = None,
+              units: str = "", ncol: int = 4) -> Figure:
+    """One panel per component of a mosaic (Y, X, component), ``ncol`` to a row, titled by ``labels``."""
     k = mos.shape[2]
-    ncol = min(k, 4)
+    ncol = min(k, ncol)
     nrow = int(np.ceil(k / ncol))
     aspect = mos.shape[0] / mos.shape[1]
-    fig = Figure(figsize=(3.2 * ncol, 3.2 * nrow * aspect + 0.6))
+    fig = Figure(figsize=(max(3.2 * ncol, 6.4), 3.2 * nrow * aspect + 0.6))
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -115,13 +401,14 @@ def map_grid(mos: np.ndarray, path: Path, *, title: str, cmap: str = "viridis", 
         cb.ax.tick_params(labelsize=7)
         if units:
             cb.set_label(units, fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    return path
+    fig.suptitle(title, fontsize=11)
+    w, h = fig.get_figwidth(), fig.get_figheight()  # fixed margins in inches (tight_layout costs as much as the drawing)
+    fig.subplots_adjust(left=0.15 / w, right=1 - 0.6 / w, bottom=0.1 / h, top=1 - 0.65 / h, wspace=0.3,
+                        hspace=0.35 / max(0.1, h / nrow - 0.45))
+    return fig
 
 
-def rgb_overlay(mos: np.ndarray, path: Path, *, components=(0, 1, 2), labels: list[str] | None = None, title: str = "") -> Path:
+def draw_rgb(mos: np.ndarray, *, components=(0, 1, 2), labels: Sequence[str] | None = None, title: str = "") -> Figure:
     """Three abundance maps as red, green and blue, each scaled to its 99.5th percentile."""
     rgb = np.zeros((*mos.shape[:2], 3))
     for ch, c in enumerate(components[:3]):
@@ -134,49 +421,75 @@ def rgb_overlay(mos: np.ndarray, path: Path, *, components=(0, 1, 2), labels: li
     ax = fig.subplots()
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    names = labels or [f"#{c}" for c in components]
+    names = list(labels) if labels else [f"#{c}" for c in components]
     ax.set_title(title + "  " + "  ".join(f"{col}: {n}" for col, n in zip(("red", "green", "blue"), names)), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    return path
+    return fig
 
 
-def _peak_names(energy: np.ndarray, curves: np.ndarray) -> list[str]:
-    names = []
-    for i, y in enumerate(curves):
-        peaks = [(abs(h), lab) for _, h, lab in label_peaks(energy, y) if lab]
-        top = [lab for _, lab in sorted(peaks, reverse=True)[:2]]
-        names.append(f"#{i} " + ", ".join(top) if top else f"#{i}")
-    return names
+# ---- the whole set ----
+
+def _paged_spectra(folder, stem, energy, curves, names, *, title, ylabel, per_page, elements, resolution) -> list[Path]:
+    n = curves.shape[0]
+    out = []
+    for p, idx in enumerate(pages(n, per_page)):
+        fig = draw_spectra(energy, curves[idx.start : idx.stop], title=title + _of(idx, n), ylabel=ylabel,
+                           names=names[idx.start : idx.stop], elements=elements, resolution_mnka_ev=resolution)
+        out.append(save(fig, folder / _page_name(stem, p)))
+    return out
 
 
-def save_all(folder: Path, svd: xr.Dataset | None = None, nmf: xr.Dataset | None = None, *, max_score_maps: int = 8) -> list[Path]:
-    """Write every figure of the results to ``folder``; return the paths."""
+def _paged_maps(folder, stem, maps: xr.DataArray, names, *, title, per_page, max_px, **kw) -> tuple[list[Path], np.ndarray]:
+    """Map pages, each mosaic assembled from its components only; the paths and the first page's mosaic."""
+    n = maps.sizes["component"]
+    out, first = [], None
+    for p, idx in enumerate(pages(n, per_page)):
+        mos = mosaic(maps.isel(component=slice(idx.start, idx.stop)), max_px=max_px)
+        first = mos if first is None else first
+        fig = draw_maps(mos, title=title + _of(idx, n), labels=names[idx.start : idx.stop], **kw)
+        out.append(save(fig, folder / _page_name(stem, p)))
+    return out, first
+
+
+def save_all(folder: str | Path, svd: xr.Dataset | None = None, nmf: xr.Dataset | None = None, *,
+             per_page: int = PER_PAGE, elements: Sequence[str] | None = None, resolution_mnka_ev: float | None = None,
+             max_px: int = 1600) -> list[Path]:
+    """Write every figure of the results to ``folder``, every component on some page; return the paths.
+
+    SVD: ``scree.png``, ``loadings.png`` and ``scores.png`` (then
+    ``loadings_page2.png``, ... ``per_page`` components each); NMF:
+    ``nmf_spectra.png``, ``nmf_abundances.png`` (paged likewise),
+    ``nmf_rgb.png`` (the first three endmembers) and ``nmf_loss.png``.
+    Component names come from :func:`component_labels` (``elements``,
+    ``resolution_mnka_ev``). Figure files of these names left by an earlier
+    call with more pages are removed, so ``folder`` holds one set.
+    """
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    lab = {"elements": elements, "resolution_mnka_ev": resolution_mnka_ev}
+    paths: list[Path] = []
     if svd is not None:
         e = np.asarray(svd["energy"].values)
-        paths.append(scree(svd, folder / "scree.png"))
-        paths.append(spectra(e, svd["loadings"].values, folder / "loadings.png", title="SVD loadings (unweighted)", ylabel="loading"))
-        k = min(max_score_maps, svd.sizes["component"])
-        mos = mosaic(svd["scores"].isel(component=slice(0, k)))
-        paths.append(map_grid(mos, folder / "scores.png", title="SVD score maps (montage mosaic)", cmap="RdBu_r"))
+        loadings = np.asarray(svd["loadings"].values, dtype=float)
+        names = component_titles(e, loadings, **lab)
+        paths.append(save(draw_scree(svd), folder / "scree.png"))
+        paths += _paged_spectra(folder, "loadings", e, loadings, names, title="SVD loadings (unweighted)", ylabel="loading",
+                                per_page=per_page, elements=elements, resolution=resolution_mnka_ev)
+        paths += _paged_maps(folder, "scores", svd["scores"], names, title="SVD score maps (montage mosaic)",
+                             per_page=per_page, max_px=max_px, cmap="RdBu_r")[0]
     if nmf is not None:
         e = np.asarray(nmf["energy"].values)
-        sp = nmf["spectra"].values
-        names = _peak_names(e, sp)
-        paths.append(spectra(e, sp, folder / "nmf_spectra.png", title="NMF endmember spectra (each sums to 1)", ylabel="fraction of counts"))
-        mos = mosaic(nmf["abundances"])
-        paths.append(map_grid(mos, folder / "nmf_abundances.png", title="NMF abundance maps (montage mosaic)", labels=names, units="counts"))
-        paths.append(rgb_overlay(mos, folder / "nmf_rgb.png", labels=names[:3], title="NMF abundances"))
-        fig = Figure(figsize=(5.5, 3.5))
-        ax = fig.subplots()
-        ax.semilogy(nmf["loss"].values, ".-")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(folder / "nmf_loss.png", dpi=_DPI)
-        paths.append(folder / "nmf_loss.png")
+        sp = np.asarray(nmf["spectra"].values, dtype=float)
+        names = component_titles(e, sp, **lab)
+        paths += _paged_spectra(folder, "nmf_spectra", e, sp, names, title="NMF endmember spectra (each sums to 1)",
+                                ylabel="fraction of counts", per_page=per_page, elements=elements, resolution=resolution_mnka_ev)
+        maps, first = _paged_maps(folder, "nmf_abundances", nmf["abundances"], names,
+                                  title="NMF abundance maps (montage mosaic)", per_page=per_page, max_px=max_px, units="counts")
+        paths += maps
+        paths.append(save(draw_rgb(first, labels=names[:3], title="NMF abundances"), folder / "nmf_rgb.png"))
+        paths.append(save(draw_loss(nmf), folder / "nmf_loss.png"))
+    written = {p.name for p in paths}
+    for old in folder.iterdir():  # pages of an earlier, longer set; figures of a group no longer there
+        if FIGURE_NAME.fullmatch(old.name) and old.name not in written and old.is_file() and not old.is_symlink():
+            old.unlink()
     return paths
