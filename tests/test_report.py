@@ -416,7 +416,8 @@ def test_a_full_disk_is_the_package_error(tmp_path, monkeypatch):
 
 def test_acquisition_rows_across_files():
     class Store:
-        attrs = {"sources": [
+        attrs = {"energy": {"size": 2048, "offset": -0.47, "scale": 0.01}, "pixels": {"scale_y": 1.0, "scale_x": 1.0},
+                 "sources": [
             {"signal_type": "EDS_SEM", "metadata": {"Acquisition_instrument": {"SEM": {
                 "beam_energy": 20.0, "Detector": {"EDS": {"live_time": 9.87654321, "real_time": 19.2}}}},
                 "Sample": {"elements": ["Ag", "Al"]}}},
@@ -431,7 +432,7 @@ def test_acquisition_rows_across_files():
     assert rows["signal type"] == "EDS_SEM (all 2 files)"
     assert build.source_elements(Store()) == ["Ag", "Al", "Cu"]
     assert build.parse_elements(" ag, Cu ,") == ["Ag", "Cu"]
-    with pytest.raises(ParameterError, match="'iron' is not an element symbol"):
+    with pytest.raises(ParameterError, match="'iron' is not a chemical element symbol"):
         build.parse_elements(["iron"])
 
 

@@ -24,48 +24,15 @@ from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError
 from . import report as _report
 from .figures import PER_PAGE, component_titles, loss_curve, nmf_converged, save_all, scree_values
 from .formatting import format_number, format_seconds
+from .lines import parse_elements
 
-__all__ = ["acquisition_rows", "calibration_rows", "make_report", "parse_elements", "source_elements"]
+__all__ = ["acquisition_rows", "calibration_rows", "make_report", "source_elements"]
 
 _SOURCE = {"given": "given", "n_significant": "from the data: the SVD's n_significant", "default": "the default"}
 _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}
 
 
 # ---- inputs ----
-
-def parse_elements(elements: str | Sequence[str] | None) -> list[str] | None:
-    """Element symbols, checked and capitalised: ``"fe, Cr"`` or ``["Fe", "cr"]`` -> ``["Fe", "Cr"]``; None stays None.
-
-    Raises
-    ------
-    ParameterError
-        A name that is not a chemical element symbol (named in the message), or an empty list.
-    """
-    if elements is None:
-        return None
-    import xraydb
-
-    items = elements.split(",") if isinstance(elements, str) else list(elements)
-    items = [str(e).strip() for e in items if str(e).strip()]
-    if not items:
-        raise ParameterError(f"elements: expected element symbols such as Fe,Cr; got {elements!r}")
-    out, bad = [], []
-    for e in items:
-        try:
-            sym = xraydb.atomic_symbol(xraydb.atomic_number(e))
-        except (ValueError, KeyError, TypeError):
-            bad.append(e)
-            continue
-        if sym.lower() != e.lower():  # xraydb also takes names ("iron"): symbols only
-            bad.append(e)
-        elif sym not in out:
-            out.append(sym)
-    if bad:
-        what = "is not an element symbol" if len(bad) == 1 else "are not element symbols"
-        raise ParameterError(f"elements: {', '.join(map(repr, bad))} {what} "
-                             "(expected symbols such as Fe,Cr,Ni)")
-    return out
-
 
 def _open(results: Path) -> dict[str, xr.Dataset]:
     from ..io.results import has_group, open_results
@@ -156,13 +123,12 @@ def _combine(values: list[str], n: int) -> str:
 
 
 def source_elements(store) -> list[str]:
-    """The union, in file order, of the element lists (``Sample.elements``) of the store's source files."""
-    out: list[str] = []
-    for s in _sources(store):
-        for e in _get(s.get("metadata") or {}, "Sample", "elements") or []:
-            if str(e) not in out:
-                out.append(str(e))
-    return out
+    """The union of the element lists (``Sample.elements``) of the store's source files, sorted ([] when none)."""
+    from ..io.metadata import acquisition
+
+    if store is None:  # the montage store is gone: the results' own record is all there is
+        return []
+    return list(acquisition(store.attrs).get("elements") or [])
 
 
 def _label_elements(given: list[str] | None, attrs: Mapping, store) -> tuple[list[str] | None, str]:

@@ -21,7 +21,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from .formatting import format_number
-from .lines import label_peaks
+from .lines import component_labels, label_peaks
 
 # Figures are built on matplotlib.figure.Figure directly (no pyplot, no backend switch):
 # nothing global is touched, so importing this module leaves a Jupyter session's backend alone,
@@ -58,45 +58,10 @@ FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf
 
 # ---- the one labelling of components ----
 
-def component_labels(energy, curves, *, elements: Sequence[str] | None = None,
-                     resolution_mnka_ev: float | None = None) -> list[str]:
-    """Names of the components' main X-ray lines ("Al Ka, Ag La"), one per component; "" for none.
-
-    Every figure title, map title and report row takes its component names
-    from here, so one peak has one name everywhere.
-
-    .. note:: a shim over :func:`xsi_dask.plotting.lines.label_peaks` (which
-       knows no element list: ``elements`` and ``resolution_mnka_ev`` are not
-       used yet) until ``lines.component_labels`` lands; then this function
-       becomes ``from .lines import component_labels``.
-
-    Parameters
-    ----------
-    energy : array of shape (channels,)
-        Energy axis, keV.
-    curves : array of shape (component, channels)
-        Spectra or loadings (signed: peaks are found on the magnitude).
-    elements : sequence of str, optional
-        Element symbols whose lines may name a peak.
-    resolution_mnka_ev : float, optional
-        Detector FWHM at Mn Ka, eV.
-
-    Returns
-    -------
-    list of str
-        The two most prominent labelled peaks of each component, joined by ", ".
-    """
-    energy = np.asarray(energy)
-    names = []
-    for y in np.asarray(curves):
-        peaks = [(abs(h), lab) for _, h, lab in label_peaks(energy, y) if lab]
-        names.append(", ".join(lab for _, lab in sorted(peaks, reverse=True)[:2]))
-    return names
-
-
 def _peak_annotations(energy, y, *, elements=None, resolution_mnka_ev=None) -> list[tuple[float, float, str]]:
     """(energy, height, label) of the peaks drawn on a spectrum; the same line data as :func:`component_labels`."""
-    return [(e, h, lab) for e, h, lab in label_peaks(np.asarray(energy), y) if lab]
+    return [(e, h, lab) for e, h, lab in label_peaks(np.asarray(energy), y, elements=elements,
+                                                     resolution_mnka_ev=resolution_mnka_ev) if lab]
 
 
 def component_titles(energy, curves, *, elements: Sequence[str] | None = None,

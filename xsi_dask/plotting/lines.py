@@ -126,9 +126,10 @@ def _symbol(name: str) -> str:
         z = xraydb.atomic_number(text[:1].upper() + text[1:].lower())
     except Exception:  # noqa: BLE001 - xraydb raises various errors for unknown symbols
         z = 0
-    if not z:
+    symbol = xraydb.atomic_symbol(z) if z else ""
+    if not z or symbol.lower() != text.lower():  # xraydb also takes names ("iron"): symbols only
         raise ParameterError(f"{name!r} is not a chemical element symbol (expected e.g. 'Fe', 'Cr', 'Al')")
-    return xraydb.atomic_symbol(z)
+    return symbol
 
 
 def parse_elements(elements: str | Iterable[str] | None) -> list[str] | None:
