@@ -183,3 +183,25 @@ def test_run_with_an_unreachable_scheduler_fails_before_the_ingest(tmp_path, cap
     assert f"cannot reach the Dask scheduler at {address} within 1 s" in _one_error_line(capsys, "run")
     assert time.perf_counter() - t < 10
     assert not out.exists()
+
+
+def test_readme_dense_values(store):
+    """The README's ways to dense values work and give the stored counts; .values and np.asarray refuse."""
+    import xsi_dask
+
+    m = xsi_dask.open_montage(store)
+    csr = store.tile_csr(0).to_scipy()
+    want = csr.toarray().reshape(1, 16, 16, store.channels)
+    with pytest.raises(RuntimeError, match="Cannot convert a sparse array to dense automatically"):
+        m.values
+    with pytest.raises(RuntimeError, match="Cannot convert a sparse array to dense automatically"):
+        np.asarray(m)
+    np.testing.assert_array_equal(m.isel(tile=[0]).compute().data.todense(), want)
+    np.testing.assert_array_equal(m.isel(tile=[0]).to_numpy(), want)
+    a = m.isel(tile=[0]).as_numpy()
+    assert isinstance(a.data, np.ndarray) and a.dims == m.dims
+    np.testing.assert_array_equal(a.values, want)
+    np.testing.assert_array_equal(m.sum(["tile", "y", "x"]).compute().data.todense(), store.sum_spectrum())
+    lazy = m.copy(data=m.data.map_blocks(lambda b: b.todense(), dtype=m.dtype))
+    assert lazy.chunks == m.chunks
+    np.testing.assert_array_equal(lazy.isel(tile=[0]).values, want)
