@@ -22,7 +22,7 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
 
 
 def _add_view_options(p: argparse.ArgumentParser) -> None:
-    v = p.add_argument_group("what is analysed (all before any pass)")
+    v = p.add_argument_group("what is analysed (checked before any pass)")
     v.add_argument("--energy-range", metavar="LO:HI",
                    help="keep the channels from LO to HI keV; either side may be empty (0.2:10, :8, 1:); "
                         "a negative LO needs the = form (--energy-range=-0.1:5). Default: the whole axis")

@@ -345,6 +345,7 @@ class ViewParams(_Params):
         return analysis_view(montage, energy_range=self.energy_range, keep_zero_peak=self.keep_zero_peak, bin=self.bin)
 
     def describe(self) -> str:
+        """One line for the run's printout and report: energy range, zero peak, binning, elements."""
         lo, hi = self.energy_range or (None, None)
         parts = [f"energy {'' if lo is None else f'{lo:g}'}:{'' if hi is None else f'{hi:g}'} keV"
                  if self.energy_range else "whole energy axis",
