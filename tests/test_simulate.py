@@ -209,3 +209,56 @@ def test_tiles_are_cached_only_when_a_workers_share_fits(small):
         if not cached:
             np.testing.assert_allclose(ref.singular_values.values, first.singular_values.values, rtol=1e-12)
         first = ref
+
+
+# ---- the detector's zero peak ----
+
+def test_zero_peak_is_simulated_and_the_analysis_view_removes_it(tmp_path, capsys):
+    """`simulate --zero-peak 0.15`: 15 % of all counts in a Gaussian at 0 keV of FWHM(0) (the X-rays and the truth
+    unchanged); the store says EDS, so analysis_view excludes those channels by default."""
+    from xsi_dask.io.metadata import detector_fwhm
+    from xsi_dask.montage.prepare import analysis_view, signal_type, zero_peak_cutoff
+    from xsi_dask.testing.physics import zero_peak_spectrum
+
+    common = ["--tiles", "1x2", "--tile-shape", "32x32", "--channels", "512", "--counts-per-pixel", "40", "--seed", "7",
+              "--quiet"]
+    assert main(["simulate", "--out", str(tmp_path / "zp.zarr"), "--zero-peak", "0.15", *common]) == 0
+    assert main(["simulate", "--out", str(tmp_path / "no.zarr"), *common]) == 0
+    capsys.readouterr()
+    zp, no = xsi_dask.MontageStore(tmp_path / "zp.zarr"), xsi_dask.MontageStore(tmp_path / "no.zarr")
+    assert zp.attrs["simulation"]["zero_peak"] == 0.15
+    e = zp.energy
+    s_zp, s_no = zp.sum_spectrum().astype(float), no.sum_spectrum().astype(float)
+    # below 0.06 keV (3 sigma of the zero peak) no X-ray is counted (the detector's threshold is 0.1 keV, line tails
+    # reach 0.08): what is there is the zero peak, all of it but 0.13 %
+    low = e < 0.06
+    assert s_no[low].sum() == 0
+    n, z = float(s_zp.sum()), float(s_zp[low].sum())
+    assert z / n == pytest.approx(0.15 * 0.9987, abs=5 * np.sqrt(0.15 * 0.85 / n))  # binomial, 5 sigma
+    # its shape: the Gaussian of FWHM(0) = 46 eV (130 eV at Mn Ka) over the channels from 0 keV (chi-square)
+    spec = zero_peak_spectrum(e, 130.0)
+    mu = spec[low] / spec[low].sum() * z
+    use = mu > 5
+    assert use.sum() >= 4
+    assert float((((s_zp[low][use] - mu[use]) ** 2) / mu[use]).sum() / use.sum()) < 3
+    assert detector_fwhm(0.0, 130.0) == pytest.approx(0.046, abs=0.001)
+    # the X-rays are those of the store without the zero peak (the truth counts X-rays only)
+    np.testing.assert_allclose(open_truth(zp).expected_counts.values, open_truth(no).expected_counts.values)
+    assert s_zp[~low].sum() == pytest.approx(s_no[~low].sum(), rel=5 / np.sqrt(s_no.sum()))
+    # EDS, so the analysis view drops the channels below 4 FWHM(0) = 0.19 keV: every zero-peak count
+    m = xsi_dask.open_montage(zp)
+    assert signal_type(m).startswith("EDS")
+    cutoff = zero_peak_cutoff(m)
+    assert cutoff == pytest.approx(4 * 0.0464, abs=1e-3)
+    v = analysis_view(m)
+    assert float(v["energy"].min()) >= cutoff > float(e[low].max())
+    kept = v.sum(["tile", "y", "x"]).compute().data.todense()
+    np.testing.assert_array_equal(kept, s_zp[e >= cutoff])
+    assert analysis_view(m, keep_zero_peak=True).sizes["energy"] == zp.channels
+
+
+def test_bad_zero_peak_fraction(tmp_path):
+    for f in (-0.1, 1.0, float("nan"), True):
+        with pytest.raises(XSIError, match="zero_peak"):
+            simulate(tmp_path / "x.zarr", zero_peak=f, progress=False)
+    assert_no_store(tmp_path / "x.zarr")

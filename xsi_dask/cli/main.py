@@ -21,20 +21,38 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
     lay.add_argument("--split", metavar="RxC", help="cut one map into ROWS x COLS equal tiles")
 
 
+def _add_view_options(p: argparse.ArgumentParser) -> None:
+    v = p.add_argument_group("what is analysed (checked before any pass)")
+    v.add_argument("--energy-range", metavar="LO:HI",
+                   help="keep the channels from LO to HI keV; either side may be empty (0.2:10, :8, 1:); "
+                        "a negative LO needs the = form (--energy-range=-0.1:5). Default: the whole axis")
+    v.add_argument("--keep-zero-peak", action="store_true",
+                   help="keep the detector's zero (strobe) peak; by default it is excluded for EDS below 4 FWHM(0) "
+                        "of the detector (about 0.19 keV at 130 eV Mn Ka): light-element (Be, B) work keeps it")
+    v.add_argument("--bin", type=int, metavar="B",
+                   help="sum B x B pixel blocks within each tile before the analysis (as HyperSpy's rebin); "
+                        "B must divide the tile size. Default 1 (no binning); bin low-count maps (about 1 count/px)")
+    v.add_argument("--elements", metavar="EL,EL,...",
+                   help="the sample's elements (e.g. Fe,Cr,Mn) for the X-ray line labels; default: the files' own list")
+
+
 def _add_svd_options(p: argparse.ArgumentParser, components: int) -> None:
     p.add_argument("--components", type=int, metavar="K", help=f"SVD components (default {components})")
-    p.add_argument("--solver", choices=["randomized", "gram"], help="default randomized")
-    p.add_argument("--power-iters", type=int, metavar="Q", help="randomized solver (default 10)")
-    p.add_argument("--oversampling", type=int, metavar="P", help="randomized solver (default 10)")
-    p.add_argument("--no-poisson", action="store_true", help="no Keenan-Kotula scaling")
-    p.add_argument("--center", action="store_true", help="subtract the mean spectrum (PCA)")
+    p.add_argument("--solver", choices=["randomized", "gram"],
+                   help="randomized (default; few passes, the leading components) or gram (one pass, every "
+                        "eigenvalue; memory channels^2)")
+    p.add_argument("--power-iters", type=int, metavar="Q", help="randomized solver's power iterations (default 10)")
+    p.add_argument("--oversampling", type=int, metavar="P", help="randomized solver's extra test vectors (default 10)")
+    p.add_argument("--no-poisson", action="store_true", help="no Keenan-Kotula Poisson scaling (default: scaled)")
+    p.add_argument("--center", action="store_true", help="subtract the mean spectrum (PCA; default: not centred)")
     p.add_argument("--seed", type=int, help="seed of the SVD test matrix and the NMF init (default 0)")
 
 
 def _add_nmf_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=["kl", "frobenius"], help="NMF loss (default kl: Poisson)")
-    p.add_argument("--max-iter", type=int, help="default 200")
-    p.add_argument("--tol", type=float, help="default 1e-4")
+    p.add_argument("--max-iter", type=int, metavar="N", help="NMF iterations at most (default 200)")
+    p.add_argument("--tol", type=float, metavar="TOL",
+                   help="stop when the relative change of the loss falls below TOL (default 1e-4)")
     p.add_argument("--init", choices=["poisson-nndsvda", "nndsvda", "random"],
                    help="NMF initialisation (default poisson-nndsvda: NNDSVDa from the Poisson-scaled SVD; `run` reuses its SVD for it)")
     p.add_argument("--sparsity", type=float, metavar="LAMBDA",
@@ -46,10 +64,37 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster)")
-    p.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
-    p.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
-    p.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB (default auto)")
+    c = p.add_argument_group("where it runs")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="an existing Dask scheduler, tcp://HOST:PORT (default: a LocalCluster); given up on after "
+                        "xsi-dask.connect-timeout (5 s)")
+    c.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
+    c.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
+    c.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB or 0.5 (default auto)")
+
+
+_EXAMPLES = {
+    "ingest": "xsi-dask ingest ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --out jeol.zarr\n"
+              "  xsi-dask ingest tile_*.bcf --grid 2x3 --out montage.zarr",
+    "run": "xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 4 --out jeol_run\n"
+           "  xsi-dask run montage.zarr --energy-range 0.2:10 --elements Fe,Cr,Mn --nmf-components 5 --out run2\n"
+           "  xsi-dask run --config jeol_run/run.yaml --out jeol_run2",
+    "decompose": "xsi-dask decompose jeol.zarr --out results.zarr --solver gram --components 20 --bin 4",
+    "nmf": "xsi-dask nmf jeol.zarr --out results.zarr --components 4 --bin 4 --energy-range 0.3:",
+    "simulate": "xsi-dask simulate --out g91.zarr --preset grade91_replica --tiles 2x2 --tile-shape 128x128 "
+                "--zero-peak 0.15",
+    "info": "xsi-dask info jeol.zarr --json",
+    "clean": "xsi-dask clean jeol.zarr",
+    "verify": "xsi-dask verify jeol.zarr",
+    "report": "xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
+}
+
+
+def _sub(sub, name: str, help: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand with its help and an example (epilog)."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog=f"example:\n  {_EXAMPLES[name]}" if name in _EXAMPLES else None,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsi-dask",
         description="Multivariate statistical analysis of sparse X-ray spectrum-image montages.",
+        epilog="example:\n  xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 4 --out jeol_run\n"
+               "'xsi-dask COMMAND --help' tells the options of each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xsi-dask {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="read vendor files into a sparse montage store")
+    p = _sub(sub, "ingest", "read vendor files into a sparse montage store")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="tile files or glob patterns")
-    p.add_argument("--out", required=True, metavar="STORE.zarr")
+    p.add_argument("--out", required=True, metavar="STORE.zarr", help="the montage store to write")
     _add_layout(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--threads", type=int, default=None, help="tiles converted at once (default: cores)")
@@ -73,15 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     # run, decompose, nmf: flags not given are absent (SUPPRESS), so the parameter objects' defaults apply
     # and `run --config` can tell which flags were given
     quiet = argparse.SUPPRESS
-    p = sub.add_parser("run", help="ingest (or reuse a store), decompose, NMF, figures and report",
-                       argument_default=quiet)
+    p = _sub(sub, "run", "ingest (or reuse a store), decompose, NMF, figures and report", argument_default=quiet)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="tile files, glob patterns, or one montage store")
     p.add_argument("--config", metavar="RUN.yaml",
                    help="repeat the run recorded in a run.yaml (with --out, --overwrite and --quiet only)")
     p.add_argument("--out", metavar="DIR", help="output folder (required without --config)")
     _add_layout(p)
+    _add_view_options(p)
     _add_svd_options(p, components=10)
-    p.add_argument("--nmf-components", type=int, metavar="K", help="NMF endmembers (default 4)")
+    p.add_argument("--nmf-components", type=int, metavar="K",
+                   help="NMF endmembers (default: from the data, the SVD's n_significant, at least 2 and at most 12: "
+                        "xsi-dask.nmf-components-min/-max)")
     _add_nmf_options(p)
     _add_cluster_options(p)
     p.add_argument("--resume", action="store_true",
@@ -90,62 +140,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("decompose", help="Poisson-scaled SVD of a store into RESULTS.zarr (group svd)",
-                       argument_default=quiet)
-    p.add_argument("store", metavar="STORE.zarr")
-    p.add_argument("--out", required=True, metavar="RESULTS.zarr")
+    p = _sub(sub, "decompose", "Poisson-scaled SVD of a store into RESULTS.zarr (group svd)", argument_default=quiet)
+    p.add_argument("store", metavar="STORE.zarr", help="the montage store (from ingest or simulate)")
+    p.add_argument("--out", required=True, metavar="RESULTS.zarr", help="the results store (created or updated)")
+    _add_view_options(p)
     _add_svd_options(p, components=10)
     _add_cluster_options(p)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing svd group of RESULTS.zarr")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("nmf", help="Poisson (KL) NMF of a store into RESULTS.zarr (group nmf)", argument_default=quiet)
-    p.add_argument("store", metavar="STORE.zarr")
-    p.add_argument("--out", required=True, metavar="RESULTS.zarr")
+    p = _sub(sub, "nmf", "Poisson (KL) NMF of a store into RESULTS.zarr (group nmf)", argument_default=quiet)
+    p.add_argument("store", metavar="STORE.zarr", help="the montage store (from ingest or simulate)")
+    p.add_argument("--out", required=True, metavar="RESULTS.zarr", help="the results store (created or updated)")
     p.add_argument("--components", type=int, metavar="K", help="endmembers (default 4)")
+    _add_view_options(p)
     _add_nmf_options(p)
     p.add_argument("--seed", type=int, help="seed of the init (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint of an interrupted run of the same NMF (same result as if "
                         "uninterrupted); without one, start from the init")
     _add_cluster_options(p)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing nmf group of RESULTS.zarr")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("simulate", help="simulate an EDS montage with ground truth into a sparse store")
-    p.add_argument("--out", required=True, metavar="STORE.zarr")
+    p = _sub(sub, "simulate", "simulate an EDS montage with ground truth into a sparse store")
+    p.add_argument("--out", required=True, metavar="STORE.zarr", help="the montage store to write")
     p.add_argument("--preset", default="grade91_replica", help="grade91_replica (default) or am_aluminum")
-    p.add_argument("--tiles", default="2x2", metavar="RxC")
-    p.add_argument("--tile-shape", default="128x128", metavar="HxW")
-    p.add_argument("--channels", type=int, default=4096)
-    p.add_argument("--counts-per-pixel", type=float, default=50.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overlap", type=int, default=0, metavar="PX")
+    p.add_argument("--tiles", default="2x2", metavar="RxC", help="montage grid (default 2x2)")
+    p.add_argument("--tile-shape", default="128x128", metavar="HxW", help="pixels per tile (default 128x128)")
+    p.add_argument("--channels", type=int, default=4096, metavar="N", help="energy channels of 10 eV from 0 keV (default 4096)")
+    p.add_argument("--counts-per-pixel", type=float, default=50.0, metavar="C", help="mean counts per pixel (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything simulated (default 0)")
+    p.add_argument("--overlap", type=int, default=0, metavar="PX", help="pixels shared by neighbouring tiles (default 0)")
     p.add_argument("--low-count-tile", type=int, default=None, metavar="T", help="tile T gets a tenth of the dose")
-    p.add_argument("--pixel-size", type=float, default=None, metavar="NM")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size in nm (default: the preset's)")
     p.add_argument("--particle-density", type=float, default=1.0, metavar="F",
                    help="multiply every particle phase's area fraction (default 1)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--zero-peak", type=float, default=0.0, metavar="FRACTION",
+                   help="add the detector's zero (strobe) peak at 0 keV holding this fraction of the counts, "
+                        "e.g. 0.15 (default 0: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("info", help="summarise a montage store")
-    p.add_argument("store", metavar="STORE.zarr")
+    p = _sub(sub, "info", "summarise a montage store")
+    p.add_argument("store", metavar="STORE.zarr", help="the montage store")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
-    p = sub.add_parser("clean", help="remove the NMF scratch folders that dead runs left beside a store")
-    p.add_argument("store", metavar="STORE.zarr")
+    p = _sub(sub, "clean", "remove the NMF scratch folders that dead runs left beside a store")
+    p.add_argument("store", metavar="STORE.zarr", help="the montage store")
 
-    p = sub.add_parser("verify", help="check every chunk, checksum, CSR array and total of a montage store")
-    p.add_argument("store", metavar="STORE.zarr")
+    p = _sub(sub, "verify", "check every chunk, checksum, CSR array and total of a montage store")
+    p.add_argument("store", metavar="STORE.zarr", help="the montage store")
 
-    p = sub.add_parser(
-        "report", help="figures and report.html of a results store (after decompose and/or nmf)",
-        epilog="example: xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
-    )
+    p = _sub(sub, "report", "figures and report.html of a results store (after decompose and/or nmf)")
     p.add_argument("results", metavar="RESULTS.zarr", help="results store written by decompose, nmf or run")
     p.add_argument("--out", metavar="DIR", help="folder of report.html and figures/ (default: the folder holding RESULTS.zarr)")
     p.add_argument("--elements", metavar="EL,EL", help="label peaks with these elements' X-ray lines, e.g. Fe,Cr "
-                                                     "(default: the element list of the source files)")
+                                                     "(default: the list the analysis recorded, else the files')")
     p.add_argument("--per-page", type=int, default=8, metavar="N", help="components per figure (default 8; all are shown)")
     p.add_argument("--title", help="report title (default from the source file names)")
     return parser
@@ -179,7 +230,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         args.out, preset=args.preset, tiles=args.tiles, tile_shape=args.tile_shape, channels=args.channels,
         counts_per_pixel=args.counts_per_pixel, seed=args.seed, overlap=args.overlap,
         low_count_tile=args.low_count_tile, pixel_size_nm=args.pixel_size, particle_density=args.particle_density,
-        overwrite=args.overwrite,
+        zero_peak=args.zero_peak, overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(format_info(store.info()))
@@ -193,6 +244,7 @@ _SVD_FLAGS = {"components": "components", "solver": "solver", "power_iters": "po
 _NMF_FLAGS = {"loss": "loss", "max_iter": "max_iter", "tol": "tol", "init": "init", "sparsity": "sparsity", "seed": "seed",
               "checkpoint_every": "checkpoint_every", "resume": "resume"}
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit")
+_VIEW_FLAGS = ("energy_range", "keep_zero_peak", "bin", "elements")
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -218,6 +270,12 @@ def _nmf_params(g: dict, components_flag: str):
     if components_flag in g:
         kw["components"] = g[components_flag]
     return NMFParams(**kw)
+
+
+def _view_params(g: dict):
+    from ..pipeline import ViewParams
+
+    return ViewParams(**{k: g[k] for k in _VIEW_FLAGS if k in g})
 
 
 def _cluster_params(g: dict):
@@ -248,9 +306,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if "out" not in g:
             raise ParameterError("--out DIR is required (or --config RUN.yaml)")
         layout = pipeline.LayoutParams(grid=g.get("grid"), split=g.get("split"), manifest=g.get("manifest"))
-        svd, nmf = _svd_params(g), _nmf_params(g, "nmf_components")
+        view, svd, nmf, cluster = _view_params(g), _svd_params(g), _nmf_params(g, "nmf_components"), _cluster_params(g)
         result = pipeline.run(
-            g.get("inputs", []), g["out"], layout=layout, svd=svd, nmf=nmf, cluster=_cluster_params(g),
+            g.get("inputs", []), g["out"], layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster,
             overwrite=overwrite, progress=progress,
         )
     print(f"report: {result.report}")
@@ -261,7 +319,7 @@ def _cmd_decompose(args: argparse.Namespace) -> int:
     from ..pipeline import decompose_store
 
     g = _given(args)
-    ds = decompose_store(g["store"], g["out"], svd=_svd_params(g), cluster=_cluster_params(g),
+    ds = decompose_store(g["store"], g["out"], svd=_svd_params(g), view=_view_params(g), cluster=_cluster_params(g),
                          overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
     print(f"SVD ({ds.attrs['passes']} passes, {ds.attrs['seconds']:.1f} s) written to {g['out']} (group svd)")
     return 0
@@ -271,7 +329,7 @@ def _cmd_nmf(args: argparse.Namespace) -> int:
     from ..pipeline import nmf_store
 
     g = _given(args)
-    ds = nmf_store(g["store"], g["out"], nmf=_nmf_params(g, "components"), cluster=_cluster_params(g),
+    ds = nmf_store(g["store"], g["out"], nmf=_nmf_params(g, "components"), view=_view_params(g), cluster=_cluster_params(g),
                    overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
     resumed = ds.attrs.get("resumed_from_iteration")
     note = f", resumed from iteration {resumed}" if resumed is not None else \

@@ -6,8 +6,8 @@ adapts its flags to these parameter objects.
 """
 
 from ._config import RunConfig, load_run_config, save_run_config
-from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
-from ._run import RunResult, decompose_store, format_info, nmf_store, run
+from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
+from ._run import RunResult, decompose_store, format_info, nmf_components, nmf_store, run
 
 __all__ = [
     "ClusterParams",
@@ -16,9 +16,11 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "SVDParams",
+    "ViewParams",
     "decompose_store",
     "format_info",
     "load_run_config",
+    "nmf_components",
     "nmf_store",
     "run",
     "save_run_config",

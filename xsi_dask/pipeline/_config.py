@@ -10,20 +10,25 @@ import yaml
 
 from .._version import __version__
 from ..errors import InputFileNotFoundError, ParameterError
-from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
+from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
 
 __all__ = ["RunConfig", "load_run_config", "save_run_config"]
 
-_SECTIONS = {"layout": LayoutParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
+_SECTIONS = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The parameters of one run: absolute input paths, the output folder, and the four parameter objects."""
+    """The parameters of one run: absolute input paths, the output folder, and the five parameter objects.
+
+    A run.yaml written before ``view`` existed has no ``view`` section: it reads back as ``ViewParams()``
+    (today's defaults: the zero peak excluded for EDS).
+    """
 
     inputs: tuple[Path, ...]
     out: Path
     layout: LayoutParams = field(default_factory=LayoutParams)
+    view: ViewParams = field(default_factory=ViewParams)
     svd: SVDParams = field(default_factory=SVDParams)
     nmf: NMFParams = field(default_factory=NMFParams)
     cluster: ClusterParams = field(default_factory=ClusterParams)
@@ -42,7 +47,7 @@ class RunConfig:
         from ._run import run
 
         return run(
-            list(self.inputs), self.out if out is None else out, layout=self.layout, svd=self.svd, nmf=self.nmf,
+            list(self.inputs), self.out if out is None else out, layout=self.layout, view=self.view, svd=self.svd, nmf=self.nmf,
             cluster=self.cluster, overwrite=overwrite, progress=progress,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 from ..errors import LayoutError, ParameterError
 from ..io.layout import parse_grid
 
-__all__ = ["ClusterParams", "LayoutParams", "NMFParams", "SVDParams"]
+__all__ = ["ClusterParams", "LayoutParams", "NMFParams", "SVDParams", "ViewParams", "parse_elements", "parse_energy_range"]
 
 SOLVERS = ("randomized", "gram")
 LOSSES = ("kl", "frobenius")
@@ -99,11 +100,17 @@ class SVDParams(_Params):
 class NMFParams(_Params):
     """The NMF of a run: :func:`xsi_dask.nmf`'s parameters.
 
+    ``components`` None (the default): :func:`~xsi_dask.pipeline.run` takes the
+    number of endmembers from the data, the SVD's ``n_significant`` clipped to
+    ``xsi-dask.nmf-components-min`` .. ``xsi-dask.nmf-components-max`` (2 .. 12);
+    :func:`~xsi_dask.pipeline.nmf_store`, which computes no SVD, uses
+    ``DEFAULT_NMF_COMPONENTS`` (4).
+
     ``checkpoint_every`` (None: ``xsi-dask.nmf-checkpoint-every``; 0: none) and ``resume`` (continue from the
     checkpoint of an interrupted run of the same NMF) decide how the run survives a kill, not its result.
     """
 
-    components: int = 4
+    components: int | None = None
     loss: str = "kl"
     max_iter: int = 200
     tol: float = 1e-4
@@ -115,7 +122,7 @@ class NMFParams(_Params):
 
     def __post_init__(self) -> None:
         o = "NMFParams"
-        _int(o, "components", self.components, 1)
+        _int(o, "components", self.components, 1, optional=True)
         _choice(o, "loss", self.loss, LOSSES)
         _int(o, "max_iter", self.max_iter, 1)
         _set(self, "tol", _float(o, "tol", self.tol))
@@ -205,3 +212,145 @@ class LayoutParams(_Params):
         if self.manifest:
             return f"manifest {self.manifest}"
         return "one file"
+
+
+DEFAULT_NMF_COMPONENTS = 4  # NMF endmembers when neither given nor taken from an SVD's n_significant
+
+
+@functools.lru_cache(maxsize=1)
+def _element_symbols() -> dict[str, str]:
+    """Chemical symbols H .. Cf (xraydb's table), by lower case."""
+    import xraydb
+
+    return {xraydb.atomic_symbol(z).lower(): xraydb.atomic_symbol(z) for z in range(1, 99)}
+
+
+def parse_elements(value: Any, owner: str = "ViewParams") -> tuple[str, ...] | None:
+    """Element symbols from ``"Fe,Cr,Mn"`` or a sequence of symbols, in the given order, each once.
+
+    Symbols are matched case-insensitively (``"fe"`` is Fe) against xraydb's
+    table H-Cf. None stays None (the element list of the files applies).
+
+    Raises
+    ------
+    ParameterError
+        An empty list, or a name that is not a chemical symbol (named).
+    """
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(e, str) for e in items):
+        raise ParameterError(f"{owner}.elements must be element symbols such as 'Fe,Cr,Mn' or a list of them; got {value!r}")
+    table = _element_symbols()
+    out: list[str] = []
+    bad = []
+    for item in (e.strip() for e in items):
+        if not item:
+            continue
+        symbol = table.get(item.lower())
+        if symbol is None:
+            bad.append(item)
+        elif symbol not in out:
+            out.append(symbol)
+    if bad:
+        raise ParameterError(f"{owner}.elements: {', '.join(map(repr, bad))} "
+                             f"{'is not a chemical symbol' if len(bad) == 1 else 'are not chemical symbols'} "
+                             f"(H to Cf, e.g. 'Fe,Cr,Mn'); got {value!r}")
+    if not out:
+        raise ParameterError(f"{owner}.elements must name at least one element (e.g. 'Fe,Cr,Mn'); got {value!r}")
+    return tuple(out)
+
+
+def parse_energy_range(value: Any, owner: str = "ViewParams") -> tuple[float | None, float | None] | None:
+    """``(low, high)`` in keV from ``"LO:HI"`` (either side may be empty) or a pair (either may be None).
+
+    None, ``":"`` and ``(None, None)`` are None: the whole energy axis.
+
+    Raises
+    ------
+    ParameterError
+        Not two numbers, a value that is not finite, or low >= high (the values are named).
+    """
+    if value is None:
+        return None
+    bad = f"{owner}.energy_range must be 'LO:HI' in keV (either side may be empty, e.g. '0.2:10' or ':8') or a pair; got {value!r}"
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2:
+            raise ParameterError(bad)
+        pair: list[Any] = [p.strip() or None for p in parts]
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        pair = list(value)
+    else:
+        raise ParameterError(bad)
+    out: list[float | None] = []
+    for v in pair:
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool):
+            raise ParameterError(bad)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ParameterError(bad) from None
+        if not math.isfinite(f):
+            raise ParameterError(f"{owner}.energy_range must be finite keV values; got {value!r}")
+        out.append(f)
+    lo, hi = out
+    if lo is not None and hi is not None and not lo < hi:
+        raise ParameterError(f"{owner}.energy_range: the low end ({lo:g} keV) must be below the high end ({hi:g} keV); got {value!r}")
+    if lo is None and hi is None:
+        return None
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ViewParams(_Params):
+    """What the analysis runs on: energy range, zero peak and spatial binning (and the sample's elements).
+
+    Applied to the montage with :func:`xsi_dask.montage.prepare.analysis_view`
+    before the SVD and the NMF: ``energy_range`` (keV; ``"LO:HI"`` or a pair,
+    either end None) keeps the channels inside it; the EDS detector's zero
+    peak is excluded unless ``keep_zero_peak``; ``bin`` sums ``bin`` x ``bin``
+    pixel blocks within each tile (it must divide the tile size, checked when
+    the store is known, before any pass). ``elements`` (``"Fe,Cr"`` or a list
+    of symbols; None: the files' own list) label the X-ray lines of the
+    figures and are recorded in the results' attributes.
+    """
+
+    energy_range: tuple[float | None, float | None] | None = None
+    keep_zero_peak: bool = False
+    bin: int = 1
+    elements: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        o = "ViewParams"
+        _set(self, "energy_range", parse_energy_range(self.energy_range, o))
+        _bool(o, "keep_zero_peak", self.keep_zero_peak)
+        _int(o, "bin", self.bin, 1)
+        _set(self, "elements", parse_elements(self.elements, o))
+
+    def apply(self, montage):
+        """The montage view the analysis runs on (:func:`~xsi_dask.montage.prepare.analysis_view`).
+
+        Raises
+        ------
+        ParameterError
+            The energy range keeps fewer than 2 channels of the store's axis, or
+            ``bin`` does not divide the tile size.
+        """
+        from ..montage.prepare import analysis_view
+
+        return analysis_view(montage, energy_range=self.energy_range, keep_zero_peak=self.keep_zero_peak, bin=self.bin)
+
+    def describe(self) -> str:
+        """One line for the run's printout and report: energy range, zero peak, binning, elements."""
+        lo, hi = self.energy_range or (None, None)
+        parts = [f"energy {'' if lo is None else f'{lo:g}'}:{'' if hi is None else f'{hi:g}'} keV"
+                 if self.energy_range else "whole energy axis",
+                 "zero peak kept" if self.keep_zero_peak else "zero peak excluded (EDS)",
+                 f"bin {self.bin}x{self.bin}" if self.bin > 1 else "not binned"]
+        if self.elements:
+            parts.append("elements " + ",".join(self.elements))
+        return ", ".join(parts)

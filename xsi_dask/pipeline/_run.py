@@ -17,9 +17,9 @@ from ..errors import (
     StoreExistsError,
     XSIError,
 )
-from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams
+from ._params import DEFAULT_NMF_COMPONENTS, ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
 
-__all__ = ["RunResult", "decompose_store", "format_info", "nmf_store", "resolve_inputs", "run"]
+__all__ = ["RunResult", "decompose_store", "format_info", "nmf_components", "nmf_store", "resolve_inputs", "run"]
 
 
 def _size(n: float) -> str:
@@ -94,7 +94,11 @@ def _format_acquisition(acq: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What :func:`run` wrote, how long each stage took and how many passes over the data it made."""
+    """What :func:`run` wrote, how long each stage took and how many passes over the data it made.
+
+    ``nmf_components`` is the number of endmembers used and ``nmf_components_source`` where it came from
+    (``"given"``, ``"n_significant"`` or ``"default"``; see :func:`nmf_components`).
+    """
 
     out: Path
     report: Path
@@ -105,6 +109,8 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)
     nmf_init: str = ""
+    nmf_components: int = 0
+    nmf_components_source: str = ""
 
 
 def _is_store(path: str | Path) -> bool:
@@ -114,7 +120,7 @@ def _is_store(path: str | Path) -> bool:
 
 def _defaults(**objs: Any) -> list[Any]:
     """The parameter objects given, their defaults for None; a ParameterError for anything else."""
-    kinds = {"layout": LayoutParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
+    kinds = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
     out = []
     for name, obj in objs.items():
         obj = kinds[name]() if obj is None else obj
@@ -206,6 +212,89 @@ def _client(cluster: ClusterParams):
         cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
         memory_limit=cluster.memory_limit, quiet=False,
     )
+
+
+def _view(store, view: ViewParams):
+    """The montage view of ``store`` the analysis runs on; a ParameterError (bad range or bin) before any pass."""
+    from .. import open_montage
+
+    return view.apply(open_montage(store))
+
+
+def _view_attrs(montage, view: ViewParams) -> dict[str, Any]:
+    """What the results record of the view they were computed on (where the engine does not record it itself)."""
+    a = montage.attrs
+    out = {"energy_range": a.get("energy_range"), "zero_peak_cutoff": a.get("zero_peak_cutoff"), "bin": a.get("bin", 1)}
+    if view.elements:
+        out["elements"] = list(view.elements)
+    return out
+
+
+def _annotate(root: Path, group: str, attrs: dict[str, Any], *, consolidate: bool) -> None:
+    """Add ``attrs`` (those the group lacks) to group ``group`` of the results store ``root`` being written."""
+    import warnings
+
+    import zarr
+
+    from ..io.readers import to_json
+
+    g = zarr.open_group(str(root), mode="r+", path=group, zarr_format=3)
+    g.attrs.update({k: v for k, v in to_json(attrs).items() if k not in g.attrs})
+    if consolidate:
+        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known, wanted
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(str(root), zarr_format=3)
+
+
+def nmf_components(svd_ds, nmf: NMFParams) -> tuple[int, str]:
+    """The number of NMF endmembers of a run and where it came from.
+
+    Given (``nmf.components``): that, ``"given"``. Otherwise the SVD's
+    ``n_significant`` (the components above the Poisson noise floor)
+    clipped to ``xsi-dask.nmf-components-min`` .. ``xsi-dask.nmf-components-max``
+    (a rank-1 map still gets two endmembers to compare; a noisy scree cannot
+    ask for dozens), ``"n_significant"``. If the SVD has no ``n_significant``,
+    ``DEFAULT_NMF_COMPONENTS`` with an :class:`~xsi_dask.errors.XSIWarning`,
+    ``"default"``.
+
+    Returns
+    -------
+    k : int
+    source : str
+        ``"given"``, ``"n_significant"`` or ``"default"``.
+    """
+    import warnings
+
+    from .. import config
+    from ..errors import XSIWarning
+
+    if nmf.components is not None:
+        return nmf.components, "given"
+    n_sig = svd_ds.attrs.get("n_significant")
+    if n_sig is None:
+        warnings.warn(
+            f"the SVD records no n_significant (number of components above the noise): NMF uses {DEFAULT_NMF_COMPONENTS} "
+            "endmembers; give --nmf-components K (NMFParams(components=K)) to choose",
+            XSIWarning, stacklevel=3,
+        )
+        return DEFAULT_NMF_COMPONENTS, "default"
+    lo, hi = int(config.get("nmf-components-min")), int(config.get("nmf-components-max"))
+    if not 1 <= lo <= hi:
+        raise ParameterError(f"xsi-dask.nmf-components-min ({lo}) and -max ({hi}) must satisfy 1 <= min <= max")
+    return min(max(int(n_sig), lo), hi), "n_significant"
+
+
+def _describe_components(k: int, source: str, svd_ds) -> str:
+    from .. import config
+
+    if source == "given":
+        return f"{k} (given)"
+    if source == "default":
+        return f"{k} (the default: the SVD records no n_significant)"
+    n_sig = int(svd_ds.attrs["n_significant"])
+    lo, hi = int(config.get("nmf-components-min")), int(config.get("nmf-components-max"))
+    clip = "" if k == n_sig else f", {'raised to the floor' if k > n_sig else 'cut to the cap'}"
+    return f"{k} (from the data: n_significant = {n_sig} of the SVD{clip}; floor {lo}, cap {hi})"
 
 
 def _svd(montage, channels: int, svd: SVDParams, progress: bool):
@@ -317,6 +406,7 @@ def run(
     out: str | Path,
     *,
     layout: LayoutParams | None = None,
+    view: ViewParams | None = None,
     svd: SVDParams | None = None,
     nmf: NMFParams | None = None,
     cluster: ClusterParams | None = None,
@@ -326,19 +416,31 @@ def run(
     """Ingest (or reuse a store), Poisson SVD, NMF, ``results.zarr``, figures and ``report.html`` under ``out``.
 
     ``inputs`` are tile files or glob patterns laid out by ``layout``, or one
-    montage store analysed as it is. Files are ingested into
+    montage store analysed as it is. The SVD and the NMF run on the view
+    ``view`` makes of it (:class:`ViewParams`: energy range, the EDS zero peak
+    excluded by default, spatial binning). Files are ingested into
     ``out/montage.zarr``; an existing one is reused only when it records the
     same absolute source paths and the same layout (grid, split, or the
     manifest's path and SHA-256), otherwise :class:`StoreExistsError` says why.
     The SVD is computed once: with ``nmf.init="poisson-nndsvda"`` NMF starts
     from it when it is Poisson-scaled, uncentred and has at least
-    ``nmf.components`` components. Every run writes its parameters to
+    ``nmf.components`` components. Without ``nmf.components`` the number of
+    endmembers comes from the data (:func:`nmf_components`: the SVD's
+    ``n_significant``, at least 2 and at most 12 by default), printed, in
+    :attr:`RunResult.nmf_components` and the ``nmf`` group's attribute
+    ``n_components_source``. Every run writes its parameters to
     ``out/run.yaml`` (:func:`load_run_config` reads them back).
 
     Raises
     ------
     ParameterError, LayoutError, InputFileNotFoundError
-        Bad parameters or missing inputs, before any work.
+        Bad parameters or missing inputs, before any work; an energy range
+        or a bin factor the store cannot take (too few channels, a bin that
+        does not divide the tile size), as soon as the store is known (before
+        any pass; after the ingest when files are ingested).
+    ClusterUnavailableError
+        ``cluster.scheduler`` does not answer within ``xsi-dask.connect-timeout``
+        (before the ingest).
     StoreExistsError
         ``out/results.zarr`` exists (or ``out/montage.zarr`` holds another
         montage) and ``overwrite`` is false; raised before any computation.
@@ -364,23 +466,30 @@ def run(
     """
     from ._config import RunConfig, save_run_config
 
-    layout, svd, nmf, cluster = _defaults(layout=layout, svd=svd, nmf=nmf, cluster=cluster)
+    layout, view, svd, nmf, cluster = _defaults(layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster)
     sources, given_store = resolve_inputs(inputs, layout)
     out = Path(out).resolve()
     target = sources[0] if given_store else out / "montage.zarr"
     _check_outputs(out, None if given_store else target, overwrite)
     store = None
-    if not given_store and target.exists() and not overwrite:
+    if given_store:
+        from ..io.store import MontageStore
+
+        store = MontageStore(target)
+    elif target.exists() and not overwrite:
         store = _reusable(target, sources, layout)
+    if store is not None:
+        _view(store, view)  # an energy range or bin the store cannot take: refused before anything is made
 
     created = _make_folder(out)
     config = None
     try:
         config = save_run_config(
             out / "run.yaml",
-            RunConfig(inputs=tuple(sources), out=out, layout=layout, svd=svd, nmf=nmf, cluster=cluster),
+            RunConfig(inputs=tuple(sources), out=out, layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster),
         )
-        return _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress)
+        return _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
+                       progress)
     except OSError as exc:
         _unmake_folder(created, config)
         from ..io.store import _is_output_fault, _output_error
@@ -393,46 +502,58 @@ def run(
         raise
 
 
-def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, cluster, overwrite, progress) -> RunResult:
+def _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
+            progress) -> RunResult:
     """:func:`run` once its outputs are checked and its folder made."""
-    from .. import open_montage
+    import dataclasses
+
     from ..engine import worker_addresses
     from ..io.ingest import ingest
     from ..io.results import open_results, write_results
-    from ..io.store import MontageStore, atomic_output
+    from ..io.store import atomic_output
     from ..plotting.build import make_report
     from ..plotting.formatting import format_seconds
 
     results = out / "results.zarr"
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    if given_store:
-        store = MontageStore(target)
-        timings["open store"] = time.perf_counter() - t
-    elif store is not None:
-        print(f"reusing the montage store {target}")
-        timings["open store (reused)"] = time.perf_counter() - t
-    else:
-        store = ingest(
-            sources, target, grid=layout.grid, manifest=layout.manifest, split=layout.split,
-            overwrite=overwrite, progress=progress,
-        )
-        timings["ingest"] = time.perf_counter() - t
-    info = store.info()
-    print(format_info(info))
-    montage = open_montage(store)
     # svd and nmf go into a staged results store that replaces results.zarr in one rename once both are written
-    # (a reader sees the old results or the new ones); it is removed only after the cluster is down
+    # (a reader sees the old results or the new ones); it is removed only after the cluster is down. The cluster
+    # comes first: an unreachable --scheduler is said within the connect timeout, not after the ingest
     with atomic_output(results, overwrite=overwrite, kind="results") as staged, _client(cluster):
         t = time.perf_counter()
-        svd_ds = _svd(montage, store.channels, svd, progress)
+        if given_store:
+            timings["open store"] = time.perf_counter() - t
+        elif store is not None:
+            print(f"reusing the montage store {target}")
+            timings["open store (reused)"] = time.perf_counter() - t
+        else:
+            store = ingest(  # on threads of this process (not the cluster's workers)
+                sources, target, grid=layout.grid, manifest=layout.manifest, split=layout.split,
+                overwrite=overwrite, progress=progress,
+            )
+            timings["ingest"] = time.perf_counter() - t
+        info = store.info()
+        print(format_info(info))
+        montage = _view(store, view)  # after an ingest, the bin is checked against the tile size here, before any pass
+        print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
+              f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
+              f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
+        recorded = _view_attrs(montage, view)
+        t = time.perf_counter()
+        svd_ds = _svd(montage, montage.sizes["energy"], svd, progress)
         timings["SVD"] = time.perf_counter() - t
+        svd_ds.attrs.update({k: v for k, v in recorded.items() if k not in svd_ds.attrs})
         t = time.perf_counter()
         write_results(staged, {"svd": svd_ds}, progress=progress)
         timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
+        k, k_source = nmf_components(svd_ds, nmf)
+        k_text = _describe_components(k, k_source, svd_ds)
+        print(f"NMF endmembers   {k_text}")
+        nmf = dataclasses.replace(nmf, components=k)
         init, init_text = _init_from(svd_ds, nmf)
         t = time.perf_counter()
         _nmf(montage, nmf, init, staged, progress)
+        _annotate(staged, "nmf", {**recorded, "n_components_source": k_source}, consolidate=True)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
         n_workers = len(worker_addresses())  # scheduler_info() lists only a few workers in some releases
     nmf_r = open_results(results, "nmf")
@@ -444,6 +565,8 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
         "inputs": " ".join(names),
         "store": str(store.path),
         "layout": layout.describe() if not given_store else "the store's own",
+        "view": view.describe(),
+        "NMF endmembers": k_text,
         "SVD": f"k={a['n_components']}, solver={a['solver']}, power iterations={a.get('power_iters', '-')}, "
                f"oversampling={a.get('oversampling', '-')}, Poisson scaling={bool(a['poisson'])}, "
                f"centred={bool(a['center'])}, seed={a['seed']}",
@@ -466,24 +589,31 @@ def _run_in(out, sources, given_store, target, store, config, layout, svd, nmf, 
     figs = sorted((out / "figures").glob("*.png"))
     return RunResult(
         out=out, report=Path(report), results=results, store=Path(store.path), config=config, figures=tuple(figs),
-        timings=timings, passes=passes, nmf_init=init_text,
+        timings=timings, passes=passes, nmf_init=init_text, nmf_components=k, nmf_components_source=k_source,
     )
 
 
-def _analyse_store(store, out, group: str, params, cluster, overwrite: bool, progress: bool):
+def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, overwrite: bool, progress: bool):
     """One analysis of a montage store written as group ``group`` of the results store ``out``."""
-    from .. import open_montage
+    import dataclasses
+
     from ..io.results import check_results_target, open_results, results_update, write_results
     from ..io.store import MontageStore
 
     out = check_results_target(out, [group], overwrite=overwrite)  # before any computation
     st = MontageStore(store)
+    montage = _view(st, view)  # a bad energy range or bin: refused before any pass
+    recorded = _view_attrs(montage, view)
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
     with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
         if group == "nmf":
-            _nmf(open_montage(st), params, params.init, staged, progress)
+            source = "given" if params.components is not None else "default"
+            params = params if params.components is not None else dataclasses.replace(params, components=DEFAULT_NMF_COMPONENTS)
+            _nmf(montage, params, params.init, staged, progress)
+            _annotate(staged, "nmf", {**recorded, "n_components_source": source}, consolidate=False)  # the commit consolidates
         else:
-            ds = _svd(open_montage(st), st.channels, params, progress)
+            ds = _svd(montage, montage.sizes["energy"], params, progress)
+            ds.attrs.update({k: v for k, v in recorded.items() if k not in ds.attrs})
             write_results(staged, {"svd": ds}, progress=progress)
     return open_results(out, group)
 
@@ -493,16 +623,19 @@ def decompose_store(
     out: str | Path,
     *,
     svd: SVDParams | None = None,
+    view: ViewParams | None = None,
     cluster: ClusterParams | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ):
     """The SVD of a montage store, written as group ``svd`` of the results store ``out``; returned as opened from it.
 
-    An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
+    It runs on the view ``view`` makes of the store (:class:`ViewParams`; by default the EDS zero peak
+    excluded). An existing group is refused (:class:`StoreExistsError`), and an energy range or bin the store
+    cannot take (:class:`ParameterError`), before any computation.
     """
-    svd, cluster = _defaults(svd=svd, cluster=cluster)
-    return _analyse_store(store, out, "svd", svd, cluster, overwrite, progress)
+    svd, view, cluster = _defaults(svd=svd, view=view, cluster=cluster)
+    return _analyse_store(store, out, "svd", svd, view, cluster, overwrite, progress)
 
 
 def nmf_store(
@@ -510,13 +643,17 @@ def nmf_store(
     out: str | Path,
     *,
     nmf: NMFParams | None = None,
+    view: ViewParams | None = None,
     cluster: ClusterParams | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ):
     """The NMF of a montage store, written as group ``nmf`` of the results store ``out``; returned as opened from it.
 
-    An existing group is refused (:class:`StoreExistsError`) before any computation unless ``overwrite``.
+    It runs on the view ``view`` makes of the store (:class:`ViewParams`; by default the EDS zero peak
+    excluded), with ``nmf.components`` endmembers (None: ``DEFAULT_NMF_COMPONENTS``, 4; no SVD is computed
+    here to take the number from). An existing group is refused (:class:`StoreExistsError`), and an energy
+    range or bin the store cannot take (:class:`ParameterError`), before any computation.
     """
-    nmf, cluster = _defaults(nmf=nmf, cluster=cluster)
-    return _analyse_store(store, out, "nmf", nmf, cluster, overwrite, progress)
+    nmf, view, cluster = _defaults(nmf=nmf, view=view, cluster=cluster)
+    return _analyse_store(store, out, "nmf", nmf, view, cluster, overwrite, progress)

@@ -33,7 +33,7 @@ from ..io._csr import grow
 from ..io.layout import parse_grid
 from ..io.readers import EnergyAxis
 from ..io.store import CHECKED_ZSTD, MontageStore, atomic_output, check_output, write_montage_attrs, write_tile
-from .physics import Detector, mean_z, phase_spectrum
+from .physics import Detector, mean_z, phase_spectrum, zero_peak_spectrum
 from .presets import PRESETS, Preset
 
 __all__ = ["SimulationPlan", "open_truth", "simulate"]
@@ -106,6 +106,8 @@ class SimulationPlan:
     doses: np.ndarray  # (tile,)
     particles: np.ndarray  # (n, 4): phase index, y, x (global px), radius (px)
     seed: int
+    zero_peak_rate: float = 0.0  # mean counts per pixel in the detector's zero peak (every pixel, every tile)
+    zero_peak: np.ndarray | None = None  # (channel,) its spectrum, summing to 1
 
     @property
     def n_tiles(self) -> int:
@@ -192,10 +194,17 @@ def _simulate_tile(plan: SimulationPlan, t: int, tiles_g: zarr.Group, stage_scal
     ab = plan.abundances(t)
     h, w, n_phase = ab.shape
     weighted = ab.reshape(-1, n_phase) * plan.yields[None, :]
-    rate = weighted.sum(1)
-    lam = plan.dose_scale * plan.doses[t] * rate
+    spectra = plan.spectra
+    if plan.zero_peak_rate > 0:  # the zero peak as one more source of counts, the same mean in every pixel
+        weighted = np.column_stack([weighted * (plan.dose_scale * plan.doses[t]), np.full(h * w, plan.zero_peak_rate)])
+        spectra = np.vstack([spectra, plan.zero_peak])
+        rate = weighted.sum(1)
+        lam = rate
+    else:
+        rate = weighted.sum(1)
+        lam = plan.dose_scale * plan.doses[t] * rate
     cum = np.cumsum(weighted / np.where(rate > 0, rate, 1.0)[:, None], axis=1)
-    cdfs = np.cumsum(plan.spectra, axis=1)
+    cdfs = np.cumsum(spectra, axis=1)
     cdfs /= cdfs[:, -1:]
     cap = int(lam.sum() * 1.05) + 1024
     indptr, indices, values, total = _sample_counts(np.uint32(hash((plan.seed, t)) & 0x7FFFFFFF), lam, cum, cdfs, cap)
@@ -227,6 +236,7 @@ def simulate(
     pixel_size_nm: float | None = None,
     energy_scale_kev: float = 0.01,
     detector: Detector = Detector(),  # noqa: B008 (frozen dataclass, never mutated)
+    zero_peak: float = 0.0,
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
@@ -259,6 +269,15 @@ def simulate(
         may overlap, so the covered area grows more slowly than this.
     pixel_size_nm : float, optional
         Default: the preset's (2 nm).
+    zero_peak : float
+        Fraction of all counts in the detector's zero (strobe) peak, in [0, 1)
+        (default 0: none; the Bruker 50x50 test map holds 0.17): a Gaussian at
+        0 keV of FWHM(0) from the detector's resolution
+        (:func:`~xsi_dask.testing.physics.zero_peak_spectrum`), the same mean
+        in every pixel of every tile (it comes with the live time, not the
+        beam). It is added to the X-rays (``counts_per_pixel`` and the truth
+        count X-rays only), so the mean counts per pixel become
+        ``counts_per_pixel / (1 - zero_peak)``.
 
     Returns
     -------
@@ -270,7 +289,8 @@ def simulate(
     Raises
     ------
     XSIError
-        Unknown preset, particle density < 0, counts per pixel <= 0;
+        Unknown preset, particle density < 0, counts per pixel <= 0, a zero
+        peak fraction outside [0, 1);
         LayoutError for bad tiles/overlap; StoreExistsError.
     """
     started = time.perf_counter()
@@ -285,6 +305,8 @@ def simulate(
         raise XSIError(f"particle_density must be a finite number >= 0; got {particle_density!r}")
     if not (math.isfinite(counts_per_pixel) and counts_per_pixel > 0):
         raise XSIError(f"counts_per_pixel must be a positive number; got {counts_per_pixel!r}")
+    if isinstance(zero_peak, bool) or not isinstance(zero_peak, (int, float)) or not 0 <= zero_peak < 1:
+        raise XSIError(f"zero_peak must be the fraction of the counts in the zero peak, 0 <= f < 1 (e.g. 0.15); got {zero_peak!r}")
     plan = _plan(pre, grid, shape, int(channels), float(counts_per_pixel), int(seed), int(overlap), low_count_tile,
                  float(dose_variation), px_nm, detector, float(energy_scale_kev), float(particle_density))
     n_threads = threads or CPU_COUNT
@@ -293,6 +315,10 @@ def simulate(
     (rates,) = dask.compute([dask.delayed(_mean_rate, pure=True)(plan_d, t) for t in range(plan.n_tiles)],
                             scheduler="threads", num_workers=n_threads)
     plan = dataclasses.replace(plan, dose_scale=float(counts_per_pixel) / float(np.mean(rates)))
+    if zero_peak > 0:  # f of all counts: f / (1 - f) times the mean X-ray counts per pixel over the montage
+        xray = plan.dose_scale * float(np.mean(plan.doses * np.asarray(rates)))
+        plan = dataclasses.replace(plan, zero_peak_rate=float(zero_peak) / (1.0 - float(zero_peak)) * xray,
+                                   zero_peak=zero_peak_spectrum(plan.energy.values, detector.fwhm_mnka_ev))
     stage_scale = px_nm / 1000.0  # um per pixel
     with atomic_output(out, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -328,7 +354,8 @@ def simulate(
             simulation={"preset": preset, "tiles": list(grid), "tile_shape": list(shape), "channels": channels,
                         "counts_per_pixel": counts_per_pixel, "seed": seed, "overlap": overlap,
                         "low_count_tile": low_count_tile, "dose_variation": dose_variation, "particle_density": particle_density,
-                        "pixel_size_nm": px_nm,
+                        "pixel_size_nm": px_nm, "zero_peak": float(zero_peak),
+                        "zero_peak_counts_per_pixel": plan.zero_peak_rate,
                         "detector": detector.__dict__, "dose_scale": plan.dose_scale},
             ingest_seconds=time.perf_counter() - started,
         )
