@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 import xsi_dask
-from xsi_dask.decomposition._rank import MARGIN, TW1_Q99, noise_edge, pixel_totals_summary, roundoff_cut, significance
+from xsi_dask.decomposition._rank import (
+    MARGIN,
+    TW1_Q99,
+    noise_edge,
+    pixel_totals_summary,
+    poisson_null_edge,
+    roundoff_cut,
+    significance,
+)
 from xsi_dask.errors import DecompositionError
 from xsi_dask.testing.physics import phase_spectrum
 from xsi_dask.testing.presets import PRESETS
@@ -106,10 +114,15 @@ def test_dense_poisson_noise_around_one_spectrum_counts_one(counts_per_pixel):
     px = pixel_totals_summary([D.sum(1)])
     kw = dict(n_pixels=px["n_pixels"], n_channels=int(np.count_nonzero(D.sum(0))), total_counts=px["total_counts"],
               low_pixel_counts=px["low_pixel_counts"])
-    out = significance(ev, complete=True, **kw)
-    assert out == {"n_significant": 1, "noise_edge": noise_edge(**kw), "n_significant_is_lower_bound": False}
+    null = poisson_null_edge(D.sum(1), D.sum(0), seed=1)
+    out = significance(ev, complete=True, null_edge=null, **kw)
+    assert out["n_significant"] == 1 and not out["n_significant_is_lower_bound"]
+    assert out["noise_edge"] == max(noise_edge(**kw), null)
     mp = noise_edge(kw["n_pixels"], kw["n_channels"], kw["total_counts"], margin=0.0)
     assert 0.9 * mp < ev[1] < out["noise_edge"]  # the bulk reaches the MP edge: the floor is about the noise
+    # the null resamples the same model: its top noise eigenvalue is the data's, to the spread of an extreme value
+    assert 0.8 * ev[1] < null < 1.25 * ev[1]
+    assert poisson_null_edge(D.sum(1), D.sum(0), seed=1) == null  # deterministic for a seed
 
 
 def test_significance_counts_above_the_edge_and_flags_a_truncated_spectrum():
@@ -124,6 +137,29 @@ def test_significance_counts_above_the_edge_and_flags_a_truncated_spectrum():
     ones = np.array([1.0, 1.0 + 2e-16, 1.0, 0.7])
     assert significance(ones, complete=True, low_pixel_counts=1.0, **kw)["n_significant"] == 1
     assert significance(ones, complete=True, low_pixel_counts=1.0, mean_component=False, **kw)["n_significant"] == 0
+    assert significance(ones, complete=True, low_pixel_counts=2.0, **kw)["n_significant"] == 2  # 0.7 > 1/2; the 1s never
+    # the bound that set the edge is named
+    assert significance(ev, complete=True, **kw)["noise_edge_source"] == "marchenko-pastur"
+    assert significance(ev, complete=True, low_pixel_counts=2.0, **kw)["noise_edge_source"] == "sparse-floor"
+    assert significance(ev, complete=True, null_edge=0.6, **kw) == {
+        "n_significant": 1, "noise_edge": 0.6, "n_significant_is_lower_bound": False, "noise_edge_source": "poisson-null"}
+
+
+def test_poisson_null_sees_the_sparse_regime():
+    """At 10 counts/px over 1024 channels the noise reaches 1.5x the MP edge (rare channels); the null follows it.
+
+    The top noise eigenvalue is an extreme value set by a few rare counts: over
+    seeds the null's (a max over 3 draws) lies between 0.9 and 2 times the
+    data's, hence the loose bounds.
+    """
+    rng = np.random.default_rng(11)
+    spec, _ = phase_spectrum({"Fe": 0.7, "Cr": 0.2, "C": 0.1}, np.arange(1024) * 0.01 + 0.005)
+    D = rng.poisson(10.0 * spec, (4096, 1024))
+    ev = _scaled_eigenvalues(D)
+    top = ev[1:][ev[1:] < 1 - 1e-9][0]  # the top noise eigenvalue that is not an isolated block
+    mp = noise_edge(int(np.count_nonzero(D.sum(1))), int(np.count_nonzero(D.sum(0))), float(D.sum()), margin=0.0)
+    assert top > 1.3 * mp
+    assert 0.8 * top < poisson_null_edge(D.sum(1), D.sum(0)) < 2.5 * top
 
 
 @pytest.mark.parametrize("bad", [dict(n_pixels=0), dict(total_counts=-1.0), dict(n_channels=True),
@@ -205,3 +241,12 @@ def test_no_floor_without_poisson_scaling(single_phase):
     m = single_phase[2]
     ds = xsi_dask.decompose(m.isel(tile=[0]), 2, solver="gram", poisson=False)
     assert "n_significant" not in ds.attrs and "noise_edge" not in ds.attrs
+
+
+def test_bruker_50x50_map_has_two_components(needs_data, tmp_path):
+    """The real Bruker map: the mean and one more (Al vs Ag) stand clear of the noise; the rest is the MP bulk."""
+    m = xsi_dask.open_montage(xsi_dask.ingest(needs_data / "bcf_v2_50x50px.bcf", tmp_path / "b.zarr", progress=False))
+    ds = xsi_dask.decompose(m, 8, solver="randomized")
+    assert ds.attrs["n_significant"] == 2 and not ds.attrs["n_significant_is_lower_bound"]
+    S2 = ds["singular_values"].values ** 2
+    assert S2[1] > 5 * ds.attrs["noise_edge"] and S2[2] < ds.attrs["noise_edge"]  # not a close call

@@ -18,7 +18,8 @@ from ..errors import DecompositionError, XSIWarning
 from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
 from ..progress import Progress
-from ._rank import pixel_totals_summary, roundoff_cut, significance
+from ._rank import rank_attrs as significance_attrs
+from ._rank import roundoff_cut
 
 __all__ = ["decompose", "map_coords", "poisson_svd", "SVDFactors"]
 
@@ -186,9 +187,10 @@ def decompose(
         Parameters, passes and timings are in ``attrs``; with ``poisson=True``
         also ``n_significant`` (components above the Poisson noise floor, the
         mean spectrum included unless ``center``), ``noise_edge`` (that floor
-        in eigenvalue units, S^2) and ``n_significant_is_lower_bound`` (the
-        randomized solver's k all stand above it: ask for more). See
-        :func:`xsi_dask.decomposition._rank.significance` for the criterion.
+        in eigenvalue units, S^2), ``noise_edge_source`` (the bound that set
+        it) and ``n_significant_is_lower_bound`` (the randomized solver's k
+        all stand above it: ask for more). See
+        :mod:`xsi_dask.decomposition._rank` for the criterion.
 
     Raises
     ------
@@ -236,12 +238,8 @@ def decompose(
         eigenvalues = np.concatenate([eigenvalues[:r], np.zeros(eigenvalues.size - r)])
         data_vars["eigenvalues"] = ("rank", eigenvalues)
     if poisson:  # the noise floor is defined for the Poisson-scaled matrix only
-        st = plan.open_store()
-        px = pixel_totals_summary([st.count_map(t) for t in plan.tiles])
-        rank_attrs.update(significance(eigenvalues if eigenvalues is not None else S**2, n_pixels=max(px["n_pixels"], 1),
-                                       n_channels=max(int(np.count_nonzero(op.h)), 1), total_counts=max(float(op.h.sum()), 1.0),
-                                       complete=eigenvalues is not None, low_pixel_counts=px["low_pixel_counts"],
-                                       mean_component=not center))
+        rank_attrs.update(significance_attrs(plan, op.h, eigenvalues if eigenvalues is not None else S**2,
+                                             complete=eigenvalues is not None, center=center, seed=seed))
     if center:
         data_vars["mean"] = ("energy", op.mean)
     ds = xr.Dataset(
