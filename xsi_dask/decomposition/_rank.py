@@ -153,8 +153,8 @@ def pixel_totals_summary(totals) -> dict:
 
     Parameters
     ----------
-    totals : iterable of ndarray
-        Counts per pixel, any shape (one array per tile, say).
+    totals : iterable of array_like
+        Counts per pixel, any shapes (one array per tile, say).
 
     Returns
     -------
@@ -163,7 +163,8 @@ def pixel_totals_summary(totals) -> dict:
         ``low_pixel_counts`` (the :data:`LOW_PIXEL_PERCENTILE` percentile of
         the non-zero totals; None when no pixel holds a count).
     """
-    g = np.concatenate([np.asarray(t, dtype=np.float64).ravel() for t in totals]) if totals else np.zeros(0)
+    parts = [np.asarray(t, dtype=np.float64).ravel() for t in totals]
+    g = np.concatenate(parts) if parts else np.zeros(0)
     g = g[g > 0]
     low = float(np.percentile(g, LOW_PIXEL_PERCENTILE)) if g.size else None
     return {"n_pixels": int(g.size), "total_counts": float(g.sum()), "low_pixel_counts": low}
