@@ -18,6 +18,8 @@ from ..errors import DecompositionError, XSIWarning
 from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
 from ..progress import Progress
+from ._rank import rank_attrs as significance_attrs
+from ._rank import roundoff_cut
 
 __all__ = ["decompose", "map_coords", "poisson_svd", "SVDFactors"]
 
@@ -215,9 +217,18 @@ def decompose(
         ``loadings (component, energy)``: H^1/2 V, the spectra unweighted like
         HyperSpy's factors; ``scores (tile, y, x, component)``: G^1/2 U S, lazy
         (one dask chunk per tile, computed tile by tile on write), so that
-        D ~ scores @ loadings; ``eigenvalues (rank)`` with ``solver="gram"``;
-        ``mean (energy)`` with ``center=True``. Parameters, passes and timings
-        are in ``attrs``.
+        D ~ scores @ loadings; ``eigenvalues (rank)`` with ``solver="gram"``,
+        every one of the channels, those at round-off (at most M eps
+        lambda_max) set to 0 so that a rank-deficient map's scree stops there
+        (``attrs["eigenvalues_roundoff_rank"]``: how many are above it);
+        ``mean (energy)`` with ``center=True``.
+        Parameters, passes and timings are in ``attrs``; with ``poisson=True``
+        also ``n_significant`` (components above the Poisson noise floor, the
+        mean spectrum included unless ``center``), ``noise_edge`` (that floor
+        in eigenvalue units, S^2), ``noise_edge_source`` (the bound that set
+        it) and ``n_significant_is_lower_bound`` (the randomized solver's k
+        all stand above it: ask for more). See
+        :mod:`xsi_dask.decomposition._rank` for the criterion.
 
     Raises
     ------
@@ -259,8 +270,14 @@ def decompose(
         "loadings": (("component", "energy"), loadings),
         "scores": (("tile", "y", "x", "component"), op.scores(V)),
     }
-    if eigenvalues is not None:
+    rank_attrs = {}
+    if eigenvalues is not None:  # the scree stops at round-off: a rank-deficient map's tail is eigh's noise, set to 0
+        rank_attrs["eigenvalues_roundoff_rank"] = r = roundoff_cut(eigenvalues)
+        eigenvalues = np.concatenate([eigenvalues[:r], np.zeros(eigenvalues.size - r)])
         data_vars["eigenvalues"] = ("rank", eigenvalues)
+    if poisson:  # the noise floor is defined for the Poisson-scaled matrix only
+        rank_attrs.update(significance_attrs(op.totals_histogram, op.h, eigenvalues if eigenvalues is not None else S**2,
+                                             complete=eigenvalues is not None, center=center, seed=seed))
     if center:
         data_vars["mean"] = ("energy", op.mean)
     ds = xr.Dataset(
@@ -274,6 +291,7 @@ def decompose(
             "center": int(center),
             "seed": seed,
             "total_scaled_variance": op.frob2,
+            **rank_attrs,
             **run_attrs(plan, started, montage),
             **params,
         },
