@@ -222,3 +222,21 @@ def test_gram_over_active_channels_is_exact(tmp_path):
     # a loading lives on the active channels only
     idle = dense.sum(0) == 0
     assert np.all(ds.loadings.values[:, idle] == 0)
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_low_counts_warn_and_suggest_a_bin(tmp_path):
+    """The JEOL map (1.2 counts/px): only the mean stands above the noise; the warning names the bin that reaches
+    xsi-dask.low-count-target counts per pixel. Binned that far, the scree separates components and nothing warns."""
+    import warnings
+
+    from xsi_dask.errors import LowCountWarning
+
+    m = xsi_dask.open_montage(xsi_dask.ingest(EDS / "jeol_View000_0000006.pts", tmp_path / "j.zarr", progress=False))
+    with pytest.warns(LowCountWarning, match=r"0\.99\d* counts per pixel.*bin 16 x 16 \(analysis_view\(m, bin=16\), --bin 16\)"):
+        ds = xsi_dask.decompose(analysis_view(m), 5)
+    assert ds.attrs["n_significant"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowCountWarning)
+        binned = xsi_dask.decompose(analysis_view(m, bin=16), 5)
+    assert binned.attrs["n_significant"] > 1 and binned.attrs["counts_per_pixel"] > 100

@@ -14,7 +14,7 @@ import xarray as xr
 from .. import config
 from .._version import __version__
 from ..engine import Plan, make_plan
-from ..errors import DecompositionError, XSIWarning
+from ..errors import DecompositionError, LowCountWarning, XSIWarning
 from ..linalg import rsvd
 from ..linalg.operator import PoissonOperator
 from ..progress import Progress
@@ -104,6 +104,31 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
     else:
         raise DecompositionError(f"solver must be 'randomized' or 'gram'; got {solver!r}")
     return SVDFactors(S, rsvd.svd_flip(V), eigenvalues, op, params)
+
+
+def suggest_bin(tile_shape: tuple[int, int], counts_per_pixel: float, target: float) -> int | None:
+    """The smallest bin factor dividing both tile sides that brings ``counts_per_pixel`` to ``target`` (None: none)."""
+    h, w = tile_shape
+    for b in range(2, min(h, w) + 1):
+        if h % b == 0 and w % b == 0 and counts_per_pixel * b * b >= target:
+            return b
+    return None
+
+
+def _warn_low_counts(plan: Plan, op: PoissonOperator, rank: dict) -> None:
+    """A :class:`LowCountWarning` when only the mean spectrum stands above the noise at few counts per pixel."""
+    target = float(config.get("low-count-target"))
+    cpp = float(op.h.sum()) / max(plan.n_pixels, 1)
+    if rank.get("n_significant_is_lower_bound") or rank.get("n_significant", 2) > 1 or cpp >= target:
+        return
+    total = plan.bin * np.array(plan.tile_shape)  # the stored tile: the suggestion is a bin of the stored pixels
+    b = suggest_bin(tuple(int(v) for v in total), cpp / plan.bin**2, target)
+    advice = (f"bin {b} x {b} (analysis_view(m, bin={b}), --bin {b}) gives {cpp / plan.bin**2 * b * b:.0f} counts per pixel"
+              if b and b > plan.bin else "bin the pixels more, or re-split the montage into larger tiles")
+    warnings.warn(
+        f"only the mean spectrum stands above the Poisson noise (noise edge {rank.get('noise_edge', float('nan')):.3g} of "
+        f"the mean's eigenvalue 1): the view has {cpp:.3g} counts per {'binned ' if plan.bin > 1 else ''}pixel, too few "
+        f"for the scaled SVD to separate components from the noise; {advice}", LowCountWarning, stacklevel=3)
 
 
 def count_arg(value, name: str, low: int, high: int | None = None, high_text: str = "") -> int:
@@ -278,6 +303,8 @@ def decompose(
     if poisson:  # the noise floor is defined for the Poisson-scaled matrix only
         rank_attrs.update(significance_attrs(op.totals_histogram, op.h, eigenvalues if eigenvalues is not None else S**2,
                                              complete=eigenvalues is not None, center=center, seed=seed))
+    if poisson:
+        _warn_low_counts(plan, op, rank_attrs)
     if center:
         data_vars["mean"] = ("energy", op.mean)
     ds = xr.Dataset(
