@@ -194,7 +194,7 @@ def test_zero_peak_excluded_by_default(tmp_path):
     m = xsi_dask.open_montage(xsi_dask.ingest(EDS / "bcf_v2_50x50px.bcf", tmp_path / "b.zarr", progress=False))
     v = analysis_view(m)
     cut = zero_peak_cutoff(m)
-    assert 0.15 < cut < 0.25
+    assert 0.15 < cut < 0.2
     assert float(v.energy.min()) >= cut and int((m.energy.values < cut).sum()) == m.sizes["energy"] - v.sizes["energy"]
     h = np.asarray(m.sum(("tile", "y", "x")).data.compute().todense(), dtype=float)
     zero = h[(m.energy.values > -0.2) & (m.energy.values < 0.12)].sum() / h.sum()

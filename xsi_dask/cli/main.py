@@ -28,7 +28,7 @@ def _add_view_options(p: argparse.ArgumentParser) -> None:
                         "a negative LO needs the = form (--energy-range=-0.1:5). Default: the whole axis")
     v.add_argument("--keep-zero-peak", action="store_true",
                    help="keep the detector's zero (strobe) peak; by default it is excluded for EDS below 4 FWHM(0) "
-                        "of the detector (about 0.19 keV at 130 eV Mn Ka): light-element (Be, B) work keeps it")
+                        "of the detector (about 0.19 keV at 130 eV Mn Ka), never into C Ka: light-element (Be, B) work keeps it")
     v.add_argument("--bin", type=int, metavar="B",
                    help="sum B x B pixel blocks within each tile before the analysis (as HyperSpy's rebin); "
                         "B must divide the tile size. Default 1 (no binning); bin low-count maps (about 1 count/px)")

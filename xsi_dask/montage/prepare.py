@@ -20,13 +20,17 @@ from .view import montage_store
 
 __all__ = ["ZERO_PEAK_FWHMS", "analysis_view", "zero_peak_cutoff", "signal_type"]
 
-# the zero (strobe) peak is excluded below this many FWHM(0) of the detector:
-# 4 x 46 eV = 0.19 keV at 130 eV (Mn Ka). The measured strobe peaks of the
-# shared Bruker, Hitachi and Velox maps have fallen to the background by
-# 0.12-0.2 keV (a Gaussian of that width would by 0.1 keV; the peak has a
-# low-energy-noise tail). Be Ka (0.108) and B Ka (0.183) lie below: light-element
-# work keeps the zero peak (keep_zero_peak=True, --keep-zero-peak) and crops itself.
+# the zero (strobe) peak is excluded below this many FWHM(0) of the detector,
+# 4 x 46 eV = 0.19 keV at 130 eV (Mn Ka): the strobe peaks of the shared Bruker
+# and Hitachi maps (FWHM about 55 eV) have fallen to the background by
+# 0.08-0.12 keV, but the Velox map's has a low-energy-noise tail to 0.2 keV
+# (which a narrower window left to be named "B Ka"). The window never reaches
+# into C Ka, the lightest line routinely analysed by EDS: it stops at
+# E(C Ka) - FWHM(E(C Ka)) (0.22 keV at 130 eV; 0.21 keV at 138 eV, where 4 x
+# FWHM(0) would be 0.26). Be Ka (0.108) and B Ka (0.183) lie below: light-element
+# work keeps the zero peak (keep_zero_peak=True, --keep-zero-peak) and sets its own range.
 ZERO_PEAK_FWHMS = 4.0
+C_KA_KEV = 0.277
 
 
 def signal_type(montage: xr.DataArray) -> str:
@@ -40,7 +44,8 @@ def zero_peak_cutoff(montage: xr.DataArray, resolution_mnka_ev: float | None = N
     """Energy (keV) below which the EDS detector's zero peak is excluded by default.
 
     ``ZERO_PEAK_FWHMS`` x FWHM(0), the detector's peak width at 0 keV from its
-    resolution at Mn Ka (:func:`xsi_dask.io.metadata.detector_fwhm`): the
+    resolution at Mn Ka, but at most E(C Ka) - FWHM(E(C Ka)) so that the
+    carbon peak is analysed whole (:func:`xsi_dask.io.metadata.detector_fwhm`): the
     resolution given, else the largest ``Detector.EDS.energy_resolution_MnKa``
     of the source files, else exspy's default of 130 eV.
     """
@@ -49,7 +54,7 @@ def zero_peak_cutoff(montage: xr.DataArray, resolution_mnka_ev: float | None = N
         found = [r for r in found if r is not None]
         resolution_mnka_ev = max(found) if found else None  # files that differ: the widest peak
     r = DEFAULT_RESOLUTION_MNKA_EV if resolution_mnka_ev is None else resolution_mnka_ev
-    return ZERO_PEAK_FWHMS * detector_fwhm(0.0, r)
+    return min(ZERO_PEAK_FWHMS * detector_fwhm(0.0, r), C_KA_KEV - detector_fwhm(C_KA_KEV, r))
 
 
 def _range(energy_range) -> tuple[float | None, float | None]:

@@ -222,16 +222,13 @@ def _view(store, view: ViewParams):
 
 
 def _view_attrs(montage, view: ViewParams) -> dict[str, Any]:
-    """What the results record of the view they were computed on (where the engine does not record it itself)."""
-    a = montage.attrs
-    out = {"energy_range": a.get("energy_range"), "zero_peak_cutoff": a.get("zero_peak_cutoff"), "bin": a.get("bin", 1)}
-    if view.elements:
-        out["elements"] = list(view.elements)
-    return out
+    """What the results record of the analysis beyond what the engine records (energy range, zero-peak cutoff,
+    bin and the files' acquisition metadata): the analyst's ``--elements``, which replace the files' list."""
+    return {"elements": list(view.elements)} if view.elements else {}
 
 
 def _annotate(root: Path, group: str, attrs: dict[str, Any], *, consolidate: bool) -> None:
-    """Add ``attrs`` (those the group lacks) to group ``group`` of the results store ``root`` being written."""
+    """Set ``attrs`` on group ``group`` of the results store ``root`` being written (replacing those of the same name)."""
     import warnings
 
     import zarr
@@ -239,7 +236,7 @@ def _annotate(root: Path, group: str, attrs: dict[str, Any], *, consolidate: boo
     from ..io.readers import to_json
 
     g = zarr.open_group(str(root), mode="r+", path=group, zarr_format=3)
-    g.attrs.update({k: v for k, v in to_json(attrs).items() if k not in g.attrs})
+    g.attrs.update(to_json(attrs))
     if consolidate:
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known, wanted
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -542,7 +539,7 @@ def _run_in(out, sources, given_store, target, store, config, layout, view, svd,
         t = time.perf_counter()
         svd_ds = _svd(montage, montage.sizes["energy"], svd, progress)
         timings["SVD"] = time.perf_counter() - t
-        svd_ds.attrs.update({k: v for k, v in recorded.items() if k not in svd_ds.attrs})
+        svd_ds.attrs.update(recorded)
         t = time.perf_counter()
         write_results(staged, {"svd": svd_ds}, progress=progress)
         timings["write SVD (scores tile by tile)"] = time.perf_counter() - t
@@ -613,7 +610,7 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
             _annotate(staged, "nmf", {**recorded, "n_components_source": source}, consolidate=False)  # the commit consolidates
         else:
             ds = _svd(montage, montage.sizes["energy"], params, progress)
-            ds.attrs.update({k: v for k, v in recorded.items() if k not in ds.attrs})
+            ds.attrs.update(recorded)
             write_results(staged, {"svd": ds}, progress=progress)
     return open_results(out, group)
 
