@@ -93,6 +93,9 @@ def poisson_svd(plan: Plan, k: int, *, solver: str = "randomized", power_iters: 
         eigenvalues = np.zeros(M)
         eigenvalues[:Ma] = np.clip(scipy.linalg.eigvalsh(A)[::-1], 0.0, None)
         evals, E = scipy.linalg.eigh(A, subset_by_index=(Ma - ka, Ma - 1))
+        if evals.size < ka:  # LAPACK's syevr can return fewer than asked inside a degenerate cluster: all of them
+            evals, E = scipy.linalg.eigh(A)
+            evals, E = evals[Ma - ka :], E[:, Ma - ka :]
         S = np.zeros(k)
         S[:ka] = np.sqrt(np.clip(evals[::-1], 0.0, None))
         V = np.zeros((M, k))
