@@ -76,11 +76,11 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 _EXAMPLES = {
     "ingest": "xsi-dask ingest ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --out jeol.zarr\n"
               "  xsi-dask ingest tile_*.bcf --grid 2x3 --out montage.zarr",
-    "run": "xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 4 --out jeol_run\n"
+    "run": "xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 16 --out jeol_run\n"
            "  xsi-dask run montage.zarr --energy-range 0.2:10 --elements Fe,Cr,Mn --nmf-components 5 --out run2\n"
            "  xsi-dask run --config jeol_run/run.yaml --out jeol_run2",
-    "decompose": "xsi-dask decompose jeol.zarr --out results.zarr --solver gram --components 20 --bin 4",
-    "nmf": "xsi-dask nmf jeol.zarr --out results.zarr --components 4 --bin 4 --energy-range 0.3:",
+    "decompose": "xsi-dask decompose jeol.zarr --out results.zarr --solver gram --components 20 --bin 16",
+    "nmf": "xsi-dask nmf jeol.zarr --out results.zarr --components 4 --bin 16 --energy-range 0.3:",
     "simulate": "xsi-dask simulate --out g91.zarr --preset grade91_replica --tiles 2x2 --tile-shape 128x128 "
                 "--zero-peak 0.15",
     "info": "xsi-dask info jeol.zarr --json",
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsi-dask",
         description="Multivariate statistical analysis of sparse X-ray spectrum-image montages.",
-        epilog="example:\n  xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 4 --out jeol_run\n"
+        epilog="example:\n  xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 16 --out jeol_run\n"
                "'xsi-dask COMMAND --help' tells the options of each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
