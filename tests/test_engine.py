@@ -426,8 +426,10 @@ def test_run_on_jeol_computes_the_svd_once(needs_data, tmp_path):
     res = run([EDS / "jeol_View000_0000006.pts"], tmp_path / "run", layout=LayoutParams(split="4x4"),
               svd=SVDParams(components=10, seed=0), nmf=NMFParams(components=4, max_iter=20, tol=0),
               cluster=ClusterParams(workers=2), progress=False)
+    from xsi_dask.montage.prepare import analysis_view
+
     got = open_results(res.results, "nmf")
-    m = xsi_dask.open_montage(res.store)
+    m = analysis_view(xsi_dask.open_montage(res.store))  # what run analyses by default
     with dask.config.set(scheduler="sync"):
         svd = xsi_dask.decompose(m, 10, seed=0)
         ref = xsi_dask.nmf(m, 4, max_iter=20, tol=0, init=svd)
