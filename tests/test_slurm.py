@@ -87,13 +87,6 @@ def test_cluster_params_refuse_what_cannot_apply(kwargs, match):
 
 # ---- against the live SLURM ----
 
-@pytest.fixture(autouse=True)
-def _default_scheduler_restored():
-    """Every test leaves dask's default scheduler as it found it (the next test files compute without a client)."""
-    before = dask.config.get("scheduler", None)
-    yield
-    assert dask.config.get("scheduler", None) == before
-
 @pytest.mark.slurm
 @live
 @pytest.mark.usefixtures("needs_data")
@@ -140,11 +133,10 @@ def test_scheduler_speaks_tls_only(tmp_path):
         address = c.scheduler.address
         assert address.startswith("tls://")
         assert c.submit(lambda: 6 * 7).result() == 42
-        # set_as_default=False: a Client that fails to connect would leave "dask.distributed" as dask's scheduler
         with pytest.raises((OSError, TimeoutError, TypeError)):  # TypeError: no TLS context without a certificate
-            Client(address, timeout=3, set_as_default=False)
+            Client(address, timeout=3)
         with pytest.raises((OSError, TimeoutError)):
-            Client(address.replace("tls://", "tcp://"), timeout=3, set_as_default=False)
+            Client(address.replace("tls://", "tcp://"), timeout=3)
     time.sleep(1)
     assert _jobs() == []
 
