@@ -18,6 +18,7 @@ import pytest
 
 import xsi_dask
 from xsi_dask.decomposition._rank import (
+    _histogram_summary,
     MARGIN,
     TW1_Q99,
     noise_edge,
@@ -173,6 +174,19 @@ def test_bad_counts_are_refused(bad):
 def test_eigenvalues_must_descend():
     with pytest.raises(DecompositionError, match="descending"):
         significance([0.1, 1.0], n_pixels=100, n_channels=10, total_counts=1e3, complete=True)
+
+
+def test_histogram_summary_equals_the_expanded_totals():
+    """The first pass's pixel-total histogram gives N, T and g_low exactly as the totals themselves would."""
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        size = int(rng.integers(2, 60))
+        hist = rng.integers(0, 5, size=size) * (rng.random(size) < 0.5)
+        if trial % 7 == 0:
+            hist[:] = 0
+            hist[int(rng.integers(0, size))] = int(rng.integers(1, 4))
+        expanded = np.repeat(np.arange(size), hist)
+        assert _histogram_summary(hist) == pixel_totals_summary([expanded])
 
 
 def test_roundoff_cut_on_a_rank_deficient_gram():

@@ -307,6 +307,26 @@ def significance(eigenvalues, *, n_pixels: int, n_channels: int, total_counts: f
     return {"n_significant": n, "noise_edge": edge, "n_significant_is_lower_bound": bool(lower), "noise_edge_source": source}
 
 
+def _histogram_summary(hist: np.ndarray) -> dict:
+    """:func:`pixel_totals_summary` of the pixel totals a histogram counts (bin g: pixels of total g), without
+    expanding it into one total per pixel: the percentile is numpy's linear one, from the two order statistics
+    around its index (the same float as ``np.percentile`` on the expanded totals)."""
+    counts = hist[1:]
+    n = int(counts.sum())
+    if n == 0:
+        return {"n_pixels": 0, "total_counts": 0.0, "low_pixel_counts": None}
+    q = LOW_PIXEL_PERCENTILE / 100.0
+    virtual = (n - 1) * q  # numpy's index for method="linear"
+    lo = min(max(math.floor(virtual), 0), n - 1)
+    hi = min(lo + 1, n - 1)
+    # the value of rank r (0-based) of the sorted non-zero totals: the first total whose cumulative count exceeds r
+    a, b = (float(v) + 1.0 for v in np.searchsorted(np.cumsum(counts), [lo, hi], side="right"))
+    t = virtual - lo if 0 <= virtual < n - 1 else 0.0
+    low = b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
+    totals = np.arange(1, hist.size, dtype=np.float64)
+    return {"n_pixels": n, "total_counts": float(counts @ totals), "low_pixel_counts": low}
+
+
 def rank_attrs(totals_histogram: np.ndarray, channel_totals: np.ndarray, eigenvalues: np.ndarray, *, complete: bool,
                center: bool, seed: int = 0) -> dict:
     """:func:`significance` for a decomposition on a plan: the attributes :func:`xsi_dask.decompose` records.
@@ -326,13 +346,22 @@ def rank_attrs(totals_histogram: np.ndarray, channel_totals: np.ndarray, eigenva
         ``complete`` as in :func:`significance`; the mean is a component unless ``center``.
     seed : int
         Seed of the Poisson null.
+
+    Notes
+    -----
+    N and g_low are read from the histogram itself (a few arrays of the cap's
+    size, whatever the pixel count); only the Poisson null, drawn where
+    T <= :data:`NULL_MAX_COUNTS`, expands it into the totals of the pixels
+    with counts (at most T of them).
     """
     hist = np.asarray(totals_histogram, dtype=np.int64)
-    g = [np.repeat(np.arange(hist.size, dtype=np.int64), hist)]  # the view's pixel totals, in increasing order
-    px = pixel_totals_summary(g)
+    px = _histogram_summary(hist)
     h = np.asarray(channel_totals, dtype=np.float64)
     T = float(h.sum())
-    null = poisson_null_edge(g, h, seed=seed) if 0 < T <= NULL_MAX_COUNTS else None
+    null = None
+    if 0 < T <= NULL_MAX_COUNTS:
+        g = np.repeat(np.arange(1, hist.size, dtype=np.int64), hist[1:])  # the non-zero totals, increasing
+        null = poisson_null_edge(g, h, seed=seed)
     return significance(eigenvalues, n_pixels=max(px["n_pixels"], 1), n_channels=max(int(np.count_nonzero(h)), 1),
                         total_counts=max(T, 1.0), complete=complete, low_pixel_counts=px["low_pixel_counts"],
                         null_edge=null, mean_component=not center)
