@@ -148,27 +148,12 @@ def _pixel_origin(st, t: int) -> tuple[float, float]:
     return float(oy or 0.0), float(ox or 0.0)
 
 
-def _plain(view: xr.DataArray, st) -> bool:
-    """Whether the view shows whole tiles as stored (no energy or pixel selection, no binning)."""
-    h, w = st.tile_shape
-    if (view.sizes["y"], view.sizes["x"], view.sizes["energy"]) != (h, w, st.channels):
-        return False
-    px = st.attrs["pixels"]
-    return (np.array_equal(view["energy"].values, st.energy)
-            and np.array_equal(view["y"].values, np.arange(h) * px["scale_y"])
-            and np.array_equal(view["x"].values, np.arange(w) * px["scale_x"]))
+def _tile_entries(view: xr.DataArray, i: int) -> tuple[np.ndarray, ...]:
+    """(y, x, channel, value) of the non-zero values of the view's ``i``-th tile, never dense.
 
-
-def _tile_entries(view: xr.DataArray, i: int, st, t: int, plain: bool) -> tuple[np.ndarray, ...]:
-    """(y, x, channel, count) of the non-zero counts of the view's ``i``-th tile (store tile ``t``), never dense.
-
-    A plain view is read from the tile's CSR arrays; any other view (an energy
-    range, binning) is computed through its sparse dask graph.
+    Computed through the view's own (sparse) dask graph, so that whatever the
+    view is (a selection, binning, ``m * 2``) is what is converted.
     """
-    if plain:
-        csr = st.tile_csr(t)
-        pixel = np.repeat(np.arange(st.pixels_per_tile), np.diff(csr.indptr.astype(np.int64)))
-        return pixel // st.tile_shape[1], pixel % st.tile_shape[1], csr.indices.astype(np.int64), csr.data
     import sparse
 
     block = view.isel(tile=[i]).data
@@ -180,8 +165,8 @@ def _tile_entries(view: xr.DataArray, i: int, st, t: int, plain: bool) -> tuple[
 
 
 def _target_dtype(vmax: int, view_dtype: np.dtype, dtypes: list[str]) -> np.dtype:
-    """The source files' dtype where the counts fit it (they do unless binned), else the view's."""
-    if len(set(dtypes)) != 1:
+    """The source files' dtype where the view holds integers that fit it (they do unless binned), else the view's."""
+    if len(set(dtypes)) != 1 or view_dtype.kind not in "ui":
         return view_dtype
     dt = np.dtype(dtypes[0])
     if dt.kind in "ui" and vmax > np.iinfo(dt).max:
@@ -286,8 +271,7 @@ def to_hyperspy(montage, tile: int | None = None, *, stitch: bool = False, max_b
 
     refuse_above(_target_dtype(0, np.dtype(view.dtype), dtypes))  # before reading: binned counts can only widen it
     # each tile read sparse, then scattered into one dense array of the source files' dtype
-    plain = _plain(view, st)
-    blocks = [_tile_entries(view, i, st, t, plain) for i, t in enumerate(tiles)]
+    blocks = [_tile_entries(view, i) for i in range(len(tiles))]
     vmax = max((int(b[3].max()) for b in blocks if b[3].size), default=0)
     dtype = _target_dtype(vmax, np.dtype(view.dtype), dtypes)
     refuse_above(dtype)
@@ -368,12 +352,12 @@ def from_hyperspy(signal, store: str | Path, *, overwrite: bool = False):
         ``store`` exists (and ``overwrite`` is false, or it is not a montage
         store), or cannot be written; checked before anything is converted.
     """
-    import zarr
+    import dask
 
-    from ..io.ingest import _ingest_tile, _write_source
-    from ..io.layout import TileSpec
+    from ..io.ingest import _write_store
+    from ..io.layout import Layout, TileSpec
     from ..io.readers import SpectrumImage, _energy_axis, _pixel_axes, to_json
-    from ..io.store import MontageStore, atomic_output, check_output, write_montage_attrs
+    from ..io.store import MontageStore, check_output
 
     started = time.perf_counter()
     am = getattr(signal, "axes_manager", None)
@@ -409,25 +393,11 @@ def from_hyperspy(signal, store: str | Path, *, overwrite: bool = False):
         original_metadata=to_json(signal.original_metadata.as_dictionary()),
         signal_type=str((metadata.get("Signal") or {}).get("signal_type") or ""),
     )
-    spec = TileSpec(index=0, source=Path(name), row=0, col=0)
-    with atomic_output(store, overwrite=overwrite) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        tile = _ingest_tile(si, spec, root.create_group("tiles"))
-        source = _write_source(si, 0, root.create_group("sources"))
-        write_montage_attrs(
-            root,
-            tiles=[tile],
-            grid=[1, 1],
-            split=None,
-            layout={"kind": "hyperspy", "grid": None, "split": None, "manifest": None, "files": []},
-            tile_shape=tile["shape"],
-            energy=si.energy.to_dict(),
-            pixels=si.pixels.to_dict(),
-            stage_units=si.pixels.units,
-            image_names=tile["image_names"],
-            sources=[source],
-            ingest_seconds=time.perf_counter() - started,
-        )
+    layout = Layout(tiles=(TileSpec(index=0, source=Path(name), row=0, col=0),), rows=1, cols=1)
+    record = {"kind": "hyperspy", "grid": None, "split": None, "manifest": None}
+    srcs = {Path(name): dask.delayed(si, traverse=False)}  # traverse=False: the signal's arrays stay as they are
+    _write_store(store, layout, srcs, record, [], overwrite=overwrite, tolerance=float(config.get("energy-tolerance")),
+                 threads=1, progress=False, started=started)
     return MontageStore(store)
 
 

@@ -216,6 +216,60 @@ def _validate(layout: Layout, results: list[dict[str, Any]], tolerance: float) -
             )
 
 
+def _write_store(
+    out: str | Path,
+    layout: Layout,
+    srcs: dict[Path, Any],
+    record: dict[str, Any],
+    files: Sequence[Path],
+    *,
+    overwrite: bool,
+    tolerance: float,
+    threads: int,
+    progress: bool,
+    started: float,
+) -> None:
+    """Convert and write every tile of ``layout`` into a new store ``out``, in parallel; rename it into place.
+
+    ``srcs`` maps each source of the layout to a ``dask.delayed`` SpectrumImage
+    (read in the task, or one already in memory); ``record`` is the store's
+    ``layout`` attribute (:func:`layout_record`), to which the fingerprints of
+    ``files`` are added once they are read. Errors of the tasks are raised
+    once all have ended.
+    """
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        tiles_g = root.create_group("tiles")
+        sources_g = root.create_group("sources")
+        tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
+        meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(minimum=1.0):
+                results, sources = dask.compute(tasks, meta_tasks, scheduler="threads", num_workers=threads)
+        else:
+            results, sources = dask.compute(tasks, meta_tasks, scheduler="threads", num_workers=threads)
+        _raise_first(results + sources)
+        _validate(layout, results, tolerance)
+
+        ref = results[0]
+        write_montage_attrs(
+            root,
+            tiles=results,
+            grid=[layout.rows, layout.cols],
+            split=list(layout.split) if layout.split else None,
+            layout={**record, "files": source_fingerprints(files)},
+            tile_shape=ref["shape"],
+            energy=ref["energy"].to_dict(),
+            pixels=ref["pixels"].to_dict(),
+            stage_units=layout.stage_units or ref["pixels"].units,
+            image_names=ref["image_names"],
+            sources=sources,
+            ingest_seconds=time.perf_counter() - started,
+        )
+
+
 def ingest(
     inputs: Sequence[str | Path] | str | Path | None,
     out: str | Path,
@@ -311,43 +365,14 @@ def ingest(
     else:
         layout = grid_layout([p.resolve() for p in expand_inputs(inputs or [])], grid)
 
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        tiles_g = root.create_group("tiles")
-        sources_g = root.create_group("sources")
-        srcs = {}
-        for path in layout.sources:
-            # traverse=False: dask would otherwise walk the whole metadata tree of the source
-            srcs[path] = (
-                dask.delayed(preread, traverse=False)
-                if preread is not None
-                else dask.delayed(_guarded(_read), pure=False)(path, reader_kwargs)
-            )
-        tasks = [dask.delayed(_guarded(_ingest_tile))(srcs[spec.source], spec, tiles_g) for spec in layout.tiles]
-        meta_tasks = [dask.delayed(_guarded(_write_source))(srcs[p], k, sources_g) for k, p in enumerate(layout.sources)]
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(minimum=1.0):
-                results, sources = dask.compute(tasks, meta_tasks, scheduler="threads", num_workers=n_threads)
-        else:
-            results, sources = dask.compute(tasks, meta_tasks, scheduler="threads", num_workers=n_threads)
-        _raise_first(results + sources)
-        _validate(layout, results, tolerance)
-
-        ref = results[0]
-        write_montage_attrs(
-            root,
-            tiles=results,
-            grid=[layout.rows, layout.cols],
-            split=list(layout.split) if layout.split else None,
-            layout={**record, "files": source_fingerprints(layout.sources)},
-            tile_shape=ref["shape"],
-            energy=ref["energy"].to_dict(),
-            pixels=ref["pixels"].to_dict(),
-            stage_units=layout.stage_units or ref["pixels"].units,
-            image_names=ref["image_names"],
-            sources=sources,
-            ingest_seconds=time.perf_counter() - started,
+    srcs = {}
+    for path in layout.sources:
+        # traverse=False: dask would otherwise walk the whole metadata tree of the source
+        srcs[path] = (
+            dask.delayed(preread, traverse=False)
+            if preread is not None
+            else dask.delayed(_guarded(_read), pure=False)(path, reader_kwargs)
         )
+    _write_store(out, layout, srcs, record, layout.sources, overwrite=overwrite, tolerance=tolerance, threads=n_threads,
+                 progress=progress, started=started)
     return MontageStore(out)
