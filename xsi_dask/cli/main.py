@@ -103,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsi-dask",
         description="Multivariate statistical analysis of sparse X-ray spectrum-image montages.",
-        epilog="example:\n  xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 16 --out jeol_run\n"
-               "'xsi-dask COMMAND --help' tells the options of each command.",
+        epilog=f"example:\n  {_EXAMPLES['run'].splitlines()[0]}\n'xsi-dask COMMAND --help' tells the options of each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xsi-dask {__version__}")
