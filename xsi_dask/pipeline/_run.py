@@ -221,7 +221,7 @@ def _view(store, view: ViewParams):
     return view.apply(open_montage(store))
 
 
-def _view_attrs(montage, view: ViewParams) -> dict[str, Any]:
+def _view_attrs(view: ViewParams) -> dict[str, Any]:
     """What the results record of the analysis beyond what the engine records (energy range, zero-peak cutoff,
     bin and the files' acquisition metadata): the analyst's ``--elements``, which replace the files' list."""
     return {"elements": list(view.elements)} if view.elements else {}
@@ -535,7 +535,7 @@ def _run_in(out, sources, given_store, target, store, config, layout, view, svd,
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
-        recorded = _view_attrs(montage, view)
+        recorded = _view_attrs(view)
         t = time.perf_counter()
         svd_ds = _svd(montage, montage.sizes["energy"], svd, progress)
         timings["SVD"] = time.perf_counter() - t
@@ -600,7 +600,7 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     out = check_results_target(out, [group], overwrite=overwrite)  # before any computation
     st = MontageStore(store)
     montage = _view(st, view)  # a bad energy range or bin: refused before any pass
-    recorded = _view_attrs(montage, view)
+    recorded = _view_attrs(view)
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
     with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
         if group == "nmf":
