@@ -475,8 +475,8 @@ def run(
         store = MontageStore(target)
     elif target.exists() and not overwrite:
         store = _reusable(target, sources, layout)
-    if store is not None:
-        _view(store, view)  # an energy range or bin the store cannot take: refused before anything is made
+    # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
+    montage = None if store is None else _view(store, view)
 
     created = _make_folder(out)
     config = None
@@ -485,8 +485,8 @@ def run(
             out / "run.yaml",
             RunConfig(inputs=tuple(sources), out=out, layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster),
         )
-        return _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
-                       progress)
+        return _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster,
+                       overwrite, progress)
     except OSError as exc:
         _unmake_folder(created, config)
         from ..io.store import _is_output_fault, _output_error
@@ -499,9 +499,9 @@ def run(
         raise
 
 
-def _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
+def _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster, overwrite,
             progress) -> RunResult:
-    """:func:`run` once its outputs are checked and its folder made."""
+    """:func:`run` once its outputs are checked and its folder made (``montage``: the view of a known ``store``)."""
     import dataclasses
 
     from ..engine import worker_addresses
@@ -531,7 +531,8 @@ def _run_in(out, sources, given_store, target, store, config, layout, view, svd,
             timings["ingest"] = time.perf_counter() - t
         info = store.info()
         print(format_info(info))
-        montage = _view(store, view)  # after an ingest, the bin is checked against the tile size here, before any pass
+        if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
+            montage = _view(store, view)
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
