@@ -229,18 +229,15 @@ def _view_attrs(view: ViewParams) -> dict[str, Any]:
 
 def _annotate(root: Path, group: str, attrs: dict[str, Any], *, consolidate: bool) -> None:
     """Set ``attrs`` on group ``group`` of the results store ``root`` being written (replacing those of the same name)."""
-    import warnings
-
     import zarr
 
     from ..io.readers import to_json
+    from ..io.results import _consolidate
 
     g = zarr.open_group(str(root), mode="r+", path=group, zarr_format=3)
     g.attrs.update(to_json(attrs))
     if consolidate:
-        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known, wanted
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(str(root), zarr_format=3)
+        _consolidate(root)
 
 
 def nmf_components(svd_ds, nmf: NMFParams) -> tuple[int, str]:
