@@ -103,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsi-dask",
         description="Multivariate statistical analysis of sparse X-ray spectrum-image montages.",
-        epilog="example:\n  xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 16 --out jeol_run\n"
-               "'xsi-dask COMMAND --help' tells the options of each command.",
+        epilog=f"example:\n  {_EXAMPLES['run'].splitlines()[0]}\n'xsi-dask COMMAND --help' tells the options of each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xsi-dask {__version__}")
@@ -239,10 +238,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 # ---- argparse -> parameter objects -> pipeline ----
 
-_SVD_FLAGS = {"components": "components", "solver": "solver", "power_iters": "power_iters",
-              "oversampling": "oversampling", "seed": "seed"}
-_NMF_FLAGS = {"loss": "loss", "max_iter": "max_iter", "tol": "tol", "init": "init", "sparsity": "sparsity", "seed": "seed",
-              "checkpoint_every": "checkpoint_every", "resume": "resume"}
+# the flags' destinations are the parameter objects' field names
+_SVD_FLAGS = ("components", "solver", "power_iters", "oversampling", "seed")
+_NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume")
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit")
 _VIEW_FLAGS = ("energy_range", "keep_zero_peak", "bin", "elements")
 
@@ -255,7 +253,7 @@ def _given(args: argparse.Namespace) -> dict:
 def _svd_params(g: dict):
     from ..pipeline import SVDParams
 
-    kw = {field: g[flag] for flag, field in _SVD_FLAGS.items() if flag in g}
+    kw = {k: g[k] for k in _SVD_FLAGS if k in g}
     if g.get("no_poisson"):
         kw["poisson"] = False
     if g.get("center"):
@@ -266,7 +264,7 @@ def _svd_params(g: dict):
 def _nmf_params(g: dict, components_flag: str):
     from ..pipeline import NMFParams
 
-    kw = {field: g[flag] for flag, field in _NMF_FLAGS.items() if flag in g}
+    kw = {k: g[k] for k in _NMF_FLAGS if k in g}
     if components_flag in g:
         kw["components"] = g[components_flag]
     return NMFParams(**kw)

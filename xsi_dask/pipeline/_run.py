@@ -221,7 +221,7 @@ def _view(store, view: ViewParams):
     return view.apply(open_montage(store))
 
 
-def _view_attrs(montage, view: ViewParams) -> dict[str, Any]:
+def _view_attrs(view: ViewParams) -> dict[str, Any]:
     """What the results record of the analysis beyond what the engine records (energy range, zero-peak cutoff,
     bin and the files' acquisition metadata): the analyst's ``--elements``, which replace the files' list."""
     return {"elements": list(view.elements)} if view.elements else {}
@@ -229,18 +229,15 @@ def _view_attrs(montage, view: ViewParams) -> dict[str, Any]:
 
 def _annotate(root: Path, group: str, attrs: dict[str, Any], *, consolidate: bool) -> None:
     """Set ``attrs`` on group ``group`` of the results store ``root`` being written (replacing those of the same name)."""
-    import warnings
-
     import zarr
 
     from ..io.readers import to_json
+    from ..io.results import _consolidate
 
     g = zarr.open_group(str(root), mode="r+", path=group, zarr_format=3)
     g.attrs.update(to_json(attrs))
     if consolidate:
-        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known, wanted
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(str(root), zarr_format=3)
+        _consolidate(root)
 
 
 def nmf_components(svd_ds, nmf: NMFParams) -> tuple[int, str]:
@@ -475,8 +472,8 @@ def run(
         store = MontageStore(target)
     elif target.exists() and not overwrite:
         store = _reusable(target, sources, layout)
-    if store is not None:
-        _view(store, view)  # an energy range or bin the store cannot take: refused before anything is made
+    # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
+    montage = None if store is None else _view(store, view)
 
     created = _make_folder(out)
     config = None
@@ -485,8 +482,8 @@ def run(
             out / "run.yaml",
             RunConfig(inputs=tuple(sources), out=out, layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster),
         )
-        return _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
-                       progress)
+        return _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster,
+                       overwrite, progress)
     except OSError as exc:
         _unmake_folder(created, config)
         from ..io.store import _is_output_fault, _output_error
@@ -499,9 +496,9 @@ def run(
         raise
 
 
-def _run_in(out, sources, given_store, target, store, config, layout, view, svd, nmf, cluster, overwrite,
+def _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster, overwrite,
             progress) -> RunResult:
-    """:func:`run` once its outputs are checked and its folder made."""
+    """:func:`run` once its outputs are checked and its folder made (``montage``: the view of a known ``store``)."""
     import dataclasses
 
     from ..engine import worker_addresses
@@ -531,11 +528,12 @@ def _run_in(out, sources, given_store, target, store, config, layout, view, svd,
             timings["ingest"] = time.perf_counter() - t
         info = store.info()
         print(format_info(info))
-        montage = _view(store, view)  # after an ingest, the bin is checked against the tile size here, before any pass
+        if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
+            montage = _view(store, view)
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
-        recorded = _view_attrs(montage, view)
+        recorded = _view_attrs(view)
         t = time.perf_counter()
         svd_ds = _svd(montage, montage.sizes["energy"], svd, progress)
         timings["SVD"] = time.perf_counter() - t
@@ -600,7 +598,7 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     out = check_results_target(out, [group], overwrite=overwrite)  # before any computation
     st = MontageStore(store)
     montage = _view(st, view)  # a bad energy range or bin: refused before any pass
-    recorded = _view_attrs(montage, view)
+    recorded = _view_attrs(view)
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
     with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
         if group == "nmf":
