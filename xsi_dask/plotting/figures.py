@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from ..decomposition._rank import roundoff_cut
 from .formatting import format_number
 from .lines import component_labels, label_peaks
 
@@ -105,11 +106,8 @@ def save(fig: Figure, path: str | Path) -> Path:
 def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
     """How many leading eigenvalues of a symmetric (gram) matrix stand above round-off.
 
-    An eigenvalue below ``M * eps * max`` (``M`` eigenvalues, ``eps`` the
-    float64 machine epsilon) is indistinguishable from zero in a float64
-    eigendecomposition of an M x M matrix (Golub & Van Loan, *Matrix
-    Computations*, 4th ed., §8.1: eigenvalues are computed to ``eps * ||A||``);
-    a rank-deficient map's gram spectrum runs down to 1e-134 below that.
+    The solver's own cut, :func:`xsi_dask.decomposition._rank.roundoff_cut`
+    (``M * eps * max``), unless ``rank`` says what it recorded.
 
     Parameters
     ----------
@@ -123,13 +121,9 @@ def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
     -------
     int
     """
-    ev = np.asarray(eigenvalues, dtype=float)
     if rank is not None:
-        return int(min(max(int(rank), 0), ev.size))
-    if ev.size == 0 or not np.any(ev > 0):
-        return 0
-    cut = ev.size * np.finfo(np.float64).eps * float(np.max(ev))
-    return int(np.count_nonzero(ev > cut))
+        return int(min(max(int(rank), 0), np.size(eigenvalues)))
+    return roundoff_cut(eigenvalues)
 
 
 def _attr_number(attrs, name):
