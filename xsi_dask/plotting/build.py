@@ -23,7 +23,7 @@ import xarray as xr
 from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError, XSIError
 from . import report as _report
 from .figures import PER_PAGE, component_titles, loss_curve, nmf_converged, save_all, scree_values
-from .formatting import format_number, format_seconds
+from .formatting import as_number, format_number, format_seconds
 from .lines import parse_elements
 
 __all__ = ["acquisition_rows", "calibration_rows", "make_report", "source_elements"]
@@ -99,13 +99,6 @@ def _instrument(meta: Mapping) -> tuple[str, Mapping]:
     return "", {}
 
 
-def _num(v: Any) -> float | None:
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _combine(values: list[str], n: int) -> str:
     """One value when every source agrees; else each distinct value (how many sources have it)."""
     present = [v for v in values if v]
@@ -148,7 +141,7 @@ def _resolution(store, attrs: Mapping) -> float | None:
     from ..io.metadata import energy_resolution_mnka
 
     rec = attrs.get("energy_resolution_MnKa")
-    rec = [_num(r) for r in rec] if isinstance(rec, (list, tuple)) else [_num(rec)]
+    rec = [as_number(r) for r in rec] if isinstance(rec, (list, tuple)) else [as_number(rec)]
     rec = [r for r in rec if r is not None]
     if rec:
         return max(rec)
@@ -177,7 +170,7 @@ def acquisition_rows(store) -> dict[str, str]:
 
     def inst(*keys, unit="", sig=4):
         def fn(meta, _):
-            v = _num(_get(_instrument(meta)[1], *keys))
+            v = as_number(_get(_instrument(meta)[1], *keys))
             return "" if v is None else format_number(v, unit, sig=sig)
         return each(fn)
 
@@ -208,14 +201,14 @@ def calibration_rows(store, ds: xr.Dataset) -> dict[str, str]:
     rows: dict[str, str] = {}
     if store is not None:
         e = store.attrs.get("energy") or {}
-        size, off, scale = int(e.get("size", 0)), _num(e.get("offset")), _num(e.get("scale"))
+        size, off, scale = int(e.get("size", 0)), as_number(e.get("offset")), as_number(e.get("scale"))
         if size and off is not None and scale is not None:
             rows["energy axis (store)"] = (f"{size:,} channels from {format_number(off, 'keV')} to "
                                            f"{format_number(off + scale * (size - 1), 'keV')}")
             rows["energy offset"] = format_number(off, "keV")
             rows["energy scale"] = format_number(scale * 1000, "eV/channel")
         px = store.attrs.get("pixels") or {}
-        sy, sx, unit = _num(px.get("scale_y")), _num(px.get("scale_x")), px.get("units") or ""
+        sy, sx, unit = as_number(px.get("scale_y")), as_number(px.get("scale_x")), px.get("units") or ""
         if sy is not None and sx is not None:
             rows["pixel size"] = (format_number(sy, unit) if sy == sx else
                                   f"{format_number(sy)} x {format_number(sx, unit)} (y x x)")
@@ -239,9 +232,9 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
                                      f"{e.size:,} channels")
     if a.get("energy_range") is not None:
         lo, hi = a["energy_range"]
-        rows["energy range (recorded)"] = f"{format_number(_num(lo), 'keV')} to {format_number(_num(hi), 'keV')}"
+        rows["energy range (recorded)"] = f"{format_number(as_number(lo), 'keV')} to {format_number(as_number(hi), 'keV')}"
     if "zero_peak_cutoff" in a:
-        c = _num(a["zero_peak_cutoff"])
+        c = as_number(a["zero_peak_cutoff"])
         rows["zero peak"] = "kept" if c is None else f"excluded below {format_number(c, 'keV')}"
     else:
         rows["zero peak"] = "not recorded (results of an xsi_dask without zero-peak exclusion)"
@@ -256,7 +249,7 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
     notes = []
     if a.get("counts_per_pixel") is not None:  # recorded by the analysis: per (binned) pixel, kept channels only
         where = f"per {binned} x {binned} binned pixel" if binned > 1 else "per pixel"
-        rows[f"counts {where} (mean, channels analysed)"] = format_number(_num(a["counts_per_pixel"]), sig=4)
+        rows[f"counts {where} (mean, channels analysed)"] = format_number(as_number(a["counts_per_pixel"]), sig=4)
     if store is not None:
         tiles = np.asarray(ds["tile"].values, dtype=int) if "tile" in ds.coords else np.arange(store.n_tiles)
         counts = sum(int(store.tiles[t]["total_counts"]) for t in tiles if 0 <= t < store.n_tiles)
@@ -283,7 +276,7 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         "power iterations": format_number(a.get("power_iters")) if a.get("power_iters") is not None else "",
         "oversampling": format_number(a.get("oversampling")) if a.get("oversampling") is not None else "",
         "seed": str(a["seed"]) if a.get("seed") is not None else "",
-        "total scaled variance": format_number(_num(a.get("total_scaled_variance"))) if "total_scaled_variance" in a else "",
+        "total scaled variance": format_number(as_number(a.get("total_scaled_variance"))) if "total_scaled_variance" in a else "",
         "variance explained by the kept components": format_number(100 * float(np.nansum(evr)), "%", sig=3),
         "first components' variance ratios": ", ".join(format_number(float(x), sig=3) for x in evr[:5]),
     }
@@ -317,19 +310,19 @@ def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], l
     notes = []
     if conv is False:
         notes.append(f"The NMF did not converge: it stopped at max_iter = {a.get('max_iter')} with the relative loss change "
-                     f"above tol = {format_number(_num(a.get('tol')))}. Run more iterations (--max-iter) or resume it.")
+                     f"above tol = {format_number(as_number(a.get('tol')))}. Run more iterations (--max-iter) or resume it.")
     src = a.get("n_components_source")
     rows = {
         "method": str(a.get("method", "NMF")),
         "endmembers": str(nmf.sizes.get("component", "")) + (f" ({_SOURCE.get(src, src)})" if src else ""),
         "loss function": str(a.get("loss_function", "")),
         "init": str(a.get("init", "")),
-        "sparsity (L1/2 weight)": format_number(_num(a.get("sparsity"))) if a.get("sparsity") is not None else "",
+        "sparsity (L1/2 weight)": format_number(as_number(a.get("sparsity"))) if a.get("sparsity") is not None else "",
         "iterations run": (f"{a['n_iter']} of max_iter {a.get('max_iter')}" if a.get("n_iter") is not None else ""),
-        "tol": format_number(_num(a.get("tol"))) if a.get("tol") is not None else "",
+        "tol": format_number(as_number(a.get("tol"))) if a.get("tol") is not None else "",
         "converged": how if conv is None else format_number(conv) + ("" if how == "recorded" else f" ({how})"),
         "final loss": format_number(float(loss[-1])) + f" (after iteration {int(it[-1])})" if loss.size else "",
-        "divergence (without the sparsity term)": (format_number(_num(a.get("divergence")))
+        "divergence (without the sparsity term)": (format_number(as_number(a.get("divergence")))
                                                    if a.get("divergence") is not None else ""),
         "resumed from iteration": str(a["resumed_from_iteration"]) if a.get("resumed_from_iteration") is not None else "",
         "endmember lines": "; ".join(labels),

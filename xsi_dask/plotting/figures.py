@@ -21,7 +21,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..decomposition._rank import roundoff_cut
-from .formatting import format_number
+from .formatting import as_number, format_number
 from .lines import component_labels, label_peaks
 
 # Figures are built on matplotlib.figure.Figure directly (no pyplot, no backend switch):
@@ -126,14 +126,6 @@ def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
     return roundoff_cut(eigenvalues)
 
 
-def _attr_number(attrs, name):
-    v = attrs.get(name)
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def scree_values(svd: xr.Dataset) -> dict:
     """What the scree draws, as numbers (explained variance ratios, round-off cut, noise edge).
 
@@ -149,7 +141,7 @@ def scree_values(svd: xr.Dataset) -> dict:
         or None; ``n_significant``: ``attrs["n_significant"]`` or None.
     """
     a = svd.attrs
-    total = _attr_number(a, "total_scaled_variance") or 1.0
+    total = as_number(a.get("total_scaled_variance")) or 1.0
     evr = np.asarray(svd["explained_variance_ratio"].values, dtype=float)
     out = {"evr": evr, "eigen": None, "n_eigen": 0, "n_roundoff": 0, "edge": None, "n_significant": None}
     if "eigenvalues" in svd:
