@@ -22,7 +22,7 @@ import xarray as xr
 
 from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError, XSIError
 from . import report as _report
-from .figures import PER_PAGE, component_titles, loss_curve, nmf_converged, save_all, scree_values
+from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
 from .formatting import as_number, format_number, format_seconds
 from .lines import parse_elements
 
@@ -410,10 +410,10 @@ def make_report(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        figs = save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
-                        resolution_mnka_ev=resolution)
+        figs, titles = _save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
+                                 resolution_mnka_ev=resolution)
         drawn = time.perf_counter() - t
-        sections = _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source,
+        sections = _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source,
                              resolution, drawn)
         if title is None:
             names = [Path(str(s.get("path", ""))).name for s in _sources(store)] or [results.name]
@@ -428,7 +428,7 @@ def make_report(
                                "Free space or choose another --out") from exc
 
 
-def _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source, resolution, drawn):
+def _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source, resolution, drawn):
     by_name: dict[str, list[Path]] = {}
     for p in figs:
         by_name.setdefault(p.stem.split("_page")[0], []).append(p)
@@ -469,10 +469,7 @@ def _sections(results, store, why_no_store, groups, figs, run_info, label_elemen
         sections.append(("Poisson-scaled SVD" if groups["svd"].attrs.get("poisson") else "SVD", rows,
                          [p for n in ("scree", "loadings", "scores") for p in by_name.get(n, [])], notes))
     if "nmf" in groups:
-        nmf = groups["nmf"]
-        labels = component_titles(np.asarray(nmf["energy"].values), np.asarray(nmf["spectra"].values, dtype=float),
-                                  elements=label_elements, resolution_mnka_ev=resolution)
-        rows, notes = _nmf_rows(nmf, labels)
+        rows, notes = _nmf_rows(groups["nmf"], titles["nmf"])
         sections.append(("NMF", rows, [p for n in ("nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss")
                                        for p in by_name.get(n, [])], notes))
     return sections
