@@ -243,16 +243,13 @@ def nmf_converged(nmf: xr.Dataset) -> tuple[bool | None, str]:
     return False, "not recorded; inferred: ran all max_iter iterations"
 
 
-def _convergence_text(nmf: xr.Dataset) -> str:
-    a = nmf.attrs
-    conv, _ = nmf_converged(nmf)
+def _convergence_text(a, conv: bool | None, how: str) -> str:
     tol = f"tol {format_number(float(a['tol']))}" if a.get("tol") is not None else "tol ?"
-    n = a.get("n_iter")
     if conv is True:
-        return f"converged after {n} iterations ({tol})"
+        return f"converged after {a.get('n_iter')} iterations ({tol})"
     if conv is False:
         return f"NOT converged: stopped at max_iter = {a.get('max_iter')} above {tol}"
-    return f"convergence: {nmf_converged(nmf)[1]}"
+    return f"convergence: {how}"
 
 
 def draw_loss(nmf: xr.Dataset) -> Figure:
@@ -266,8 +263,8 @@ def draw_loss(nmf: xr.Dataset) -> Figure:
         ax.plot(it, loss, ".-")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
-    conv, _ = nmf_converged(nmf)
-    ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})\n{_convergence_text(nmf)}", fontsize=9,
+    conv, how = nmf_converged(nmf)
+    ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})\n{_convergence_text(nmf.attrs, conv, how)}", fontsize=9,
                  color="C3" if conv is False else "black")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
