@@ -24,7 +24,7 @@ from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError
 from . import report as _report
 from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
 from .formatting import as_number, format_number, format_seconds
-from .lines import parse_elements
+from .lines import label_options, parse_elements
 
 __all__ = ["acquisition_rows", "calibration_rows", "make_report", "source_elements"]
 
@@ -137,19 +137,14 @@ def _label_elements(given: list[str] | None, attrs: Mapping, store) -> tuple[lis
 
 
 def _resolution(store, attrs: Mapping) -> float | None:
-    """The detector FWHM at Mn Ka (eV) for line labels: the results' record (the widest where it varies), else the files'."""
-    from ..io.metadata import energy_resolution_mnka
+    """The detector FWHM at Mn Ka (eV) for line labels: the results' record, else the montage store's (the widest where
+    it varies: :func:`~xsi_dask.plotting.lines.label_options`)."""
+    from ..io.metadata import acquisition
 
-    rec = attrs.get("energy_resolution_MnKa")
-    rec = [as_number(r) for r in rec] if isinstance(rec, (list, tuple)) else [as_number(rec)]
-    rec = [r for r in rec if r is not None]
-    if rec:
-        return max(rec)
-    for s in _sources(store):
-        r = energy_resolution_mnka(s.get("metadata") or {})
-        if r is not None:
-            return r
-    return None
+    res = label_options(attrs)["resolution_mnka_ev"]
+    if res is None and store is not None:
+        res = label_options(acquisition(store))["resolution_mnka_ev"]
+    return res
 
 
 def acquisition_rows(store) -> dict[str, str]:
