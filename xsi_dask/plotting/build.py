@@ -91,12 +91,10 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-def _instrument(meta: Mapping) -> tuple[str, Mapping]:
+def _instrument(meta: Mapping) -> Mapping:
+    """``Acquisition_instrument.SEM`` or ``.TEM`` of one file's metadata, else {}."""
     ai = _get(meta, "Acquisition_instrument") or {}
-    for mic in ("SEM", "TEM"):
-        if isinstance(ai.get(mic), Mapping):
-            return mic, ai[mic]
-    return "", {}
+    return next((ai[mic] for mic in ("SEM", "TEM") if isinstance(ai.get(mic), Mapping)), {})
 
 
 def _combine(values: list[str], n: int) -> str:
@@ -165,7 +163,7 @@ def acquisition_rows(store) -> dict[str, str]:
 
     def inst(*keys, unit="", sig=4):
         def fn(meta, _):
-            v = as_number(_get(_instrument(meta)[1], *keys))
+            v = as_number(_get(_instrument(meta), *keys))
             return "" if v is None else format_number(v, unit, sig=sig)
         return each(fn)
 
@@ -182,7 +180,7 @@ def acquisition_rows(store) -> dict[str, str]:
         "X-ray lines (file)": text(lambda m, s: ", ".join(map(str, _get(m, "Sample", "xray_lines") or []))),
         "live time": inst("Detector", "EDS", "live_time", unit="s"),
         "real time": inst("Detector", "EDS", "real_time", unit="s"),
-        "detector": text(lambda m, s: _get(_instrument(m)[1], "Detector", "EDS", "detector_type")),
+        "detector": text(lambda m, s: _get(_instrument(m), "Detector", "EDS", "detector_type")),
         "detector resolution (Mn Ka)": inst("Detector", "EDS", "energy_resolution_MnKa", unit="eV", sig=3),
         "detector elevation": inst("Detector", "EDS", "elevation_angle", unit="°", sig=3),
         "detector azimuth": inst("Detector", "EDS", "azimuth_angle", unit="°", sig=3),
@@ -218,7 +216,7 @@ def calibration_rows(store, ds: xr.Dataset) -> dict[str, str]:
     return rows
 
 
-def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
+def _analysed_rows(store, ds: xr.Dataset) -> dict[str, str]:
     """The data the results were computed on: energy range, zero peak, bin, tiles, counts per pixel."""
     a = ds.attrs
     e = np.asarray(ds["energy"].values)
@@ -241,7 +239,6 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         nt = ds.sizes["tile"]
         total = None if store is None else store.n_tiles
         rows["tiles analysed"] = f"{nt}" + (f" of {total}" if total is not None and total != nt else "")
-    notes = []
     if a.get("counts_per_pixel") is not None:  # recorded by the analysis: per (binned) pixel, kept channels only
         where = f"per {binned} x {binned} binned pixel" if binned > 1 else "per pixel"
         rows[f"counts {where} (mean, channels analysed)"] = format_number(as_number(a["counts_per_pixel"]), sig=4)
@@ -252,10 +249,9 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         rows["counts per pixel (mean, all channels)"] = format_number(cpp)
         if binned > 1:
             rows[f"counts per {binned} x {binned} binned pixel (mean, all channels)"] = format_number(cpp * binned**2)
-    if store is not None:
         voxels = max(1, store.n_tiles * store.pixels_per_tile * store.channels)
         rows["non-zero voxels"] = format_number(100 * int(store.attrs.get("nnz", 0)) / voxels, "%", sig=3)
-    return rows, notes
+    return rows
 
 
 def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
@@ -457,8 +453,7 @@ def _sections(results, store, why_no_store, groups, figs, titles, run_info, labe
     if store is not None or acq:
         sections.append(("Acquisition", acq, []))
     sections.append(("Calibration", calibration_rows(store, any_ds), []))
-    analysed, an_notes = _analysed_rows(store, any_ds)
-    sections.append(("Data analysed", analysed, [], an_notes))
+    sections.append(("Data analysed", _analysed_rows(store, any_ds), []))
     if "svd" in groups:
         rows, notes = _svd_rows(groups["svd"])
         sections.append(("Poisson-scaled SVD" if groups["svd"].attrs.get("poisson") else "SVD", rows,
