@@ -254,6 +254,21 @@ def _analysed_rows(store, ds: xr.Dataset) -> dict[str, str]:
     return rows
 
 
+def _opt(value: Any, fmt=format_number) -> str:
+    """``fmt(value)``, or "" (the row is left out) where the attribute is absent."""
+    return "" if value is None else fmt(value)
+
+
+def _real(value: Any) -> str:
+    return format_number(as_number(value))
+
+
+def _shown(rows: dict[str, str], a: Mapping) -> tuple[dict[str, str], list[str]]:
+    """The rows with a value, the run's passes and time appended; the result's warnings as notes."""
+    rows = {**rows, "passes over the data": _opt(a.get("passes")), "time": _opt(a.get("seconds"), format_seconds)}
+    return {k: v for k, v in rows.items() if v}, [str(w) for w in a.get("warnings") or []]
+
+
 def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
     a = svd.attrs
     v = scree_values(svd)
@@ -264,16 +279,15 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         "components kept": str(svd.sizes.get("component", len(evr))),
         "Poisson scaling": format_number(bool(a.get("poisson"))) if "poisson" in a else "",
         "centred": format_number(bool(a.get("center"))) if "center" in a else "",
-        "power iterations": format_number(a.get("power_iters")) if a.get("power_iters") is not None else "",
-        "oversampling": format_number(a.get("oversampling")) if a.get("oversampling") is not None else "",
-        "seed": str(a["seed"]) if a.get("seed") is not None else "",
-        "total scaled variance": format_number(as_number(a.get("total_scaled_variance"))) if "total_scaled_variance" in a else "",
+        "power iterations": _opt(a.get("power_iters")),
+        "oversampling": _opt(a.get("oversampling")),
+        "seed": _opt(a.get("seed"), str),
+        "total scaled variance": _real(a.get("total_scaled_variance")) if "total_scaled_variance" in a else "",
         "variance explained by the kept components": format_number(100 * float(np.nansum(evr)), "%", sig=3),
         "first components' variance ratios": ", ".join(format_number(float(x), sig=3) for x in evr[:5]),
     }
     if v["eigen"] is not None:
         rows["gram eigenvalues above round-off"] = f"{v['eigen'].size:,} of {v['n_eigen']:,}"
-    notes = []
     if v["n_significant"] is not None:
         n = v["n_significant"]
         if a.get("n_significant_is_lower_bound"):
@@ -287,11 +301,7 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         raw = np.atleast_1d(np.asarray(a["noise_edge"], dtype=float))
         rows["noise edge"] = (", ".join(format_number(float(x)) for x in raw) + " (eigenvalue of the scaled gram); "
                               + ", ".join(format_number(float(x)) for x in v["edge"]) + " as a variance ratio")
-    rows["passes over the data"] = format_number(a.get("passes")) if a.get("passes") is not None else ""
-    rows["time"] = format_seconds(a.get("seconds")) if a.get("seconds") is not None else ""
-    for w in a.get("warnings") or []:
-        notes.append(str(w))
-    return {k: v for k, v in rows.items() if v}, notes
+    return _shown(rows, a)
 
 
 def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -301,28 +311,24 @@ def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], l
     notes = []
     if conv is False:
         notes.append(f"The NMF did not converge: it stopped at max_iter = {a.get('max_iter')} with the relative loss change "
-                     f"above tol = {format_number(as_number(a.get('tol')))}. Run more iterations (--max-iter) or resume it.")
+                     f"above tol = {_real(a.get('tol'))}. Run more iterations (--max-iter) or resume it.")
     src = a.get("n_components_source")
     rows = {
         "method": str(a.get("method", "NMF")),
         "endmembers": str(nmf.sizes.get("component", "")) + (f" ({_SOURCE.get(src, src)})" if src else ""),
         "loss function": str(a.get("loss_function", "")),
         "init": str(a.get("init", "")),
-        "sparsity (L1/2 weight)": format_number(as_number(a.get("sparsity"))) if a.get("sparsity") is not None else "",
+        "sparsity (L1/2 weight)": _opt(a.get("sparsity"), _real),
         "iterations run": (f"{a['n_iter']} of max_iter {a.get('max_iter')}" if a.get("n_iter") is not None else ""),
-        "tol": format_number(as_number(a.get("tol"))) if a.get("tol") is not None else "",
+        "tol": _opt(a.get("tol"), _real),
         "converged": how if conv is None else format_number(conv) + ("" if how == "recorded" else f" ({how})"),
         "final loss": format_number(float(loss[-1])) + f" (after iteration {int(it[-1])})" if loss.size else "",
-        "divergence (without the sparsity term)": (format_number(as_number(a.get("divergence")))
-                                                   if a.get("divergence") is not None else ""),
-        "resumed from iteration": str(a["resumed_from_iteration"]) if a.get("resumed_from_iteration") is not None else "",
+        "divergence (without the sparsity term)": _opt(a.get("divergence"), _real),
+        "resumed from iteration": _opt(a.get("resumed_from_iteration"), str),
         "endmember lines": "; ".join(labels),
-        "passes over the data": format_number(a.get("passes")) if a.get("passes") is not None else "",
-        "time": format_seconds(a.get("seconds")) if a.get("seconds") is not None else "",
     }
-    for w in a.get("warnings") or []:
-        notes.append(str(w))
-    return {k: v for k, v in rows.items() if v}, notes
+    rows, more = _shown(rows, a)
+    return rows, notes + more
 
 
 # ---- the report ----
