@@ -22,9 +22,9 @@ import xarray as xr
 
 from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError, XSIError
 from . import report as _report
-from .figures import PER_PAGE, component_titles, loss_curve, nmf_converged, save_all, scree_values
-from .formatting import format_number, format_seconds
-from .lines import parse_elements
+from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
+from .formatting import as_number, format_number, format_seconds
+from .lines import label_options, parse_elements
 
 __all__ = ["acquisition_rows", "calibration_rows", "make_report", "source_elements"]
 
@@ -91,19 +91,10 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-def _instrument(meta: Mapping) -> tuple[str, Mapping]:
+def _instrument(meta: Mapping) -> Mapping:
+    """``Acquisition_instrument.SEM`` or ``.TEM`` of one file's metadata, else {}."""
     ai = _get(meta, "Acquisition_instrument") or {}
-    for mic in ("SEM", "TEM"):
-        if isinstance(ai.get(mic), Mapping):
-            return mic, ai[mic]
-    return "", {}
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
+    return next((ai[mic] for mic in ("SEM", "TEM") if isinstance(ai.get(mic), Mapping)), {})
 
 
 def _combine(values: list[str], n: int) -> str:
@@ -144,19 +135,14 @@ def _label_elements(given: list[str] | None, attrs: Mapping, store) -> tuple[lis
 
 
 def _resolution(store, attrs: Mapping) -> float | None:
-    """The detector FWHM at Mn Ka (eV) for line labels: the results' record (the widest where it varies), else the files'."""
-    from ..io.metadata import energy_resolution_mnka
+    """The detector FWHM at Mn Ka (eV) for line labels: the results' record, else the montage store's (the widest where
+    it varies: :func:`~xsi_dask.plotting.lines.label_options`)."""
+    from ..io.metadata import acquisition
 
-    rec = attrs.get("energy_resolution_MnKa")
-    rec = [_num(r) for r in rec] if isinstance(rec, (list, tuple)) else [_num(rec)]
-    rec = [r for r in rec if r is not None]
-    if rec:
-        return max(rec)
-    for s in _sources(store):
-        r = energy_resolution_mnka(s.get("metadata") or {})
-        if r is not None:
-            return r
-    return None
+    res = label_options(attrs)["resolution_mnka_ev"]
+    if res is None and store is not None:
+        res = label_options(acquisition(store))["resolution_mnka_ev"]
+    return res
 
 
 def acquisition_rows(store) -> dict[str, str]:
@@ -177,7 +163,7 @@ def acquisition_rows(store) -> dict[str, str]:
 
     def inst(*keys, unit="", sig=4):
         def fn(meta, _):
-            v = _num(_get(_instrument(meta)[1], *keys))
+            v = as_number(_get(_instrument(meta), *keys))
             return "" if v is None else format_number(v, unit, sig=sig)
         return each(fn)
 
@@ -194,7 +180,7 @@ def acquisition_rows(store) -> dict[str, str]:
         "X-ray lines (file)": text(lambda m, s: ", ".join(map(str, _get(m, "Sample", "xray_lines") or []))),
         "live time": inst("Detector", "EDS", "live_time", unit="s"),
         "real time": inst("Detector", "EDS", "real_time", unit="s"),
-        "detector": text(lambda m, s: _get(_instrument(m)[1], "Detector", "EDS", "detector_type")),
+        "detector": text(lambda m, s: _get(_instrument(m), "Detector", "EDS", "detector_type")),
         "detector resolution (Mn Ka)": inst("Detector", "EDS", "energy_resolution_MnKa", unit="eV", sig=3),
         "detector elevation": inst("Detector", "EDS", "elevation_angle", unit="°", sig=3),
         "detector azimuth": inst("Detector", "EDS", "azimuth_angle", unit="°", sig=3),
@@ -208,14 +194,14 @@ def calibration_rows(store, ds: xr.Dataset) -> dict[str, str]:
     rows: dict[str, str] = {}
     if store is not None:
         e = store.attrs.get("energy") or {}
-        size, off, scale = int(e.get("size", 0)), _num(e.get("offset")), _num(e.get("scale"))
+        size, off, scale = int(e.get("size", 0)), as_number(e.get("offset")), as_number(e.get("scale"))
         if size and off is not None and scale is not None:
             rows["energy axis (store)"] = (f"{size:,} channels from {format_number(off, 'keV')} to "
                                            f"{format_number(off + scale * (size - 1), 'keV')}")
             rows["energy offset"] = format_number(off, "keV")
             rows["energy scale"] = format_number(scale * 1000, "eV/channel")
         px = store.attrs.get("pixels") or {}
-        sy, sx, unit = _num(px.get("scale_y")), _num(px.get("scale_x")), px.get("units") or ""
+        sy, sx, unit = as_number(px.get("scale_y")), as_number(px.get("scale_x")), px.get("units") or ""
         if sy is not None and sx is not None:
             rows["pixel size"] = (format_number(sy, unit) if sy == sx else
                                   f"{format_number(sy)} x {format_number(sx, unit)} (y x x)")
@@ -230,7 +216,7 @@ def calibration_rows(store, ds: xr.Dataset) -> dict[str, str]:
     return rows
 
 
-def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
+def _analysed_rows(store, ds: xr.Dataset) -> dict[str, str]:
     """The data the results were computed on: energy range, zero peak, bin, tiles, counts per pixel."""
     a = ds.attrs
     e = np.asarray(ds["energy"].values)
@@ -239,9 +225,9 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
                                      f"{e.size:,} channels")
     if a.get("energy_range") is not None:
         lo, hi = a["energy_range"]
-        rows["energy range (recorded)"] = f"{format_number(_num(lo), 'keV')} to {format_number(_num(hi), 'keV')}"
+        rows["energy range (recorded)"] = f"{format_number(as_number(lo), 'keV')} to {format_number(as_number(hi), 'keV')}"
     if "zero_peak_cutoff" in a:
-        c = _num(a["zero_peak_cutoff"])
+        c = as_number(a["zero_peak_cutoff"])
         rows["zero peak"] = "kept" if c is None else f"excluded below {format_number(c, 'keV')}"
     else:
         rows["zero peak"] = "not recorded (results of an xsi_dask without zero-peak exclusion)"
@@ -253,10 +239,9 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         nt = ds.sizes["tile"]
         total = None if store is None else store.n_tiles
         rows["tiles analysed"] = f"{nt}" + (f" of {total}" if total is not None and total != nt else "")
-    notes = []
     if a.get("counts_per_pixel") is not None:  # recorded by the analysis: per (binned) pixel, kept channels only
         where = f"per {binned} x {binned} binned pixel" if binned > 1 else "per pixel"
-        rows[f"counts {where} (mean, channels analysed)"] = format_number(_num(a["counts_per_pixel"]), sig=4)
+        rows[f"counts {where} (mean, channels analysed)"] = format_number(as_number(a["counts_per_pixel"]), sig=4)
     if store is not None:
         tiles = np.asarray(ds["tile"].values, dtype=int) if "tile" in ds.coords else np.arange(store.n_tiles)
         counts = sum(int(store.tiles[t]["total_counts"]) for t in tiles if 0 <= t < store.n_tiles)
@@ -264,10 +249,24 @@ def _analysed_rows(store, ds: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         rows["counts per pixel (mean, all channels)"] = format_number(cpp)
         if binned > 1:
             rows[f"counts per {binned} x {binned} binned pixel (mean, all channels)"] = format_number(cpp * binned**2)
-    if store is not None:
         voxels = max(1, store.n_tiles * store.pixels_per_tile * store.channels)
         rows["non-zero voxels"] = format_number(100 * int(store.attrs.get("nnz", 0)) / voxels, "%", sig=3)
-    return rows, notes
+    return rows
+
+
+def _opt(value: Any, fmt=format_number) -> str:
+    """``fmt(value)``, or "" (the row is left out) where the attribute is absent."""
+    return "" if value is None else fmt(value)
+
+
+def _real(value: Any) -> str:
+    return format_number(as_number(value))
+
+
+def _shown(rows: dict[str, str], a: Mapping) -> tuple[dict[str, str], list[str]]:
+    """The rows with a value, the run's passes and time appended; the result's warnings as notes."""
+    rows = {**rows, "passes over the data": _opt(a.get("passes")), "time": _opt(a.get("seconds"), format_seconds)}
+    return {k: v for k, v in rows.items() if v}, [str(w) for w in a.get("warnings") or []]
 
 
 def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
@@ -280,16 +279,15 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         "components kept": str(svd.sizes.get("component", len(evr))),
         "Poisson scaling": format_number(bool(a.get("poisson"))) if "poisson" in a else "",
         "centred": format_number(bool(a.get("center"))) if "center" in a else "",
-        "power iterations": format_number(a.get("power_iters")) if a.get("power_iters") is not None else "",
-        "oversampling": format_number(a.get("oversampling")) if a.get("oversampling") is not None else "",
-        "seed": str(a["seed"]) if a.get("seed") is not None else "",
-        "total scaled variance": format_number(_num(a.get("total_scaled_variance"))) if "total_scaled_variance" in a else "",
+        "power iterations": _opt(a.get("power_iters")),
+        "oversampling": _opt(a.get("oversampling")),
+        "seed": _opt(a.get("seed"), str),
+        "total scaled variance": _real(a.get("total_scaled_variance")) if "total_scaled_variance" in a else "",
         "variance explained by the kept components": format_number(100 * float(np.nansum(evr)), "%", sig=3),
         "first components' variance ratios": ", ".join(format_number(float(x), sig=3) for x in evr[:5]),
     }
     if v["eigen"] is not None:
         rows["gram eigenvalues above round-off"] = f"{v['eigen'].size:,} of {v['n_eigen']:,}"
-    notes = []
     if v["n_significant"] is not None:
         n = v["n_significant"]
         if a.get("n_significant_is_lower_bound"):
@@ -303,11 +301,7 @@ def _svd_rows(svd: xr.Dataset) -> tuple[dict[str, str], list[str]]:
         raw = np.atleast_1d(np.asarray(a["noise_edge"], dtype=float))
         rows["noise edge"] = (", ".join(format_number(float(x)) for x in raw) + " (eigenvalue of the scaled gram); "
                               + ", ".join(format_number(float(x)) for x in v["edge"]) + " as a variance ratio")
-    rows["passes over the data"] = format_number(a.get("passes")) if a.get("passes") is not None else ""
-    rows["time"] = format_seconds(a.get("seconds")) if a.get("seconds") is not None else ""
-    for w in a.get("warnings") or []:
-        notes.append(str(w))
-    return {k: v for k, v in rows.items() if v}, notes
+    return _shown(rows, a)
 
 
 def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -317,28 +311,24 @@ def _nmf_rows(nmf: xr.Dataset, labels: Sequence[str]) -> tuple[dict[str, str], l
     notes = []
     if conv is False:
         notes.append(f"The NMF did not converge: it stopped at max_iter = {a.get('max_iter')} with the relative loss change "
-                     f"above tol = {format_number(_num(a.get('tol')))}. Run more iterations (--max-iter) or resume it.")
+                     f"above tol = {_real(a.get('tol'))}. Run more iterations (--max-iter) or resume it.")
     src = a.get("n_components_source")
     rows = {
         "method": str(a.get("method", "NMF")),
         "endmembers": str(nmf.sizes.get("component", "")) + (f" ({_SOURCE.get(src, src)})" if src else ""),
         "loss function": str(a.get("loss_function", "")),
         "init": str(a.get("init", "")),
-        "sparsity (L1/2 weight)": format_number(_num(a.get("sparsity"))) if a.get("sparsity") is not None else "",
+        "sparsity (L1/2 weight)": _opt(a.get("sparsity"), _real),
         "iterations run": (f"{a['n_iter']} of max_iter {a.get('max_iter')}" if a.get("n_iter") is not None else ""),
-        "tol": format_number(_num(a.get("tol"))) if a.get("tol") is not None else "",
+        "tol": _opt(a.get("tol"), _real),
         "converged": how if conv is None else format_number(conv) + ("" if how == "recorded" else f" ({how})"),
         "final loss": format_number(float(loss[-1])) + f" (after iteration {int(it[-1])})" if loss.size else "",
-        "divergence (without the sparsity term)": (format_number(_num(a.get("divergence")))
-                                                   if a.get("divergence") is not None else ""),
-        "resumed from iteration": str(a["resumed_from_iteration"]) if a.get("resumed_from_iteration") is not None else "",
+        "divergence (without the sparsity term)": _opt(a.get("divergence"), _real),
+        "resumed from iteration": _opt(a.get("resumed_from_iteration"), str),
         "endmember lines": "; ".join(labels),
-        "passes over the data": format_number(a.get("passes")) if a.get("passes") is not None else "",
-        "time": format_seconds(a.get("seconds")) if a.get("seconds") is not None else "",
     }
-    for w in a.get("warnings") or []:
-        notes.append(str(w))
-    return {k: v for k, v in rows.items() if v}, notes
+    rows, more = _shown(rows, a)
+    return rows, notes + more
 
 
 # ---- the report ----
@@ -417,10 +407,10 @@ def make_report(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        figs = save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
-                        resolution_mnka_ev=resolution)
+        figs, titles = _save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
+                                 resolution_mnka_ev=resolution)
         drawn = time.perf_counter() - t
-        sections = _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source,
+        sections = _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source,
                              resolution, drawn)
         if title is None:
             names = [Path(str(s.get("path", ""))).name for s in _sources(store)] or [results.name]
@@ -435,7 +425,7 @@ def make_report(
                                "Free space or choose another --out") from exc
 
 
-def _sections(results, store, why_no_store, groups, figs, run_info, label_elements, elements_source, resolution, drawn):
+def _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source, resolution, drawn):
     by_name: dict[str, list[Path]] = {}
     for p in figs:
         by_name.setdefault(p.stem.split("_page")[0], []).append(p)
@@ -469,17 +459,13 @@ def _sections(results, store, why_no_store, groups, figs, run_info, label_elemen
     if store is not None or acq:
         sections.append(("Acquisition", acq, []))
     sections.append(("Calibration", calibration_rows(store, any_ds), []))
-    analysed, an_notes = _analysed_rows(store, any_ds)
-    sections.append(("Data analysed", analysed, [], an_notes))
+    sections.append(("Data analysed", _analysed_rows(store, any_ds), []))
     if "svd" in groups:
         rows, notes = _svd_rows(groups["svd"])
         sections.append(("Poisson-scaled SVD" if groups["svd"].attrs.get("poisson") else "SVD", rows,
                          [p for n in ("scree", "loadings", "scores") for p in by_name.get(n, [])], notes))
     if "nmf" in groups:
-        nmf = groups["nmf"]
-        labels = component_titles(np.asarray(nmf["energy"].values), np.asarray(nmf["spectra"].values, dtype=float),
-                                  elements=label_elements, resolution_mnka_ev=resolution)
-        rows, notes = _nmf_rows(nmf, labels)
+        rows, notes = _nmf_rows(groups["nmf"], titles["nmf"])
         sections.append(("NMF", rows, [p for n in ("nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss")
                                        for p in by_name.get(n, [])], notes))
     return sections

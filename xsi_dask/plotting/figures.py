@@ -20,8 +20,9 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .formatting import format_number
-from .lines import component_labels, label_peaks
+from ..decomposition._rank import roundoff_cut
+from .formatting import as_number, format_number
+from .lines import component_labels, component_name, label_peaks
 
 # Figures are built on matplotlib.figure.Figure directly (no pyplot, no backend switch):
 # nothing global is touched, so importing this module leaves a Jupyter session's backend alone,
@@ -64,11 +65,17 @@ def _peak_annotations(energy, y, *, elements=None, resolution_mnka_ev=None) -> l
                                                      resolution_mnka_ev=resolution_mnka_ev) if lab]
 
 
+def _titled(energy, curves, *, elements=None, resolution_mnka_ev=None) -> tuple[list[str], list[list]]:
+    """Each component's title (:func:`component_titles`) and drawn peaks (:func:`_peak_annotations`), from one labelling."""
+    peaks = [_peak_annotations(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev)
+             for y in np.atleast_2d(np.asarray(curves))]
+    return [f"#{i} {component_name(p)}".rstrip() for i, p in enumerate(peaks)], peaks
+
+
 def component_titles(energy, curves, *, elements: Sequence[str] | None = None,
                      resolution_mnka_ev: float | None = None) -> list[str]:
-    """``#i Al Ka, Ag La`` for each component: its index and :func:`component_labels` (``#i`` alone without a label)."""
-    labels = component_labels(energy, curves, elements=elements, resolution_mnka_ev=resolution_mnka_ev)
-    return [f"#{i} {lab}".rstrip() for i, lab in enumerate(labels)]
+    """``#i Al Ka + Ag La`` for each component: its index and :func:`component_labels` (``#i`` alone without a label)."""
+    return _titled(energy, curves, elements=elements, resolution_mnka_ev=resolution_mnka_ev)[0]
 
 
 # ---- paging ----
@@ -105,11 +112,8 @@ def save(fig: Figure, path: str | Path) -> Path:
 def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
     """How many leading eigenvalues of a symmetric (gram) matrix stand above round-off.
 
-    An eigenvalue below ``M * eps * max`` (``M`` eigenvalues, ``eps`` the
-    float64 machine epsilon) is indistinguishable from zero in a float64
-    eigendecomposition of an M x M matrix (Golub & Van Loan, *Matrix
-    Computations*, 4th ed., §8.1: eigenvalues are computed to ``eps * ||A||``);
-    a rank-deficient map's gram spectrum runs down to 1e-134 below that.
+    The solver's own cut, :func:`xsi_dask.decomposition._rank.roundoff_cut`
+    (``M * eps * max``), unless ``rank`` says what it recorded.
 
     Parameters
     ----------
@@ -123,21 +127,9 @@ def roundoff_rank(eigenvalues, *, rank: int | None = None) -> int:
     -------
     int
     """
-    ev = np.asarray(eigenvalues, dtype=float)
     if rank is not None:
-        return int(min(max(int(rank), 0), ev.size))
-    if ev.size == 0 or not np.any(ev > 0):
-        return 0
-    cut = ev.size * np.finfo(np.float64).eps * float(np.max(ev))
-    return int(np.count_nonzero(ev > cut))
-
-
-def _attr_number(attrs, name):
-    v = attrs.get(name)
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
+        return int(min(max(int(rank), 0), np.size(eigenvalues)))
+    return roundoff_cut(eigenvalues)
 
 
 def scree_values(svd: xr.Dataset) -> dict:
@@ -155,7 +147,7 @@ def scree_values(svd: xr.Dataset) -> dict:
         or None; ``n_significant``: ``attrs["n_significant"]`` or None.
     """
     a = svd.attrs
-    total = _attr_number(a, "total_scaled_variance") or 1.0
+    total = as_number(a.get("total_scaled_variance")) or 1.0
     evr = np.asarray(svd["explained_variance_ratio"].values, dtype=float)
     out = {"evr": evr, "eigen": None, "n_eigen": 0, "n_roundoff": 0, "edge": None, "n_significant": None}
     if "eigenvalues" in svd:
@@ -251,16 +243,13 @@ def nmf_converged(nmf: xr.Dataset) -> tuple[bool | None, str]:
     return False, "not recorded; inferred: ran all max_iter iterations"
 
 
-def _convergence_text(nmf: xr.Dataset) -> str:
-    a = nmf.attrs
-    conv, _ = nmf_converged(nmf)
+def _convergence_text(a, conv: bool | None, how: str) -> str:
     tol = f"tol {format_number(float(a['tol']))}" if a.get("tol") is not None else "tol ?"
-    n = a.get("n_iter")
     if conv is True:
-        return f"converged after {n} iterations ({tol})"
+        return f"converged after {a.get('n_iter')} iterations ({tol})"
     if conv is False:
         return f"NOT converged: stopped at max_iter = {a.get('max_iter')} above {tol}"
-    return f"convergence: {nmf_converged(nmf)[1]}"
+    return f"convergence: {how}"
 
 
 def draw_loss(nmf: xr.Dataset) -> Figure:
@@ -274,8 +263,8 @@ def draw_loss(nmf: xr.Dataset) -> Figure:
         ax.plot(it, loss, ".-")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
-    conv, _ = nmf_converged(nmf)
-    ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})\n{_convergence_text(nmf)}", fontsize=9,
+    conv, how = nmf_converged(nmf)
+    ax.set_title(f"NMF loss ({nmf.attrs.get('loss_function', '')})\n{_convergence_text(nmf.attrs, conv, how)}", fontsize=9,
                  color="C3" if conv is False else "black")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -285,16 +274,26 @@ def draw_loss(nmf: xr.Dataset) -> Figure:
 # ---- spectra ----
 
 def draw_spectra(energy, curves, *, title: str, ylabel: str, names: Sequence[str] | None = None,
-                 elements: Sequence[str] | None = None, resolution_mnka_ev: float | None = None) -> Figure:
+                 elements: Sequence[str] | None = None, resolution_mnka_ev: float | None = None,
+                 peaks: Sequence[Sequence[tuple[float, float, str]]] | None = None) -> Figure:
     """Stacked spectra (component, energy) against keV, one panel each, peaks labelled with X-ray lines.
 
     ``names`` (one per curve, e.g. ``"#3 Al Ka"``) label the panels; peaks
-    are annotated from the same line data as :func:`component_labels`.
+    are annotated from the same line data as :func:`component_labels`, or
+    ``peaks`` (one list of (energy, height, label) per curve) where the
+    caller has labelled them already (then without ``elements`` and
+    ``resolution_mnka_ev``, which would not be used: a ValueError).
     """
     energy = np.asarray(energy)
     curves = np.atleast_2d(np.asarray(curves, dtype=float))
     n = curves.shape[0]
     names = list(names) if names is not None else [f"#{i}" for i in range(n)]
+    if peaks is None:
+        peaks = [_peak_annotations(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev) for y in curves]
+    elif elements is not None or resolution_mnka_ev is not None:
+        raise ValueError("draw_spectra: peaks are labelled already; elements and resolution_mnka_ev would not be used")
+    elif len(peaks) != n:
+        raise ValueError(f"draw_spectra: {len(peaks)} lists of peaks for {n} curves; expected one per curve")
     fig = Figure(figsize=(9, 1.6 * n + 0.8))
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)
     mag = np.abs(curves).max(0)
@@ -302,7 +301,7 @@ def draw_spectra(energy, curves, *, title: str, ylabel: str, names: Sequence[str
     for i, (ax, y) in enumerate(zip(axes[:, 0], curves)):
         ax.plot(energy, y, lw=0.8, color=f"C{i % 10}")
         ax.axhline(0, color="0.8", lw=0.5)
-        for e, h, label in _peak_annotations(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev):
+        for e, h, label in peaks[i]:
             ax.annotate(label, (e, h), xytext=(0, 2), textcoords="offset points", ha="center",
                         va="bottom" if h >= 0 else "top", fontsize=7)
         ax.text(0.995, 0.95, names[i], transform=ax.transAxes, ha="right", va="top", fontsize=8)
@@ -394,12 +393,13 @@ def draw_rgb(mos: np.ndarray, *, components=(0, 1, 2), labels: Sequence[str] | N
 
 # ---- the whole set ----
 
-def _paged_spectra(folder, stem, energy, curves, names, *, title, ylabel, per_page, elements, resolution) -> list[Path]:
+def _paged_spectra(folder, stem, energy, curves, names, peaks, *, title, ylabel, per_page) -> list[Path]:
     n = curves.shape[0]
     out = []
     for p, idx in enumerate(pages(n, per_page)):
-        fig = draw_spectra(energy, curves[idx.start : idx.stop], title=title + _of(idx, n), ylabel=ylabel,
-                           names=names[idx.start : idx.stop], elements=elements, resolution_mnka_ev=resolution)
+        page = slice(idx.start, idx.stop)
+        fig = draw_spectra(energy, curves[page], title=title + _of(idx, n), ylabel=ylabel, names=names[page],
+                           peaks=peaks[page])
         out.append(save(fig, folder / _page_name(stem, p)))
     return out
 
@@ -429,25 +429,35 @@ def save_all(folder: str | Path, svd: xr.Dataset | None = None, nmf: xr.Dataset 
     ``resolution_mnka_ev``). Figure files of these names left by an earlier
     call with more pages are removed, so ``folder`` holds one set.
     """
+    return _save_all(folder, svd, nmf, per_page=per_page, elements=elements, resolution_mnka_ev=resolution_mnka_ev,
+                     max_px=max_px)[0]
+
+
+def _save_all(folder, svd=None, nmf=None, *, per_page=PER_PAGE, elements=None, resolution_mnka_ev=None,
+              max_px=1600) -> tuple[list[Path], dict[str, list[str]]]:
+    """:func:`save_all`, and the component titles of each group drawn (``{"svd": [...], "nmf": [...]}``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lab = {"elements": elements, "resolution_mnka_ev": resolution_mnka_ev}
     paths: list[Path] = []
+    titles: dict[str, list[str]] = {}
     if svd is not None:
         e = np.asarray(svd["energy"].values)
         loadings = np.asarray(svd["loadings"].values, dtype=float)
-        names = component_titles(e, loadings, **lab)
+        titles["svd"], peaks = _titled(e, loadings, **lab)
+        names = titles["svd"]
         paths.append(save(draw_scree(svd), folder / "scree.png"))
-        paths += _paged_spectra(folder, "loadings", e, loadings, names, title="SVD loadings (unweighted)", ylabel="loading",
-                                per_page=per_page, elements=elements, resolution=resolution_mnka_ev)
+        paths += _paged_spectra(folder, "loadings", e, loadings, names, peaks, title="SVD loadings (unweighted)",
+                                ylabel="loading", per_page=per_page)
         paths += _paged_maps(folder, "scores", svd["scores"], names, title="SVD score maps (montage mosaic)",
                              per_page=per_page, max_px=max_px, cmap="RdBu_r")[0]
     if nmf is not None:
         e = np.asarray(nmf["energy"].values)
         sp = np.asarray(nmf["spectra"].values, dtype=float)
-        names = component_titles(e, sp, **lab)
-        paths += _paged_spectra(folder, "nmf_spectra", e, sp, names, title="NMF endmember spectra (each sums to 1)",
-                                ylabel="fraction of counts", per_page=per_page, elements=elements, resolution=resolution_mnka_ev)
+        titles["nmf"], peaks = _titled(e, sp, **lab)
+        names = titles["nmf"]
+        paths += _paged_spectra(folder, "nmf_spectra", e, sp, names, peaks, title="NMF endmember spectra (each sums to 1)",
+                                ylabel="fraction of counts", per_page=per_page)
         maps, first = _paged_maps(folder, "nmf_abundances", nmf["abundances"], names,
                                   title="NMF abundance maps (montage mosaic)", per_page=per_page, max_px=max_px, units="counts")
         paths += maps
@@ -457,4 +467,4 @@ def save_all(folder: str | Path, svd: xr.Dataset | None = None, nmf: xr.Dataset 
     for old in folder.iterdir():  # pages of an earlier, longer set; figures of a group no longer there
         if FIGURE_NAME.fullmatch(old.name) and old.name not in written and old.is_file() and not old.is_symlink():
             old.unlink()
-    return paths
+    return paths, titles

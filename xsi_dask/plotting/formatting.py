@@ -14,10 +14,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_number", "format_seconds", "format_value"]
+__all__ = ["as_number", "format_number", "format_seconds", "format_value"]
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 _DASH = "—"
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a float, or None where it is None, a bool or no number (an attribute a report may lack)."""
+    try:
+        return None if value is None or isinstance(value, (bool, np.bool_)) else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _strip(text: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ParameterError
 from ..io.metadata import DEFAULT_RESOLUTION_MNKA_EV, detector_fwhm
 
-__all__ = ["component_labels", "element_lines", "label_options", "label_peaks", "line_table", "parse_elements"]
+__all__ = ["component_labels", "component_name", "element_lines", "label_options", "label_peaks", "line_table", "parse_elements"]
 
 # the lines worth naming in an EDS spectrum, by family
 _MAIN = {"Ka1": "Ka", "Kb1": "Kb", "La1": "La", "Lb1": "Lb", "Ma": "Ma", "Mb": "Mb"}
@@ -352,9 +352,12 @@ def component_labels(energy: np.ndarray, curves: np.ndarray, *, elements: Iterab
     list of str
         ``len(curves)`` names, peaks joined by " + " from the highest down.
     """
-    out = []
-    for y in np.atleast_2d(np.asarray(curves)):
-        peaks = label_peaks(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev, n_peaks=n_peaks)
-        ranked = sorted(((abs(h), lab) for _, h, lab in peaks if lab), reverse=True)
-        out.append(" + ".join(lab for _, lab in ranked[:n_lines]))
-    return out
+    return [component_name(label_peaks(energy, y, elements=elements, resolution_mnka_ev=resolution_mnka_ev,
+                                       n_peaks=n_peaks), n_lines=n_lines)
+            for y in np.atleast_2d(np.asarray(curves))]
+
+
+def component_name(peaks: Iterable[tuple[float, float, str]], *, n_lines: int = 2) -> str:
+    """The name of one component from its :func:`label_peaks`: the ``n_lines`` highest labelled peaks joined by " + "."""
+    ranked = sorted(((abs(h), lab) for _, h, lab in peaks if lab), reverse=True)
+    return " + ".join(lab for _, lab in ranked[:n_lines])
