@@ -71,6 +71,22 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
     c.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
     c.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB or 0.5 (default auto)")
+    _add_slurm_options(c, cluster_flag=True)
+
+
+def _add_slurm_options(c, *, cluster_flag: bool) -> None:
+    if cluster_flag:
+        c.add_argument("--cluster", choices=("local", "slurm"),
+                       help="local: a LocalCluster on this machine (default); slurm: Dask workers as SLURM jobs "
+                            "(dask-jobqueue; settings from jobqueue.slurm.* in ~/.config/dask/jobqueue.yaml, "
+                            "overridden by the flags below)")
+    c.add_argument("--jobs", type=int, metavar="N", help="SLURM worker jobs (default 1)")
+    c.add_argument("--cores", type=int, metavar="C", help="cores per SLURM job, one single-threaded worker each "
+                                                          "(default jobqueue.slurm.cores)")
+    c.add_argument("--memory", metavar="SIZE", help="memory per SLURM job, e.g. 16GiB (default jobqueue.slurm.memory)")
+    c.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM walltime of a job (default jobqueue.slurm.walltime)")
+    c.add_argument("--queue", metavar="PARTITION", help="SLURM partition (default jobqueue.slurm.queue)")
+    c.add_argument("--account", metavar="ACCOUNT", help="SLURM account (default jobqueue.slurm.account)")
 
 
 _EXAMPLES = {
@@ -87,6 +103,7 @@ _EXAMPLES = {
     "clean": "xsi-dask clean jeol.zarr",
     "verify": "xsi-dask verify jeol.zarr",
     "report": "xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
+    "cluster": "xsi-dask cluster slurm --print-job-script --cores 8 --memory 32GiB --walltime 02:00:00 --queue compute",
 }
 
 
@@ -191,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "verify", "check every chunk, checksum, CSR array and total of a montage store")
     p.add_argument("store", metavar="STORE.zarr", help="the montage store")
 
+    p = _sub(sub, "cluster", "show how Dask workers would run on a cluster scheduler (nothing is submitted)")
+    p.add_argument("kind", choices=("slurm",), help="the scheduler: slurm")
+    p.add_argument("--print-job-script", action="store_true", required=True,
+                   help="print the batch script of one worker job, from jobqueue.slurm.* and the flags")
+    _add_slurm_options(p.add_argument_group("the jobs"), cluster_flag=False)
+
     p = _sub(sub, "report", "figures and report.html of a results store (after decompose and/or nmf)")
     p.add_argument("results", metavar="RESULTS.zarr", help="results store written by decompose, nmf or run")
     p.add_argument("--out", metavar="DIR", help="folder of report.html and figures/ (default: the folder holding RESULTS.zarr)")
@@ -241,7 +264,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 # the flags' destinations are the parameter objects' field names
 _SVD_FLAGS = ("components", "solver", "power_iters", "oversampling", "seed")
 _NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume")
-_CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit")
+_CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit", "cluster", "jobs", "cores", "memory",
+                  "walltime", "queue", "account")
 _VIEW_FLAGS = ("energy_range", "keep_zero_peak", "bin", "elements")
 
 
@@ -363,6 +387,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from ..cluster.slurm import SlurmSpec, job_script
+
+    g = {k: getattr(args, k, None) for k in ("jobs", "cores", "memory", "walltime", "queue", "account")}
+    spec = SlurmSpec(**{**g, "jobs": 1 if g["jobs"] is None else g["jobs"]})
+    print(job_script(spec))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..plotting.build import make_report
 
@@ -381,6 +414,7 @@ COMMANDS = {
     "clean": _cmd_clean,
     "verify": _cmd_verify,
     "report": _cmd_report,
+    "cluster": _cmd_cluster,
 }
 
 

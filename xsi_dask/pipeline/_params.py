@@ -137,17 +137,48 @@ class NMFParams(_Params):
 
 @dataclass(frozen=True)
 class ClusterParams(_Params):
-    """Where the work runs: an existing scheduler, or a LocalCluster of this size (None: the package defaults)."""
+    """Where the work runs: a LocalCluster of this size (None: the package defaults), an existing scheduler, or
+    SLURM worker jobs (``cluster="slurm"``: ``jobs`` jobs of ``cores`` cores and ``memory`` each, ``walltime``,
+    ``queue``, ``account``; None: the user's ``jobqueue.slurm.*`` config)."""
 
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str | None = None
+    cluster: str = "local"
+    jobs: int | None = None
+    cores: int | None = None
+    memory: str | None = None
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+
+    @property
+    def slurm(self):
+        """The :class:`~xsi_dask.cluster.slurm.SlurmSpec` of a SLURM cluster (None otherwise)."""
+        if self.cluster != "slurm":
+            return None
+        from ..cluster.slurm import SlurmSpec
+
+        return SlurmSpec(jobs=1 if self.jobs is None else self.jobs, cores=self.cores, memory=self.memory, walltime=self.walltime,
+                         queue=self.queue, account=self.account)
 
     def __post_init__(self) -> None:
         from ..cluster.local import check_memory_limit, check_scheduler_address
 
         o = "ClusterParams"
+        if self.cluster not in ("local", "slurm"):
+            raise ParameterError(f"{o}.cluster must be 'local' or 'slurm'; got {self.cluster!r}")
+        slurm_fields = {k: getattr(self, k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account")}
+        given = sorted(k for k, v in slurm_fields.items() if v is not None)
+        if self.cluster == "local" and given:
+            raise ParameterError(f"{o}: {', '.join(given)} describe SLURM worker jobs; they need cluster='slurm' "
+                                 "(--cluster slurm)")
+        if self.cluster == "slurm":
+            if self.scheduler is not None or (self.workers, self.threads_per_worker, self.memory_limit) != (None, None, None):
+                raise ParameterError(f"{o}: scheduler, workers, threads_per_worker and memory_limit describe a local or "
+                                     "running cluster; with cluster='slurm' give jobs, cores and memory")
+            self.slurm  # noqa: B018 - checks jobs, cores, memory and walltime now, before anything starts
         if self.scheduler is not None:
             try:
                 _set(self, "scheduler", check_scheduler_address(self.scheduler))

@@ -208,6 +208,10 @@ def _changed_files(layout_attr: dict) -> list[str]:
 def _client(cluster: ClusterParams):
     from ..cluster.local import dask_client
 
+    if cluster.slurm is not None:
+        from ..cluster.slurm import slurm_cluster
+
+        return slurm_cluster(cluster.slurm)
     return dask_client(
         cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
         memory_limit=cluster.memory_limit, quiet=False,

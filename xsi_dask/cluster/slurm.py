@@ -1,0 +1,193 @@
+"""Dask workers as SLURM jobs, through dask-jobqueue's ``SLURMCluster`` (no hand-written sbatch plumbing).
+
+Settings come from the user's dask-jobqueue config (``jobqueue.slurm.*``,
+e.g. ``~/.config/dask/jobqueue.yaml``), overridden by what is given here. The
+package adds its own defaults where the config says nothing: one thread per
+worker process (``processes = cores``: the tile kernels are single-threaded),
+TLS between client, scheduler and workers with temporary certificates (any
+user of a cluster can reach a plain-TCP scheduler on its nodes and run code as
+its owner), and the dashboard on the scheduler host's loopback address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.config
+from dask.utils import parse_bytes, parse_timedelta
+
+from ..errors import ClusterUnavailableError, ParameterError
+
+__all__ = ["SlurmSpec", "slurm_cluster_kwargs", "job_script", "slurm_cluster"]
+
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """What the SLURM worker jobs look like; None: the user's ``jobqueue.slurm.*`` config.
+
+    Parameters
+    ----------
+    jobs : int
+        Worker jobs submitted at start (>= 1).
+    cores : int, optional
+        Cores per job; as many single-threaded worker processes per job.
+    memory : str, optional
+        Memory per job (``"16GiB"``), shared by its worker processes.
+    walltime : str, optional
+        ``HH:MM:SS``, ``MM:SS``, ``D-HH:MM:SS`` (SLURM's forms).
+    queue : str, optional
+        The partition (``-p``).
+    account : str, optional
+        The account charged (``-A``).
+    tls : bool
+        TLS with temporary certificates between client, scheduler and workers
+        (default True).
+    shared_dir : str, optional
+        A folder every node sees, for the workers' copy of the temporary
+        certificates (default ``jobqueue.slurm.shared-temp-directory``, else the
+        current folder).
+
+    Raises
+    ------
+    ParameterError
+        A count below 1, a malformed memory size or walltime (when built).
+    """
+
+    jobs: int = 1
+    cores: int | None = None
+    memory: str | None = None
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    tls: bool = True
+    shared_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("jobs", "cores"):
+            v = getattr(self, name)
+            if v is None and name == "cores":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ParameterError(f"SLURM {name} must be a whole number >= 1; got {v!r}")
+        if self.memory is not None:
+            try:
+                if parse_bytes(str(self.memory)) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ParameterError(f"SLURM memory must be a size such as 16GiB; got {self.memory!r}") from None
+        if self.walltime is not None and not _WALLTIME.match(str(self.walltime)):
+            raise ParameterError(f"SLURM walltime must be HH:MM:SS, MM:SS or D-HH:MM:SS; got {self.walltime!r}")
+
+
+def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
+    """The ``SLURMCluster`` arguments of ``spec``: the given values, then ``jobqueue.slurm.*``, then the package's.
+
+    Raises
+    ------
+    ParameterError
+        Neither ``spec`` nor the config gives the cores or the memory of a job
+        (dask-jobqueue needs both).
+    """
+    cfg = dask.config.get("jobqueue.slurm", {}) or {}
+    cores = spec.cores if spec.cores is not None else cfg.get("cores")
+    memory = spec.memory if spec.memory is not None else cfg.get("memory")
+    if cores is None or memory is None:
+        raise ParameterError("a SLURM job needs its cores and memory: give --cores and --memory, or set jobqueue.slurm.cores "
+                             "and jobqueue.slurm.memory in ~/.config/dask/jobqueue.yaml (deploy/slurm/jobqueue.yaml)")
+    kwargs: dict[str, Any] = {"cores": int(cores), "memory": str(memory),
+                              # one single-threaded worker process per core unless the config says otherwise
+                              "processes": int(cfg.get("processes") or cores)}
+    for key, value in (("walltime", spec.walltime), ("queue", spec.queue), ("account", spec.account)):
+        if value is not None:
+            kwargs[key] = value
+    options = dict(cfg.get("scheduler-options") or {})
+    options.setdefault("dashboard_address", "127.0.0.1:8787")  # reached through an SSH tunnel (docs/deploy.md)
+    kwargs["scheduler_options"] = options
+    if spec.tls:
+        kwargs["security"] = True  # dask-jobqueue makes temporary certificates (distributed.Security.temporary)
+        shared = spec.shared_dir or cfg.get("shared-temp-directory")
+        kwargs["shared_temp_directory"] = str(Path(shared).expanduser().resolve()) if shared else str(Path.cwd())
+    return kwargs
+
+
+def job_script(spec: SlurmSpec) -> str:
+    """The batch script of one worker job, as it would be submitted (nothing is submitted).
+
+    With TLS the script names the workers' certificate files; for the printout
+    they are written to a temporary folder (unless ``spec.shared_dir`` or the
+    config names one), removed before this returns.
+    """
+    import tempfile
+
+    from dask_jobqueue import SLURMCluster
+
+    with tempfile.TemporaryDirectory(prefix="xsi-dask-jobscript-") as tmp:
+        kwargs = slurm_cluster_kwargs(spec)
+        if spec.tls and not (spec.shared_dir or (dask.config.get("jobqueue.slurm", {}) or {}).get("shared-temp-directory")):
+            kwargs["shared_temp_directory"] = tmp
+        with SLURMCluster(**kwargs) as cluster:
+            script = cluster.job_script()
+            for key in ("ca_file", "cert", "key"):  # the certificate files dask-jobqueue keeps open: gone with tmp
+                handle = getattr(cluster, f"_job_{key}", None)
+                if handle is not None:
+                    handle.close()
+            return script
+
+
+@contextlib.contextmanager
+def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) -> Iterator[Any]:
+    """A ``SLURMCluster`` with ``spec.jobs`` worker jobs submitted, and a client on it, for the block.
+
+    Waits until the first worker has joined (``xsi-dask.slurm-start-timeout``,
+    default 10 minutes: the jobs may queue). Every worker job is cancelled when
+    the block ends, on error and on Ctrl-C too (closing the cluster cancels
+    its jobs).
+
+    Raises
+    ------
+    ClusterUnavailableError
+        dask-jobqueue is missing, the scheduler cannot start, ``sbatch`` fails,
+        or no worker joins within the start timeout (the message names the
+        jobs and where their logs are).
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:
+        raise ClusterUnavailableError("SLURM clusters need dask-jobqueue: pip install 'xsi_dask[slurm]'") from exc
+    from distributed import Client
+
+    kwargs = slurm_cluster_kwargs(spec)
+    timeout = parse_timedelta(start_timeout if start_timeout is not None else
+                              dask.config.get("xsi-dask.slurm-start-timeout", "10 minutes"), default="s")
+    try:
+        cluster = SLURMCluster(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the scheduler could not start (port, certificates)
+        raise ClusterUnavailableError(f"could not start the Dask scheduler for SLURM ({type(exc).__name__}: {exc})") from exc
+    client = None
+    try:
+        try:
+            cluster.scale(jobs=spec.jobs)
+            client = Client(cluster, security=cluster.security)
+            client.wait_for_workers(1, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - sbatch refused, or the jobs never started
+            jobs = ", ".join(str(getattr(j, "job_id", "?")) for j in cluster.workers.values()) or "none submitted"
+            raise ClusterUnavailableError(
+                f"no SLURM worker joined within {timeout:g} s (jobs: {jobs}; {type(exc).__name__}: {exc}); check squeue "
+                "and the jobs' output files, the partition (--queue) and account (--account), or raise "
+                "xsi-dask.slurm-start-timeout") from exc
+        host = cluster.scheduler_address.split("://")[-1].rsplit(":", 1)[0]
+        port = str(kwargs["scheduler_options"].get("dashboard_address", ":8787")).rsplit(":", 1)[-1]
+        print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers in {spec.jobs} SLURM job(s); "
+              f"from your machine: ssh -L {port}:127.0.0.1:{port} {host}, then http://localhost:{port})", flush=True)
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        cluster.close()  # cancels every worker job
