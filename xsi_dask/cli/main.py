@@ -72,6 +72,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
     c.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB or 0.5 (default auto)")
     _add_slurm_options(c, cluster_flag=True)
+    c.add_argument("--performance-report", action="store_true",
+                   help="write Dask's performance report (dask-performance-report.html) beside the results; "
+                        "report.html links it")
 
 
 def _add_slurm_options(c, *, cluster_flag: bool) -> None:
@@ -87,6 +90,14 @@ def _add_slurm_options(c, *, cluster_flag: bool) -> None:
     c.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM walltime of a job (default jobqueue.slurm.walltime)")
     c.add_argument("--queue", metavar="PARTITION", help="SLURM partition (default jobqueue.slurm.queue)")
     c.add_argument("--account", metavar="ACCOUNT", help="SLURM account (default jobqueue.slurm.account)")
+    c.add_argument("--adapt", metavar="MIN:MAX", help="let the number of SLURM worker jobs follow the load, between MIN "
+                                                      "and MAX (instead of --jobs)")
+    c.add_argument("--gpu-jobs", type=int, metavar="N", help="extra SLURM jobs with a GPU, whose workers offer the resource "
+                                                            "GPU (for the tasks that need one; default 0)")
+    c.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs of each GPU job: #SBATCH --gres=gpu:G and the "
+                                                                "worker resource GPU=G (default 1)")
+    c.add_argument("--dashboard-address", metavar="HOST:PORT", help="where the SLURM scheduler's dashboard listens "
+                                                                   "(default 127.0.0.1:8787, reached by an SSH tunnel)")
 
 
 _EXAMPLES = {
@@ -265,7 +276,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 _SVD_FLAGS = ("components", "solver", "power_iters", "oversampling", "seed")
 _NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume")
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit", "cluster", "jobs", "cores", "memory",
-                  "walltime", "queue", "account")
+                  "walltime", "queue", "account", "adapt", "gpu_jobs", "gpus_per_job", "dashboard_address",
+                  "performance_report")
 _VIEW_FLAGS = ("energy_range", "keep_zero_peak", "bin", "elements")
 
 

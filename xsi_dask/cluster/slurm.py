@@ -53,6 +53,25 @@ class SlurmSpec:
         A folder every node sees, for the workers' copy of the temporary
         certificates (default ``jobqueue.slurm.shared-temp-directory``, else the
         current folder).
+    adapt : (int, int), optional
+        (MIN, MAX) worker jobs: dask-jobqueue's adaptive scaling submits and
+        cancels CPU worker jobs with the load, instead of ``jobs`` fixed ones.
+    gpu_jobs : int
+        Extra jobs for the tasks that need a GPU (default 0): each asks SLURM
+        for ``gpus_per_job`` GPUs (``#SBATCH --gres=gpu:G``, see
+        ``xsi-dask.slurm-gpu-gres``) and runs one worker offering the resource
+        ``GPU=G``; a task submitted with ``resources={"GPU": 1}`` runs there
+        and nowhere else. They are never scaled down by ``adapt``.
+    gpus_per_job : int
+        GPUs of each GPU job (default 1).
+    dashboard_address : str, optional
+        Where the scheduler's dashboard listens (default
+        ``jobqueue.slurm.scheduler-options.dashboard_address``, else
+        ``127.0.0.1:8787``: the scheduler host's loopback, reached through an
+        SSH tunnel).
+    log_directory : str, optional
+        Folder of the jobs' output files (default
+        ``jobqueue.slurm.log-directory``, else ``./slurm-logs``).
 
     Raises
     ------
@@ -68,11 +87,18 @@ class SlurmSpec:
     account: str | None = None
     tls: bool = True
     shared_dir: str | None = None
+    adapt: tuple[int, int] | None = None
+    gpu_jobs: int = 0
+    gpus_per_job: int = 1
+    dashboard_address: str | None = None
+    log_directory: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("jobs", "cores"):
+        for name in ("jobs", "cores", "gpu_jobs", "gpus_per_job"):
             v = getattr(self, name)
             if v is None and name == "cores":
+                continue
+            if name == "gpu_jobs" and v == 0 and not isinstance(v, bool):
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ParameterError(f"SLURM {name} must be a whole number >= 1; got {v!r}")
@@ -84,6 +110,12 @@ class SlurmSpec:
                 raise ParameterError(f"SLURM memory must be a size such as 16GiB; got {self.memory!r}") from None
         if self.walltime is not None and not _WALLTIME.match(str(self.walltime)):
             raise ParameterError(f"SLURM walltime must be HH:MM:SS, MM:SS or D-HH:MM:SS; got {self.walltime!r}")
+        if self.adapt is not None:
+            lo, hi = self.adapt
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in (lo, hi)) or not 1 <= lo <= hi:
+                raise ParameterError(f"SLURM adapt must be (MIN, MAX) worker jobs with 1 <= MIN <= MAX; got {self.adapt!r}")
+        if self.dashboard_address is not None and not re.match(r"^[^\s:]*:\d+$", str(self.dashboard_address)):
+            raise ParameterError(f"the dashboard address must be HOST:PORT or :PORT; got {self.dashboard_address!r}")
 
 
 def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
@@ -108,8 +140,12 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
         if value is not None:
             kwargs[key] = value
     options = dict(cfg.get("scheduler-options") or {})
+    if spec.dashboard_address is not None:
+        options["dashboard_address"] = spec.dashboard_address
     options.setdefault("dashboard_address", "127.0.0.1:8787")  # reached through an SSH tunnel (docs/deploy.md)
     kwargs["scheduler_options"] = options
+    logs = spec.log_directory or cfg.get("log-directory") or "slurm-logs"
+    kwargs["log_directory"] = str(Path(logs).expanduser().resolve())
     if spec.tls:
         kwargs["security"] = True  # dask-jobqueue makes temporary certificates (distributed.Security.temporary)
         shared = spec.shared_dir or cfg.get("shared-temp-directory")

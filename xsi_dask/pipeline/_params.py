@@ -135,11 +135,35 @@ class NMFParams(_Params):
         _bool(o, "resume", self.resume)
 
 
+def _adapt_range(value) -> tuple[int, int]:
+    """``"MIN:MAX"`` or a pair of whole numbers, 1 <= MIN <= MAX, as a pair."""
+    text = f"{value!r}"
+    if isinstance(value, str):
+        parts = value.split(":")
+        try:
+            pair = tuple(int(v) for v in parts) if len(parts) == 2 else None
+        except ValueError:
+            pair = None
+    else:
+        try:
+            pair = tuple(value)
+        except TypeError:
+            pair = None
+    if pair is None or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair) \
+            or not 1 <= pair[0] <= pair[1]:
+        raise ParameterError(f"ClusterParams.adapt must be MIN:MAX worker jobs with 1 <= MIN <= MAX, e.g. 1:8; got {text}")
+    return int(pair[0]), int(pair[1])
+
+
 @dataclass(frozen=True)
 class ClusterParams(_Params):
     """Where the work runs: a LocalCluster of this size (None: the package defaults), an existing scheduler, or
     SLURM worker jobs (``cluster="slurm"``: ``jobs`` jobs of ``cores`` cores and ``memory`` each, ``walltime``,
-    ``queue``, ``account``; None: the user's ``jobqueue.slurm.*`` config)."""
+    ``queue``, ``account``; None: the user's ``jobqueue.slurm.*`` config). ``adapt`` ("MIN:MAX" or a pair) lets
+    dask-jobqueue grow and shrink the number of CPU worker jobs with the load instead of a fixed ``jobs``;
+    ``gpu_jobs`` extra jobs of ``gpus_per_job`` GPUs each offer the worker resource ``GPU``;
+    ``dashboard_address`` is where the SLURM scheduler's dashboard listens (default its host's loopback).
+    ``performance_report`` writes Dask's performance report HTML beside the results (any cluster)."""
 
     scheduler: str | None = None
     workers: int | None = None
@@ -152,6 +176,11 @@ class ClusterParams(_Params):
     walltime: str | None = None
     queue: str | None = None
     account: str | None = None
+    adapt: tuple[int, int] | None = None
+    gpu_jobs: int | None = None
+    gpus_per_job: int | None = None
+    dashboard_address: str | None = None
+    performance_report: bool = False
 
     @property
     def slurm(self):
@@ -161,7 +190,10 @@ class ClusterParams(_Params):
         from ..cluster.slurm import SlurmSpec
 
         return SlurmSpec(jobs=1 if self.jobs is None else self.jobs, cores=self.cores, memory=self.memory, walltime=self.walltime,
-                         queue=self.queue, account=self.account)
+                         queue=self.queue, account=self.account, adapt=self.adapt,
+                         gpu_jobs=0 if self.gpu_jobs is None else self.gpu_jobs,
+                         gpus_per_job=1 if self.gpus_per_job is None else self.gpus_per_job,
+                         dashboard_address=self.dashboard_address)
 
     def __post_init__(self) -> None:
         from ..cluster.local import check_memory_limit, check_scheduler_address
@@ -169,7 +201,11 @@ class ClusterParams(_Params):
         o = "ClusterParams"
         if self.cluster not in ("local", "slurm"):
             raise ParameterError(f"{o}.cluster must be 'local' or 'slurm'; got {self.cluster!r}")
-        slurm_fields = {k: getattr(self, k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account")}
+        _bool(o, "performance_report", self.performance_report)
+        if self.adapt is not None:
+            _set(self, "adapt", _adapt_range(self.adapt))
+        slurm_fields = {k: getattr(self, k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "adapt",
+                                                      "gpu_jobs", "gpus_per_job", "dashboard_address")}
         given = sorted(k for k, v in slurm_fields.items() if v is not None)
         if self.cluster == "local" and given:
             raise ParameterError(f"{o}: {', '.join(given)} describe SLURM worker jobs; they need cluster='slurm' "
@@ -178,6 +214,10 @@ class ClusterParams(_Params):
             if self.scheduler is not None or (self.workers, self.threads_per_worker, self.memory_limit) != (None, None, None):
                 raise ParameterError(f"{o}: scheduler, workers, threads_per_worker and memory_limit describe a local or "
                                      "running cluster; with cluster='slurm' give jobs, cores and memory")
+            if self.adapt is not None and self.jobs is not None:
+                raise ParameterError(f"{o}: jobs={self.jobs} and adapt={self.adapt[0]}:{self.adapt[1]} both set the number "
+                                     "of worker jobs; give one (--jobs N for a fixed number, --adapt MIN:MAX to follow "
+                                     "the load)")
             self.slurm  # noqa: B018 - checks jobs, cores, memory and walltime now, before anything starts
         if self.scheduler is not None:
             try:
