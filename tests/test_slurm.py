@@ -148,3 +148,151 @@ def test_scheduler_speaks_tls_only(tmp_path):
     time.sleep(1)
     assert _jobs() == []
 
+
+
+def test_gpu_job_script_carries_gres_and_the_resource():
+    """`--print-job-script --gpu-jobs 1` shows the GPU job's --gres directive and its worker's --resources GPU=1."""
+    script = job_script(SlurmSpec(cores=2, memory="4GiB", gpu_jobs=1))
+    cpu, gpu = script.split("GPU job(s) ----")
+    assert "--gres" not in cpu and "--resources" not in cpu
+    assert "#SBATCH --gres=gpu:1" in gpu and "--resources GPU=1" in gpu and "--nworkers" not in gpu
+    with dask.config.set({"xsi-dask.slurm-gpu-gres": "gpu:a100:{gpus}"}):
+        gpu = job_script(SlurmSpec(cores=2, memory="4GiB", gpu_jobs=1, gpus_per_job=2)).split("GPU job(s) ----")[1]
+    assert "#SBATCH --gres=gpu:a100:2" in gpu and "--resources GPU=2" in gpu
+    with dask.config.set({"xsi-dask.slurm-gpu-gres": ""}):  # a cluster without GRES: the resource alone
+        gpu = job_script(SlurmSpec(cores=2, memory="4GiB", gpu_jobs=1)).split("GPU job(s) ----")[1]
+    assert "--gres" not in gpu and "--resources GPU=1" in gpu
+
+
+def test_print_job_script_makes_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["cluster", "slurm", "--print-job-script", "--cores", "2", "--memory", "4GiB", "--gpu-jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --gres=gpu:1" in out and "--resources GPU=1" in out
+    assert f"#SBATCH -o {tmp_path}/slurm-logs/" in out  # the jobs' output files: ./slurm-logs by default
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"cluster": "slurm", "jobs": 2, "adapt": "1:3"}, "both set the number of worker jobs"),
+    ({"cluster": "slurm", "adapt": "3:1"}, "1 <= MIN <= MAX"),
+    ({"cluster": "slurm", "adapt": "0:2"}, "1 <= MIN <= MAX"),
+    ({"cluster": "slurm", "gpu_jobs": -1}, "gpu_jobs must be a whole number"),
+    ({"cluster": "slurm", "gpus_per_job": 0}, "gpus_per_job must be a whole number"),
+    ({"cluster": "slurm", "dashboard_address": "localhost"}, "HOST:PORT"),
+    ({"adapt": "1:2"}, "need cluster='slurm'"),
+    ({"gpu_jobs": 1}, "need cluster='slurm'"),
+    ({"performance_report": "yes"}, "must be true or false"),
+])
+def test_cluster_params_refuse_bad_scaling(kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        ClusterParams(**kwargs)
+
+
+def test_a_worker_that_cannot_see_the_store_is_named(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from xsi_dask.cluster.shared import check_workers_see_store
+    from xsi_dask.errors import ClusterUnavailableError
+
+    store = tmp_path / "m.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc, set_as_default=False) as client:
+        check_workers_see_store(store, client)
+        with pytest.raises(ClusterUnavailableError, match=r"1 of 1 workers cannot read the montage store .*every node sees"):
+            check_workers_see_store(tmp_path / "elsewhere.zarr", client)
+
+
+@pytest.mark.slurm
+@live
+def test_gpu_job_worker_alone_runs_gpu_tasks(tmp_path):
+    """A GPU-template worker started through the local SLURM (the resource declared, not detected: no GRES here)
+    receives every resources={"GPU": 1} task; the CPU worker none."""
+    from distributed import get_worker
+
+    spec = SlurmSpec(jobs=1, cores=1, memory="2GiB", gpu_jobs=1, shared_dir=str(tmp_path), log_directory=str(tmp_path))
+    with dask.config.set({**LOOPBACK, "xsi-dask.slurm-gpu-gres": ""}), slurm_cluster(spec) as c:
+        c.wait_for_workers(2, timeout=120)
+        assert len([j for j in _jobs() if "dask-worker-gpu" in j]) == 1
+        names = {w["name"]: w.get("resources", {}) for w in c.scheduler_info(n_workers=-1)["workers"].values()}
+        gpu = [n for n, r in names.items() if r.get("GPU") == 1]
+        assert len(gpu) == 1 and "-gpu-" in str(gpu[0]) and len(names) == 2
+        ran = c.gather([c.submit(lambda i: get_worker().name, i, resources={"GPU": 1}, pure=False) for i in range(8)])
+        assert set(ran) == set(gpu)
+        plain = c.gather([c.submit(lambda i: get_worker().name, i, pure=False) for i in range(8)])
+        assert set(plain) <= set(names)
+    time.sleep(1)
+    assert _jobs() == []
+
+
+@pytest.mark.slurm
+@live
+def test_adapt_grows_under_load_and_shrinks_after(tmp_path):
+    """--adapt 1:3: the worker jobs grow to 3 under a minute of queued work and fall back to 1 when it is done."""
+    spec = SlurmSpec(cores=1, memory="1GiB", adapt=(1, 3), shared_dir=str(tmp_path), log_directory=str(tmp_path))
+    # three 1-core jobs on this 2-core node: they share its cores (the partition allows it when asked)
+    extra = {"jobqueue.slurm.job-extra-directives": ["--oversubscribe"]}
+    with dask.config.set({**LOOPBACK, **extra}), slurm_cluster(spec) as c:
+        futures = [c.submit(time.sleep, 1.0, pure=False) for _ in range(60)]
+        most, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline and most < 3:
+            most = max(most, len(_jobs()))
+            time.sleep(0.5)
+        assert most == 3
+        c.gather(futures)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_jobs()) > 1:
+            time.sleep(0.5)
+        assert len(_jobs()) == 1
+    time.sleep(1)
+    assert _jobs() == []
+
+
+@pytest.mark.slurm
+@live
+@pytest.mark.usefixtures("needs_data")
+def test_nmf_survives_a_cancelled_worker_job(tmp_path):
+    """`scancel` of one of two worker jobs during NMF: the run completes, equal to an undisturbed run (same seed)."""
+    import xsi_dask
+    from xsi_dask.montage.prepare import analysis_view
+
+    store = xsi_dask.ingest(EDS / "jeol_View000_0000006.pts", tmp_path / "jeol.zarr", split="4x4", progress=False)
+    view = analysis_view(xsi_dask.open_montage(store), bin=4)
+    kw = {"loss": "kl", "max_iter": 100, "tol": 0.0, "init": "random", "seed": 3, "progress": False}
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc, Client(lc):
+        reference = xsi_dask.nmf(view, 3, **kw)
+    cancelled: list[str] = []
+    spec = SlurmSpec(jobs=2, cores=1, memory="3GiB", shared_dir=str(tmp_path), log_directory=str(tmp_path / "logs"))
+    with dask.config.set(LOOPBACK), slurm_cluster(spec) as c:
+        c.wait_for_workers(2, timeout=120)
+        done = threading.Event()
+
+        def cancel_one():  # a few passes after NMF made its scratch folder, scancel the first job
+            deadline = time.monotonic() + 120
+            while not done.is_set() and time.monotonic() < deadline:
+                if list(tmp_path.glob(".xsi-dask-nmf-*")):
+                    time.sleep(3.0)
+                    job = next(iter(c.cluster.workers.values())).job_id
+                    subprocess.run(["scancel", str(job)], check=True, timeout=10)
+                    cancelled.append(str(job))
+                    return
+                time.sleep(0.1)
+
+        killer = threading.Thread(target=cancel_one, daemon=True)
+        killer.start()
+        try:
+            result = xsi_dask.nmf(view, 3, **kw)
+        finally:
+            done.set()
+            killer.join()
+        assert cancelled, "NMF ended before a worker job could be cancelled"
+        assert len(c.nthreads()) == 1  # the cancelled job's worker is gone; the run went on without it
+    np.testing.assert_allclose(result.loss.values[-1], reference.loss.values[-1], rtol=1e-10)
+    np.testing.assert_allclose(result.spectra.values, reference.spectra.values, rtol=1e-10, atol=1e-12)
+    assert not list(tmp_path.glob(".xsi-dask-nmf-*"))  # the scratch folder (and a killed task's part-file) is gone
+    time.sleep(1)
+    assert _jobs() == []

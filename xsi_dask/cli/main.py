@@ -90,14 +90,16 @@ def _add_slurm_options(c, *, cluster_flag: bool) -> None:
     c.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM walltime of a job (default jobqueue.slurm.walltime)")
     c.add_argument("--queue", metavar="PARTITION", help="SLURM partition (default jobqueue.slurm.queue)")
     c.add_argument("--account", metavar="ACCOUNT", help="SLURM account (default jobqueue.slurm.account)")
-    c.add_argument("--adapt", metavar="MIN:MAX", help="let the number of SLURM worker jobs follow the load, between MIN "
-                                                      "and MAX (instead of --jobs)")
     c.add_argument("--gpu-jobs", type=int, metavar="N", help="extra SLURM jobs with a GPU, whose workers offer the resource "
                                                             "GPU (for the tasks that need one; default 0)")
     c.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs of each GPU job: #SBATCH --gres=gpu:G and the "
                                                                 "worker resource GPU=G (default 1)")
-    c.add_argument("--dashboard-address", metavar="HOST:PORT", help="where the SLURM scheduler's dashboard listens "
-                                                                   "(default 127.0.0.1:8787, reached by an SSH tunnel)")
+    if cluster_flag:  # how the run uses the jobs, not what a job script says
+        c.add_argument("--adapt", metavar="MIN:MAX", help="let the number of SLURM worker jobs follow the load, between "
+                                                          "MIN and MAX (instead of --jobs)")
+        c.add_argument("--dashboard-address", metavar="HOST:PORT", help="where the SLURM scheduler's dashboard listens "
+                                                                       "(default 127.0.0.1:8787, reached by an SSH "
+                                                                       "tunnel)")
 
 
 _EXAMPLES = {
@@ -402,8 +404,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from ..cluster.slurm import SlurmSpec, job_script
 
-    g = {k: getattr(args, k, None) for k in ("jobs", "cores", "memory", "walltime", "queue", "account")}
-    spec = SlurmSpec(**{**g, "jobs": 1 if g["jobs"] is None else g["jobs"]})
+    g = {k: getattr(args, k, None) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "gpu_jobs",
+                                             "gpus_per_job")}
+    defaults = {"jobs": 1, "gpu_jobs": 0, "gpus_per_job": 1}
+    spec = SlurmSpec(**{k: defaults[k] if v is None and k in defaults else v for k, v in g.items()})
     print(job_script(spec))
     return 0
 

@@ -23,7 +23,7 @@ from dask.utils import parse_bytes, parse_timedelta
 
 from ..errors import ClusterUnavailableError, ParameterError
 
-__all__ = ["SlurmSpec", "slurm_cluster_kwargs", "job_script", "slurm_cluster"]
+__all__ = ["SlurmSpec", "slurm_cluster_kwargs", "gpu_job_kwargs", "job_script", "slurm_cluster"]
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -153,8 +153,36 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     return kwargs
 
 
+def gpu_job_kwargs(job_kwargs: dict[str, Any], spec: SlurmSpec) -> dict[str, Any]:
+    """The ``SLURMJob`` arguments of one GPU job: those of the CPU jobs (``job_kwargs``, as the cluster keeps
+    them: same scheduler, security, interface, memory), with one worker process, the GPU request and the resource.
+
+    The directive is ``#SBATCH --gres=`` followed by ``xsi-dask.slurm-gpu-gres`` (default ``gpu:{gpus}``, the
+    ``{gpus}`` replaced by ``spec.gpus_per_job``); an empty value leaves it out (a cluster without GRES, such as
+    the local test SLURM: there the resource is declared, not detected). The user's
+    ``jobqueue.slurm.job-extra-directives`` and ``worker-extra-args`` are kept.
+    """
+    cfg = dask.config.get("jobqueue.slurm", {}) or {}
+    gres = str(dask.config.get("xsi-dask.slurm-gpu-gres", "gpu:{gpus}") or "").format(gpus=spec.gpus_per_job)
+    directives = list(job_kwargs.get("job_extra_directives") or cfg.get("job-extra-directives") or [])
+    args = list(job_kwargs.get("worker_extra_args") or cfg.get("worker-extra-args") or [])
+    return {**job_kwargs, "processes": 1, "job_name": GPU_JOB_NAME,
+            "job_extra_directives": directives + ([f"--gres={gres}"] if gres else []),
+            "worker_extra_args": args + ["--resources", f"GPU={spec.gpus_per_job}"]}
+
+
+def _job_kwargs(cluster) -> dict[str, Any]:
+    """The arguments the cluster gives its worker jobs (dask-jobqueue keeps them as ``_job_kwargs``)."""
+    kwargs = getattr(cluster, "_job_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise ClusterUnavailableError("this dask-jobqueue does not keep its job arguments where xsi_dask reads them "
+                                      "(JobQueueCluster._job_kwargs); GPU jobs need dask-jobqueue 0.9")
+    return kwargs
+
+
 def job_script(spec: SlurmSpec) -> str:
-    """The batch script of one worker job, as it would be submitted (nothing is submitted).
+    """The batch script of one worker job, as it would be submitted (nothing is submitted); with
+    ``spec.gpu_jobs``, that of one GPU job after it.
 
     With TLS the script names the workers' certificate files; for the printout
     they are written to a temporary folder (unless ``spec.shared_dir`` or the
@@ -163,23 +191,56 @@ def job_script(spec: SlurmSpec) -> str:
     import tempfile
 
     from dask_jobqueue import SLURMCluster
+    from dask_jobqueue.slurm import SLURMJob
 
     with tempfile.TemporaryDirectory(prefix="xsi-dask-jobscript-") as tmp:
         kwargs = slurm_cluster_kwargs(spec)
+        logs = Path(kwargs["log_directory"])
+        made = [p for p in (logs, *logs.parents) if not p.exists()]  # dask-jobqueue makes it: a printout must not
         if spec.tls and not (spec.shared_dir or (dask.config.get("jobqueue.slurm", {}) or {}).get("shared-temp-directory")):
             kwargs["shared_temp_directory"] = tmp
         with SLURMCluster(**kwargs) as cluster:
             script = cluster.job_script()
+            if spec.gpu_jobs:
+                gpu = SLURMJob(cluster.scheduler.address, name="dummy-name", **gpu_job_kwargs(_job_kwargs(cluster), spec))
+                script += f"\n# ---- each of the {spec.gpu_jobs} GPU job(s) ----\n" + gpu.job_script()
             for key in ("ca_file", "cert", "key"):  # the certificate files dask-jobqueue keeps open: gone with tmp
                 handle = getattr(cluster, f"_job_{key}", None)
                 if handle is not None:
                     handle.close()
-            return script
+        for folder in made:  # innermost first; only folders this call made, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return script
+
+
+GPU_JOB_NAME = "dask-worker-gpu"
+
+
+def _keeping_gpu_workers():
+    """dask's ``Adaptive``, except that it never retires a GPU job's worker (adaptive scaling is for the CPU jobs)."""
+    from distributed.deploy.adaptive import Adaptive
+
+    class KeepGPUWorkers(Adaptive):
+        async def workers_to_close(self, target: int) -> list[str]:
+            names = await super().workers_to_close(target)
+            return [n for n in names if "-gpu-" not in str(n)]
+
+    return KeepGPUWorkers
+
+
+async def _start(job) -> None:
+    await job  # ProcessInterface: submits the job (sbatch) and marks it running
 
 
 @contextlib.contextmanager
 def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) -> Iterator[Any]:
     """A ``SLURMCluster`` with ``spec.jobs`` worker jobs submitted, and a client on it, for the block.
+
+    With ``spec.adapt`` = (MIN, MAX) dask-jobqueue's adaptive scaling submits
+    and cancels CPU worker jobs between MIN and MAX with the load instead.
+    ``spec.gpu_jobs`` GPU jobs (:func:`gpu_job_kwargs`) join the same
+    scheduler; adaptive scaling leaves them alone.
 
     Waits until the first worker has joined (``xsi-dask.slurm-start-timeout``,
     default 10 minutes: the jobs may queue). Every worker job is cancelled when
@@ -207,23 +268,42 @@ def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) 
     except Exception as exc:  # noqa: BLE001 - the scheduler could not start (port, certificates)
         raise ClusterUnavailableError(f"could not start the Dask scheduler for SLURM ({type(exc).__name__}: {exc})") from exc
     client = None
+    gpu_jobs: list[Any] = []
     try:
         try:
-            cluster.scale(jobs=spec.jobs)
+            if spec.adapt is not None:
+                cluster.adapt(minimum_jobs=spec.adapt[0], maximum_jobs=spec.adapt[1], Adaptive=_keeping_gpu_workers())
+            else:
+                cluster.scale(jobs=spec.jobs)
+            if spec.gpu_jobs:
+                from dask_jobqueue.slurm import SLURMJob
+
+                gkw = gpu_job_kwargs(_job_kwargs(cluster), spec)
+                for i in range(spec.gpu_jobs):
+                    job = SLURMJob(cluster.scheduler.address, name=f"{cluster.name}-gpu-{i}", **gkw)
+                    gpu_jobs.append(job)  # cancelled below even when its submission failed half way
+                    cluster.sync(_start, job)
             client = Client(cluster, security=cluster.security)
             client.wait_for_workers(1, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - sbatch refused, or the jobs never started
-            jobs = ", ".join(str(getattr(j, "job_id", "?")) for j in cluster.workers.values()) or "none submitted"
+            jobs = ", ".join(str(getattr(j, "job_id", None) or "?")
+                             for j in [*cluster.workers.values(), *gpu_jobs]) or "none submitted"
             raise ClusterUnavailableError(
                 f"no SLURM worker joined within {timeout:g} s (jobs: {jobs}; {type(exc).__name__}: {exc}); check squeue "
-                "and the jobs' output files, the partition (--queue) and account (--account), or raise "
-                "xsi-dask.slurm-start-timeout") from exc
+                f"and the jobs' output files in {kwargs['log_directory']}, the partition (--queue) and account "
+                "(--account), or raise xsi-dask.slurm-start-timeout") from exc
         host = cluster.scheduler_address.split("://")[-1].rsplit(":", 1)[0]
         port = str(kwargs["scheduler_options"].get("dashboard_address", ":8787")).rsplit(":", 1)[-1]
-        print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers in {spec.jobs} SLURM job(s); "
-              f"from your machine: ssh -L {port}:127.0.0.1:{port} {host}, then http://localhost:{port})", flush=True)
+        jobs = f"{spec.adapt[0]}-{spec.adapt[1]} adaptive" if spec.adapt else str(spec.jobs)
+        gpus = f" + {spec.gpu_jobs} GPU job(s)" if spec.gpu_jobs else ""
+        print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers so far, {jobs} SLURM job(s)"
+              f"{gpus}; from your machine: ssh -L {port}:127.0.0.1:{port} {host}, then http://localhost:{port})",
+              flush=True)
         yield client
     finally:
         if client is not None:
             client.close()
-        cluster.close()  # cancels every worker job
+        for job in gpu_jobs:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - cancel every job even when one scancel fails
+                cluster.sync(job.close)
+        cluster.close()  # cancels every CPU worker job (and stops adaptive scaling)

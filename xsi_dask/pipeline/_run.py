@@ -505,6 +505,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
     """:func:`run` once its outputs are checked and its folder made (``montage``: the view of a known ``store``)."""
     import dataclasses
 
+    from ..cluster.shared import check_workers_see_store
     from ..engine import worker_addresses
     from ..io.ingest import ingest
     from ..io.results import open_results, write_results
@@ -530,6 +531,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
                 overwrite=overwrite, progress=progress,
             )
             timings["ingest"] = time.perf_counter() - t
+        check_workers_see_store(store.path)  # a worker on a node without the shared file system: said now
         info = store.info()
         print(format_info(info))
         if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
@@ -596,6 +598,7 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     """One analysis of a montage store written as group ``group`` of the results store ``out``."""
     import dataclasses
 
+    from ..cluster.shared import check_workers_see_store
     from ..io.results import check_results_target, open_results, results_update, write_results
     from ..io.store import MontageStore
 
@@ -605,6 +608,7 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     recorded = _view_attrs(view)
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
     with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
+        check_workers_see_store(st.path)
         if group == "nmf":
             source = "given" if params.components is not None else "default"
             params = params if params.components is not None else dataclasses.replace(params, components=DEFAULT_NMF_COMPONENTS)
