@@ -18,9 +18,9 @@ import pytest
 
 import xsi_dask
 from xsi_dask.decomposition._rank import (
-    _histogram_summary,
     MARGIN,
     TW1_Q99,
+    _histogram_summary,
     noise_edge,
     pixel_totals_summary,
     poisson_null_edge,

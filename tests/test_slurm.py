@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -26,6 +27,13 @@ from .conftest import EDS
 
 pytest.importorskip("dask_jobqueue")
 LOOPBACK = {"jobqueue.slurm.interface": "lo", "jobqueue.slurm.walltime": "00:30:00"}
+
+
+@pytest.fixture(autouse=True)
+def _job_logs_in_tmp(tmp_path):
+    """The jobs' output files go to the test's folder, not ./slurm-logs of the checkout."""
+    with dask.config.set({"jobqueue.slurm.log-directory": str(tmp_path / "slurm-logs")}):
+        yield
 
 
 def _slurm_problem() -> str | None:
@@ -67,6 +75,16 @@ def test_settings_come_from_jobqueue_config_and_flags_win():
     assert kw["cores"] == 2 and kw["memory"] == "32GiB" and kw["processes"] == 2 and "security" not in kw
     assert "queue" not in kw  # left to dask-jobqueue, which reads jobqueue.slurm.queue itself
     assert kw["scheduler_options"]["dashboard_address"] == "127.0.0.1:8787"
+    with dask.config.set({"jobqueue.slurm.processes": 16}):  # 16 worker processes cannot share 8 cores
+        with pytest.raises(ParameterError, match="processes = 16 cannot split a job of 8 cores"):
+            slurm_cluster_kwargs(SlurmSpec(cores=8, memory="8GiB", tls=False))
+    with dask.config.set({"jobqueue.slurm.processes": 2}):
+        assert slurm_cluster_kwargs(SlurmSpec(cores=8, memory="8GiB", tls=False))["processes"] == 2
+    with pytest.raises(ParameterError, match="TLS certificates does not exist: .*nowhere"):
+        slurm_cluster_kwargs(SlurmSpec(cores=1, memory="1GiB", shared_dir="/nonexistent/nowhere"))
+    with dask.config.set({"jobqueue.slurm.shared-temp-directory": "$HOME"}):  # expanded as the shell would
+        assert slurm_cluster_kwargs(SlurmSpec(cores=1, memory="1GiB"))["shared_temp_directory"] == str(
+            Path(os.path.expanduser("~")).resolve())
     with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
         with pytest.raises(ParameterError, match="needs its cores and memory"):
             slurm_cluster_kwargs(SlurmSpec())

@@ -12,6 +12,7 @@ its owner), and the dashboard on the scheduler host's loopback address.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,9 +134,15 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     if cores is None or memory is None:
         raise ParameterError("a SLURM job needs its cores and memory: give --cores and --memory, or set jobqueue.slurm.cores "
                              "and jobqueue.slurm.memory in ~/.config/dask/jobqueue.yaml (deploy/slurm/jobqueue.yaml)")
+    processes = cfg.get("processes")
+    if processes is not None and (not isinstance(processes, int) or not 1 <= processes <= int(cores)
+                                  or int(cores) % processes):
+        raise ParameterError(f"jobqueue.slurm.processes = {processes!r} cannot split a job of {cores} cores into worker "
+                             "processes of whole threads: set it to a divisor of the cores, or to null for one "
+                             "single-threaded worker process per core")
     kwargs: dict[str, Any] = {"cores": int(cores), "memory": str(memory),
                               # one single-threaded worker process per core unless the config says otherwise
-                              "processes": int(cfg.get("processes") or cores)}
+                              "processes": int(processes or cores)}
     for key, value in (("walltime", spec.walltime), ("queue", spec.queue), ("account", spec.account)):
         if value is not None:
             kwargs[key] = value
@@ -149,7 +156,11 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     if spec.tls:
         kwargs["security"] = True  # dask-jobqueue makes temporary certificates (distributed.Security.temporary)
         shared = spec.shared_dir or cfg.get("shared-temp-directory")
-        kwargs["shared_temp_directory"] = str(Path(shared).expanduser().resolve()) if shared else str(Path.cwd())
+        folder = Path(os.path.expandvars(str(shared))).expanduser().resolve() if shared else Path.cwd()
+        if not folder.is_dir():
+            raise ParameterError(f"the folder for the workers' TLS certificates does not exist: {folder} "
+                                 "(jobqueue.slurm.shared-temp-directory; it must be a folder every node sees)")
+        kwargs["shared_temp_directory"] = str(folder)
     return kwargs
 
 
@@ -229,6 +240,17 @@ def _keeping_gpu_workers():
     return KeepGPUWorkers
 
 
+def _link_port(link: str | None) -> str | None:
+    """The port of a dashboard link such as ``http://127.0.0.1:8787/status`` (None if it names none)."""
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(str(link)).port
+    except ValueError:
+        return None
+    return str(port) if port else None
+
+
 async def _start(job) -> None:
     await job  # ProcessInterface: submits the job (sbatch) and marks it running
 
@@ -293,7 +315,8 @@ def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) 
                 f"and the jobs' output files in {kwargs['log_directory']}, the partition (--queue) and account "
                 "(--account), or raise xsi-dask.slurm-start-timeout") from exc
         host = cluster.scheduler_address.split("://")[-1].rsplit(":", 1)[0]
-        port = str(kwargs["scheduler_options"].get("dashboard_address", ":8787")).rsplit(":", 1)[-1]
+        # the port the dashboard took (another one when the configured port was busy)
+        port = _link_port(client.dashboard_link) or str(kwargs["scheduler_options"]["dashboard_address"]).rsplit(":", 1)[-1]
         jobs = f"{spec.adapt[0]}-{spec.adapt[1]} adaptive" if spec.adapt else str(spec.jobs)
         gpus = f" + {spec.gpu_jobs} GPU job(s)" if spec.gpu_jobs else ""
         print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers so far, {jobs} SLURM job(s)"
