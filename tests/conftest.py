@@ -90,3 +90,16 @@ def assert_no_store(out: Path):
     assert not out.exists()
     leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
     assert not leftovers, leftovers
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line saying how the tests marked slurm went (CI's log shows they ran against the live SLURM)."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if "slurm" in getattr(rep, "keywords", {}) and getattr(rep, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and rep.when != "call":
+                    continue
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        terminalreporter.write_line("tests marked slurm: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
