@@ -241,6 +241,9 @@ def test_gpu_job_worker_alone_runs_gpu_tasks(tmp_path):
         assert set(ran) == set(gpu)
         plain = c.gather([c.submit(lambda i: get_worker().name, i, pure=False) for i in range(8)])
         assert set(plain) <= set(names)
+        from xsi_dask.engine.resources import run_on_resource
+
+        assert run_on_resource(lambda: get_worker().name, resources={"GPU": 1}) == gpu[0]
     time.sleep(1)
     assert _jobs() == []
 
@@ -314,3 +317,49 @@ def test_nmf_survives_a_cancelled_worker_job(tmp_path):
     assert not list(tmp_path.glob(".xsi-dask-nmf-*"))  # the scratch folder (and a killed task's part-file) is gone
     time.sleep(1)
     assert _jobs() == []
+
+
+@pytest.mark.slurm
+@live
+def test_ctrl_c_cancels_the_worker_jobs(tmp_path):
+    """Ctrl-C during a SLURM run's NMF: exit 130 within seconds, no worker job left queued, no scratch folder left."""
+    import signal
+    import sys
+
+    from xsi_dask.testing.simulate import simulate
+
+    montage = simulate(tmp_path / "m.zarr", tiles="1x2", tile_shape="32x32", channels=256, counts_per_pixel=20,
+                       progress=False)
+    env = {**os.environ, "DASK_JOBQUEUE__SLURM__INTERFACE": "lo",
+           "DASK_JOBQUEUE__SLURM__LOG_DIRECTORY": str(tmp_path / "slurm-logs")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xsi_dask.cli.main", "run", str(montage.path), "--out", str(tmp_path / "run"),
+         "--components", "2", "--nmf-components", "2", "--max-iter", "100000", "--tol", "0", "--quiet",
+         "--cluster", "slurm", "--jobs", "1", "--cores", "1", "--memory", "2GiB", "--walltime", "00:10:00"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob(".xsi-dask-nmf-*/*.npy")):  # NMF under way on the SLURM worker
+        assert proc.poll() is None, proc.communicate()
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("NMF never started")
+        time.sleep(0.1)
+    assert len(_jobs()) == 1
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    time.sleep(1)
+    assert _jobs() == []
+    assert not list(tmp_path.glob(".xsi-dask-nmf-*"))
+
+
+def test_importing_dask_jobqueue_leaves_ctrl_c_alone():
+    """dask-jobqueue 0.9.0 sets a SIGINT handler calling sys.exit() when imported (dask/dask-jobqueue#696): a
+    Ctrl-C would exit 0 without the interrupt handling. The package imports it keeping the handler in place."""
+    import sys
+
+    code = ("import signal, sys; h = signal.getsignal(signal.SIGINT)\n"
+            "from xsi_dask.cluster.slurm import _jobqueue; _jobqueue()\n"
+            "sys.exit(0 if signal.getsignal(signal.SIGINT) is h else 3)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

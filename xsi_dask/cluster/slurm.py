@@ -164,6 +164,36 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     return kwargs
 
 
+def _jobqueue():
+    """``(SLURMCluster, SLURMJob)``, imported without letting dask-jobqueue 0.9.0 take over Ctrl-C.
+
+    Its ``runner`` module, imported with the package, sets a SIGINT handler that
+    calls ``sys.exit()`` (dask/dask-jobqueue#696, fixed in #697 after 0.9.0): a
+    Ctrl-C during a run would then exit with status 0 and skip the interrupt
+    handling (exit 130, temporary outputs removed). The handler in place before
+    the import is put back.
+
+    Raises
+    ------
+    ClusterUnavailableError
+        dask-jobqueue is not installed.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue.slurm import SLURMJob
+    except ImportError as exc:
+        raise ClusterUnavailableError("SLURM clusters need dask-jobqueue: pip install 'xsi_dask[slurm]'") from exc
+    finally:
+        if main and previous is not None and signal.getsignal(signal.SIGINT) is not previous:
+            signal.signal(signal.SIGINT, previous)
+    return SLURMCluster, SLURMJob
+
+
 def gpu_job_kwargs(job_kwargs: dict[str, Any], spec: SlurmSpec) -> dict[str, Any]:
     """The ``SLURMJob`` arguments of one GPU job: those of the CPU jobs (``job_kwargs``, as the cluster keeps
     them: same scheduler, security, interface, memory), with one worker process, the GPU request and the resource.
@@ -201,8 +231,7 @@ def job_script(spec: SlurmSpec) -> str:
     """
     import tempfile
 
-    from dask_jobqueue import SLURMCluster
-    from dask_jobqueue.slurm import SLURMJob
+    SLURMCluster, SLURMJob = _jobqueue()  # noqa: N806 - the classes
 
     with tempfile.TemporaryDirectory(prefix="xsi-dask-jobscript-") as tmp:
         kwargs = slurm_cluster_kwargs(spec)
@@ -276,10 +305,7 @@ def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) 
         or no worker joins within the start timeout (the message names the
         jobs and where their logs are).
     """
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as exc:
-        raise ClusterUnavailableError("SLURM clusters need dask-jobqueue: pip install 'xsi_dask[slurm]'") from exc
+    SLURMCluster, SLURMJob = _jobqueue()  # noqa: N806 - the classes
     from distributed import Client
 
     kwargs = slurm_cluster_kwargs(spec)
@@ -298,8 +324,6 @@ def slurm_cluster(spec: SlurmSpec, *, start_timeout: float | str | None = None) 
             else:
                 cluster.scale(jobs=spec.jobs)
             if spec.gpu_jobs:
-                from dask_jobqueue.slurm import SLURMJob
-
                 gkw = gpu_job_kwargs(_job_kwargs(cluster), spec)
                 for i in range(spec.gpu_jobs):
                     job = SLURMJob(cluster.scheduler.address, name=f"{cluster.name}-gpu-{i}", **gkw)
