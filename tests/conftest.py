@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xsi_dask.cluster.slurm import _jobqueue
+from xsi_dask.errors import ClusterUnavailableError
+
 DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+# dask-jobqueue 0.9.0 replaces the SIGINT handler with sys.exit when first imported (dask/dask-jobqueue#696);
+# imported once here the package's way, keeping pytest's Ctrl-C, so later imports by the tests change nothing
+with contextlib.suppress(ClusterUnavailableError):
+    _jobqueue()
+
 EDS = DATA / "eds"
 
 # file -> split used where the map is >= 64 px a side (None: too small to split)
