@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,64 @@ def _client(cluster: ClusterParams):
     )
 
 
+PERFORMANCE_REPORT = "dask-performance-report.html"
+"""The file name of Dask's performance report (``ClusterParams(performance_report=True)``, ``--performance-report``)."""
+
+
+@contextlib.contextmanager
+def _performance_report(cluster: ClusterParams, folder: Path) -> Iterator[contextlib.AbstractContextManager]:
+    """Dask's performance report, written as ``folder/dask-performance-report.html`` when the block ends.
+
+    Yields the context to enter around the work inside the client's block (a null context unless
+    ``cluster.performance_report``): when that ends, the report is gathered from the scheduler into a hidden
+    temporary file in ``folder``, which this block's end renames into place. Used outside the results' commit,
+    the report appears only with the results it describes, and complete. If the work raises, no report is
+    gathered (the cluster may be gone) and no file is left, temporary or not.
+    """
+    if not cluster.performance_report:
+        yield contextlib.nullcontext()
+        return
+    target = folder / PERFORMANCE_REPORT
+    tmp = folder / f".{PERFORMANCE_REPORT}.tmp-{os.getpid()}"
+    try:
+        yield _gather_performance_report(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputWriteError(f"{target}: cannot be written ({exc.strerror or exc}); the results were written, "
+                                   "the performance report was not") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"Dask performance report: {target}", flush=True)
+
+
+@contextlib.contextmanager
+def _gather_performance_report(tmp: Path) -> Iterator[None]:
+    """``distributed.performance_report`` of the block, written to ``tmp``; nothing gathered if the block raises."""
+    from distributed import performance_report
+
+    # its "Calling Code" is the function with this block (3 frames up: its __exit__, this generator, contextlib's)
+    report = performance_report(filename=str(tmp), stacklevel=3)
+    report.__enter__()  # entered and left by hand: after an error the report is neither gathered nor written
+    yield
+    report.__exit__(None, None, None)
+
+
+def _check_performance_report(cluster: ClusterParams, folder: Path) -> None:
+    """Refuse, before any work, a ``dask-performance-report.html`` in ``folder`` that is not a plain file."""
+    from ..io.store import describe_path
+
+    target = folder / PERFORMANCE_REPORT
+    if cluster.performance_report and (target.is_symlink() or target.exists()) and not target.is_file():
+        raise NotOurOutputError(f"{target} is {describe_path(target)}, not a performance report; it is left as it is: "
+                                "move it away or leave out --performance-report")
+
+
+def _performance_attrs(cluster: ClusterParams) -> dict[str, Any]:
+    """What the results record of the performance report: its path relative to the results store's folder."""
+    return {"performance_report": PERFORMANCE_REPORT} if cluster.performance_report else {}
+
+
 def _view(store, view: ViewParams):
     """The montage view of ``store`` the analysis runs on; a ParameterError (bad range or bin) before any pass."""
     from .. import open_montage
@@ -345,7 +405,7 @@ def _is_run_folder(out: Path) -> bool:
         return False
 
 
-def _check_outputs(out: Path, target: Path | None, overwrite: bool) -> None:
+def _check_outputs(out: Path, target: Path | None, overwrite: bool, cluster: ClusterParams) -> None:
     """Refuse, before any work, an ``out`` the run may not write into (see :func:`run`)."""
     from ..io.results import check_results_target
     from ..io.store import _probe_writable, check_output, describe_path
@@ -353,12 +413,14 @@ def _check_outputs(out: Path, target: Path | None, overwrite: bool) -> None:
     if (out.is_symlink() or out.exists()) and not out.is_dir():
         raise NotOurOutputError(f"{out} is {describe_path(out)}: the --out of run is a folder; choose another --out")
     if out.is_dir() and not _is_run_folder(out):
-        clash = [n for n in _RUN_NAMES if (out / n).is_symlink() or (out / n).exists()]
+        names = (*_RUN_NAMES, PERFORMANCE_REPORT) if cluster.performance_report else _RUN_NAMES
+        clash = [n for n in names if (out / n).is_symlink() or (out / n).exists()]
         if clash:
             raise NotOurOutputError(
                 f"{out} is not the folder of an xsi_dask run (no run.yaml of ours), but holds {', '.join(clash)}, "
                 "which a run writes; they are left as they are: choose another --out (or move them away yourself)"
             )
+    _check_performance_report(cluster, out)
     _probe_writable(out / "run.yaml" if out.is_dir() else out)
     if target is not None and (target.is_symlink() or target.exists()):
         check_output(target, "montage", overwrite=True, probe=False)  # a montage store (or an empty folder) only
@@ -427,7 +489,12 @@ def run(
     ``n_significant``, at least 2 and at most 12 by default), printed, in
     :attr:`RunResult.nmf_components` and the ``nmf`` group's attribute
     ``n_components_source``. Every run writes its parameters to
-    ``out/run.yaml`` (:func:`load_run_config` reads them back).
+    ``out/run.yaml`` (:func:`load_run_config` reads them back). With
+    ``cluster.performance_report`` (``--performance-report``) Dask's
+    performance report of the ingest, SVD and NMF is written as
+    ``out/dask-performance-report.html``, recorded in the results' attribute
+    ``performance_report`` (the path relative to ``out``) and linked from
+    ``report.html``.
 
     Raises
     ------
@@ -445,9 +512,12 @@ def run(
     NotOurOutputError
         ``out`` is a file; or it is not the folder of an xsi_dask run (no
         ``run.yaml`` of ours) yet holds ``run.yaml``, ``report.html`` or
-        ``figures``; or its ``montage.zarr`` / ``results.zarr`` is not the
-        package's store of that kind. Raised before any work, ``overwrite``
-        or not: nothing that is not the package's output is replaced.
+        ``figures`` (or, with ``cluster.performance_report``,
+        ``dask-performance-report.html``); or its ``montage.zarr`` /
+        ``results.zarr`` is not the package's store of that kind; or, with
+        ``cluster.performance_report``, its ``dask-performance-report.html``
+        is not a plain file. Raised before any work, ``overwrite`` or not:
+        nothing that is not the package's output is replaced.
     OutputWriteError
         ``out`` cannot be written (checked before any work), or a write
         failed (a full disk): nothing half-written is left.
@@ -460,7 +530,10 @@ def run(
     leaves no folder it created empty (its ``run.yaml`` goes too, unless a
     complete montage store was ingested there, which the next run reuses).
     With ``nmf.resume`` the NMF continues from its checkpoint beside the
-    store (the interrupted run's results were never committed).
+    store (the interrupted run's results were never committed). The
+    performance report is gathered from the scheduler just before the cluster
+    closes and renamed into place complete once the results are committed;
+    a run whose analysis fails writes none.
     """
     from ._config import RunConfig, save_run_config
 
@@ -468,7 +541,7 @@ def run(
     sources, given_store = resolve_inputs(inputs, layout)
     out = Path(out).resolve()
     target = sources[0] if given_store else out / "montage.zarr"
-    _check_outputs(out, None if given_store else target, overwrite)
+    _check_outputs(out, None if given_store else target, overwrite, cluster)
     store = None
     if given_store:
         from ..io.store import MontageStore
@@ -517,8 +590,10 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
     timings: dict[str, float] = {}
     # svd and nmf go into a staged results store that replaces results.zarr in one rename once both are written
     # (a reader sees the old results or the new ones); it is removed only after the cluster is down. The cluster
-    # comes first: an unreachable --scheduler is said within the connect timeout, not after the ingest
-    with atomic_output(results, overwrite=overwrite, kind="results") as staged, _client(cluster):
+    # comes first: an unreachable --scheduler is said within the connect timeout, not after the ingest. Dask's
+    # performance report (--performance-report) is gathered while the cluster is up, put in place after the commit
+    with (_performance_report(cluster, out) as gather, atomic_output(results, overwrite=overwrite, kind="results") as staged,
+          _client(cluster), gather):
         t = time.perf_counter()
         if given_store:
             timings["open store"] = time.perf_counter() - t
@@ -539,7 +614,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
-        recorded = _view_attrs(view)
+        recorded = {**_view_attrs(view), **_performance_attrs(cluster)}
         t = time.perf_counter()
         svd_ds = _svd(montage, montage.sizes["energy"], svd, progress)
         timings["SVD"] = time.perf_counter() - t
@@ -603,11 +678,14 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     from ..io.store import MontageStore
 
     out = check_results_target(out, [group], overwrite=overwrite)  # before any computation
+    _check_performance_report(cluster, out.parent)
     st = MontageStore(store)
     montage = _view(st, view)  # a bad energy range or bin: refused before any pass
-    recorded = _view_attrs(view)
-    # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down
-    with results_update(out, [group], overwrite=overwrite) as staged, _client(cluster):
+    recorded = {**_view_attrs(view), **_performance_attrs(cluster)}
+    # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down;
+    # Dask's performance report (--performance-report) is gathered while the cluster is up, put beside out after
+    with (_performance_report(cluster, out.parent) as gather, results_update(out, [group], overwrite=overwrite) as staged,
+          _client(cluster), gather):
         check_workers_see_store(st.path)
         if group == "nmf":
             source = "given" if params.components is not None else "default"
@@ -635,7 +713,10 @@ def decompose_store(
 
     It runs on the view ``view`` makes of the store (:class:`ViewParams`; by default the EDS zero peak
     excluded). An existing group is refused (:class:`StoreExistsError`), and an energy range or bin the store
-    cannot take (:class:`ParameterError`), before any computation.
+    cannot take (:class:`ParameterError`), before any computation. With ``cluster.performance_report``
+    (``--performance-report``) Dask's performance report of the SVD is written beside ``out`` as
+    ``dask-performance-report.html`` (replacing one there; none if the SVD fails) and recorded in the group's
+    attribute ``performance_report`` (the path relative to ``out``'s folder), so ``xsi-dask report`` links it.
     """
     svd, view, cluster = _defaults(svd=svd, view=view, cluster=cluster)
     return _analyse_store(store, out, "svd", svd, view, cluster, overwrite, progress)
@@ -656,7 +737,11 @@ def nmf_store(
     It runs on the view ``view`` makes of the store (:class:`ViewParams`; by default the EDS zero peak
     excluded), with ``nmf.components`` endmembers (None: ``DEFAULT_NMF_COMPONENTS``, 4; no SVD is computed
     here to take the number from). An existing group is refused (:class:`StoreExistsError`), and an energy
-    range or bin the store cannot take (:class:`ParameterError`), before any computation.
+    range or bin the store cannot take (:class:`ParameterError`), before any computation. With
+    ``cluster.performance_report`` (``--performance-report``) Dask's performance report of the NMF is written
+    beside ``out`` as ``dask-performance-report.html`` (replacing one there, the SVD's of ``decompose_store``
+    included; none if the NMF fails) and recorded in the group's attribute ``performance_report`` (the path
+    relative to ``out``'s folder), so ``xsi-dask report`` links it.
     """
     nmf, view, cluster = _defaults(nmf=nmf, view=view, cluster=cluster)
     return _analyse_store(store, out, "nmf", nmf, view, cluster, overwrite, progress)

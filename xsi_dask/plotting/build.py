@@ -388,7 +388,10 @@ def make_report(
     tile into mosaics); metadata and calibration come from the montage
     store the results record, and are left out, with a note, where it is
     gone. Image paths in the HTML are relative to the report, so the folder
-    may be moved or opened from anywhere.
+    may be moved or opened from anywhere. Dask's performance report the
+    results record (attribute ``performance_report``, written by
+    ``--performance-report`` beside the results store) is linked under the
+    title, relative to the report too, when the file is there.
     """
     if isinstance(max_per_page, bool) or not isinstance(max_per_page, (int, np.integer)) or max_per_page < 1:
         raise ParameterError(f"max_per_page must be an integer >= 1; got {max_per_page!r}")
@@ -415,7 +418,8 @@ def make_report(
         if title is None:
             names = [Path(str(s.get("path", ""))).name for s in _sources(store)] or [results.name]
             title = f"xsi_dask: {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-        return _report.write_report(report, title=title, sections=sections, subtitle=str(results))
+        return _report.write_report(report, title=title, sections=sections, subtitle=str(results),
+                                    links=_performance_links(results, groups))
     except OSError as exc:
         if isinstance(exc, XSIError):
             raise
@@ -423,6 +427,16 @@ def make_report(
         where = f" ({exc.filename})" if exc.filename else ""
         raise OutputWriteError(f"{out_dir}: cannot be written: {why}{where}; the report is incomplete. "
                                "Free space or choose another --out") from exc
+
+
+def _performance_links(results: Path, groups: Mapping[str, xr.Dataset]) -> list[tuple[str, Path]]:
+    """The Dask performance reports the groups record (relative to the results store's folder) that are there.
+
+    Only a recorded report is linked: one left in the folder by an earlier run describes other results.
+    """
+    recorded = sorted({str(ds.attrs["performance_report"]) for ds in groups.values() if ds.attrs.get("performance_report")})
+    paths = [results.parent / rel for rel in recorded]
+    return [("Dask performance report", p) for p in paths if p.is_file()]
 
 
 def _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source, resolution, drawn):

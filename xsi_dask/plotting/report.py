@@ -61,8 +61,9 @@ Section = tuple[str, Mapping[str, Any], Sequence[Path]] | tuple[str, Mapping[str
 """(heading, table, figures) or (heading, table, figures, notes): one section of :func:`write_report`."""
 
 
-def write_report(out: str | Path, *, title: str, sections: Sequence[Section], subtitle: str = "") -> Path:
-    """Write the HTML file ``out``: a title, then per section a heading, a table, figures and notes.
+def write_report(out: str | Path, *, title: str, sections: Sequence[Section], subtitle: str = "",
+                 links: Sequence[tuple[str, str | Path]] = ()) -> Path:
+    """Write the HTML file ``out``: a title, links, then per section a heading, a table, figures and notes.
 
     Parameters
     ----------
@@ -78,6 +79,9 @@ def write_report(out: str | Path, *, title: str, sections: Sequence[Section], su
         under the heading (what the reader must not miss).
     subtitle : str
         A line under the title.
+    links : sequence of (text, file)
+        Files shown as links under the subtitle (a Dask performance report),
+        referenced relative to ``out`` like the figures.
 
     Returns
     -------
@@ -96,6 +100,9 @@ def write_report(out: str | Path, *, title: str, sections: Sequence[Section], su
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1><p>{_esc(subtitle + ' · ' if subtitle else '')}{dt.datetime.now():%Y-%m-%d %H:%M}</p>",
     ]
+    if links:
+        parts.append("<p>" + " · ".join(f"<a href='{_esc(image_src(path, out))}'>{_esc(text)}</a>" for text, path in links)
+                     + "</p>")
     for section in sections:
         heading, table, figures = section[:3]
         notes = section[3] if len(section) > 3 else ()
