@@ -133,11 +133,14 @@ def test_run_on_slurm_equals_a_local_run_and_leaves_nothing(tmp_path):
     try:
         with dask.config.set(LOOPBACK):
             assert main(["run", *common, "--out", str(tmp_path / "slurm"), "--cluster", "slurm", "--jobs", "2",
-                         "--cores", "1", "--memory", "3GiB"]) == 0
+                         "--cores", "1", "--memory", "3GiB", "--performance-report"]) == 0
     finally:
         done.set()
         watcher.join()
     assert max(seen) == 2
+    # Dask's performance report of the SLURM run, linked from its report.html
+    assert "Dask Performance Report" in (tmp_path / "slurm" / "dask-performance-report.html").read_text()
+    assert "<a href='dask-performance-report.html'>" in (tmp_path / "slurm" / "report.html").read_text()
     assert main(["run", *common, "--out", str(tmp_path / "local"), "--workers", "2"]) == 0
     a, b = (open_results(tmp_path / k / "results.zarr", "svd") for k in ("slurm", "local"))
     np.testing.assert_allclose(a.singular_values.values, b.singular_values.values, rtol=1e-10)
