@@ -366,3 +366,26 @@ def test_importing_dask_jobqueue_leaves_ctrl_c_alone():
             "from xsi_dask.cluster.slurm import _jobqueue; _jobqueue()\n"
             "sys.exit(0 if signal.getsignal(signal.SIGINT) is h else 3)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_job_memory_comes_from_the_tile_size(tmp_path, capsys):
+    """Without --memory or jobqueue.slurm.memory, a job's memory is the pass engine's need per worker for the
+    store's largest tile (at least xsi-dask.slurm-min-worker-memory each), times its worker processes."""
+    import xsi_dask
+    from xsi_dask.engine.plan import make_plan
+    from xsi_dask.pipeline._run import _with_slurm_memory
+    from xsi_dask.testing.simulate import simulate
+
+    montage = xsi_dask.open_montage(simulate(tmp_path / "m.zarr", tiles="1x2", tile_shape="64x64", channels=512,
+                                             counts_per_pixel=20, progress=False))
+    cluster = ClusterParams(cluster="slurm", cores=4)
+    with dask.config.set({"jobqueue.slurm.memory": None, "xsi-dask.slurm-min-worker-memory": "1MiB"}):
+        sized = _with_slurm_memory(cluster, montage, (5, None), "randomized")
+        need = make_plan(montage).worker_memory(12, threads=1)["limit"]  # None: NMF's cap of 12 components
+        assert sized.memory == f"{-(-4 * need // 2**30)}GiB" and sized.slurm.memory == sized.memory
+        assert "SLURM job memory" in capsys.readouterr().out
+        assert _with_slurm_memory(cluster, None, (5,), "randomized") is cluster  # files still to ingest
+    with dask.config.set({"jobqueue.slurm.memory": None, "xsi-dask.slurm-min-worker-memory": "3GiB"}):
+        assert _with_slurm_memory(cluster, montage, (5,), "randomized").memory == "12GiB"  # 4 x the floor
+    given = ClusterParams(cluster="slurm", cores=4, memory="7GiB")
+    assert _with_slurm_memory(given, montage, (5,), "randomized") is given

@@ -86,7 +86,8 @@ def _add_slurm_options(c, *, cluster_flag: bool) -> None:
     c.add_argument("--jobs", type=int, metavar="N", help="SLURM worker jobs (default 1)")
     c.add_argument("--cores", type=int, metavar="C", help="cores per SLURM job, one single-threaded worker each "
                                                           "(default jobqueue.slurm.cores)")
-    c.add_argument("--memory", metavar="SIZE", help="memory per SLURM job, e.g. 16GiB (default jobqueue.slurm.memory)")
+    c.add_argument("--memory", metavar="SIZE", help="memory per SLURM job, e.g. 16GiB (default jobqueue.slurm.memory, else sized "
+                                                    "from an ingested store's tiles)")
     c.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM walltime of a job (default jobqueue.slurm.walltime)")
     c.add_argument("--queue", metavar="PARTITION", help="SLURM partition (default jobqueue.slurm.queue)")
     c.add_argument("--account", metavar="ACCOUNT", help="SLURM account (default jobqueue.slurm.account)")

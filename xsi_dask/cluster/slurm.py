@@ -133,7 +133,8 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     memory = spec.memory if spec.memory is not None else cfg.get("memory")
     if cores is None or memory is None:
         raise ParameterError("a SLURM job needs its cores and memory: give --cores and --memory, or set jobqueue.slurm.cores "
-                             "and jobqueue.slurm.memory in ~/.config/dask/jobqueue.yaml (deploy/slurm/jobqueue.yaml)")
+                             "and jobqueue.slurm.memory in ~/.config/dask/jobqueue.yaml (deploy/slurm/jobqueue.yaml); "
+                             "on a montage store already ingested, the memory comes from its tile size when not given")
     processes = cfg.get("processes")
     if processes is not None and (not isinstance(processes, int) or not 1 <= processes <= int(cores)
                                   or int(cores) % processes):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -278,6 +279,35 @@ def _performance_attrs(cluster: ClusterParams) -> dict[str, Any]:
     return {"performance_report": PERFORMANCE_REPORT} if cluster.performance_report else {}
 
 
+def _with_slurm_memory(cluster: ClusterParams, montage, ks: tuple[int | None, ...], solver: str) -> ClusterParams:
+    """``cluster``, with the memory of a SLURM job sized from the montage's tiles when neither ``--memory`` nor
+    ``jobqueue.slurm.memory`` gives it: each of the job's worker processes gets what the pass engine needs for one
+    task on the largest tile at k components (the largest of ``ks``; None: NMF's ``xsi-dask.nmf-components-max``;
+    :meth:`~xsi_dask.engine.plan.Plan.worker_memory`), at least
+    ``xsi-dask.slurm-min-worker-memory``. Unchanged otherwise, and when the montage is not known yet (files
+    still to ingest): then the job's memory must be given."""
+    import dask.config
+
+    from .. import config
+    from ..engine.plan import make_plan
+
+    spec = cluster.slurm
+    cfg = dask.config.get("jobqueue.slurm", {}) or {}
+    cores = spec.cores if spec is not None and spec.cores is not None else cfg.get("cores")
+    if spec is None or montage is None or spec.memory is not None or cfg.get("memory") is not None or cores is None:
+        return cluster
+    k = max(int(config.get("nmf-components-max")) if v is None else int(v) for v in ks)
+    processes = int(cfg.get("processes") or cores)
+    threads = max(1, int(cores) // processes)
+    need = make_plan(montage).worker_memory(k, threads=threads, solver=solver)["limit"]
+    per_worker = max(need, config.get_bytes("slurm-min-worker-memory"))
+    memory = f"{-(-processes * per_worker // 2**30)}GiB"
+    print(f"SLURM job memory {memory}: {processes} worker(s) x {per_worker / 2**30:.1f} GiB for tiles of "
+          f"{montage.sizes['y']} x {montage.sizes['x']} pixels x {montage.sizes['energy']} channels at k = {k} "
+          "(--memory sets it)", flush=True)
+    return dataclasses.replace(cluster, memory=memory)
+
+
 def _view(store, view: ViewParams):
     """The montage view of ``store`` the analysis runs on; a ParameterError (bad range or bin) before any pass."""
     from .. import open_montage
@@ -551,6 +581,7 @@ def run(
         store = _reusable(target, sources, layout)
     # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
     montage = None if store is None else _view(store, view)
+    cluster = _with_slurm_memory(cluster, montage, (svd.components, nmf.components), svd.solver)
 
     created = _make_folder(out)
     config = None
@@ -681,6 +712,8 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     _check_performance_report(cluster, out.parent)
     st = MontageStore(store)
     montage = _view(st, view)  # a bad energy range or bin: refused before any pass
+    cluster = _with_slurm_memory(cluster, montage, (params.components or DEFAULT_NMF_COMPONENTS,),
+                                 getattr(params, "solver", "randomized"))
     recorded = {**_view_attrs(view), **_performance_attrs(cluster)}
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down;
     # Dask's performance report (--performance-report) is gathered while the cluster is up, put beside out after
