@@ -9,20 +9,6 @@ from ..errors import ClusterUnavailableError
 __all__ = ["check_workers_see_store"]
 
 
-def _sees(path: str) -> str | None:
-    """On a worker: None when the store's root metadata can be read there, else why not."""
-    import os
-    import socket
-
-    meta = os.path.join(path, "zarr.json")
-    try:
-        with open(meta, "rb") as f:
-            f.read(1)
-    except OSError as exc:
-        return f"{socket.gethostname()}: {type(exc).__name__}: {exc.strerror or exc}"
-    return None
-
-
 def check_workers_see_store(store: str | Path, client=None) -> None:
     """Raise unless every worker of the client reads the montage store at the same absolute path.
 
@@ -50,8 +36,22 @@ def check_workers_see_store(store: str | Path, client=None) -> None:
     if client is None:
         return
     path = str(Path(store).resolve())
-    seen = client.run(_sees, path)
-    missing = {w: why for w, why in seen.items() if why is not None}
+
+    def sees(path: str) -> str | None:  # nested: sent by value, so the worker imports nothing of xsi_dask for it
+        import os
+        import socket
+
+        try:
+            with open(os.path.join(path, "zarr.json"), "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            return f"{socket.gethostname()}: {type(exc).__name__}: {exc.strerror or exc}"
+        return None
+
+    # on_error="return": a worker that cannot answer (restarting, dying at its memory limit) is not judged here;
+    # the pass engine's own checks and watch say what is wrong with it
+    seen = client.run(sees, path, on_error="return")
+    missing = {w: why for w, why in seen.items() if isinstance(why, str)}
     if missing:
         lines = "; ".join(f"worker {w} on {why}" for w, why in sorted(missing.items()))
         raise ClusterUnavailableError(
