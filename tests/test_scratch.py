@@ -290,3 +290,24 @@ def test_sigkill_then_clean(real_store):
     assert clean(real_store.path) == [folder]
     assert not folder.exists()
     assert clean(real_store.path) == []
+
+
+def test_scratch_arrays_read_back_exactly_and_refuse_a_truncated_file(tmp_path):
+    """The scratch reader (numpy's header parser behind a lock: python/cpython#106905) returns what np.save wrote,
+    and a truncated or foreign file is a ValueError, which Scratch.load turns into a ScratchError."""
+    from xsi_dask.engine.scratch import _read_npy
+
+    path = tmp_path / "a.npy"
+    rng = np.random.default_rng(0)
+    for a in (rng.random((625, 4)), np.arange(12, dtype=np.int32).reshape(3, 4), np.zeros((0, 3)), rng.random(5)):
+        np.save(path, a)
+        b = _read_npy(path)
+        assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+    np.save(path, rng.random(100))
+    with open(path, "r+b") as f:
+        f.truncate(300)
+    with pytest.raises(ValueError, match="truncated"):
+        _read_npy(path)
+    path.write_bytes(b"not an array")
+    with pytest.raises(ValueError):
+        _read_npy(path)

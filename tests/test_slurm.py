@@ -141,7 +141,9 @@ def test_run_on_slurm_equals_a_local_run_and_leaves_nothing(tmp_path):
     # Dask's performance report of the SLURM run, linked from its report.html
     assert "Dask Performance Report" in (tmp_path / "slurm" / "dask-performance-report.html").read_text()
     assert "<a href='dask-performance-report.html'>" in (tmp_path / "slurm" / "report.html").read_text()
-    assert main(["run", *common, "--out", str(tmp_path / "local"), "--workers", "2"]) == 0
+    # the same analysis on a LocalCluster, of the store the SLURM run ingested (one ingest of the .pts is enough)
+    assert main(["run", str(tmp_path / "slurm" / "montage.zarr"), *common[3:], "--out", str(tmp_path / "local"),
+                 "--workers", "2"]) == 0
     a, b = (open_results(tmp_path / k / "results.zarr", "svd") for k in ("slurm", "local"))
     np.testing.assert_allclose(a.singular_values.values, b.singular_values.values, rtol=1e-10)
     na, nb = (open_results(tmp_path / k / "results.zarr", "nmf") for k in ("slurm", "local"))
@@ -254,12 +256,12 @@ def test_gpu_job_worker_alone_runs_gpu_tasks(tmp_path):
 @pytest.mark.slurm
 @live
 def test_adapt_grows_under_load_and_shrinks_after(tmp_path):
-    """--adapt 1:3: the worker jobs grow to 3 under a minute of queued work and fall back to 1 when it is done."""
+    """--adapt 1:3: the worker jobs grow to 3 under 40 s of queued work and fall back to 1 when it is done."""
     spec = SlurmSpec(cores=1, memory="1GiB", adapt=(1, 3), shared_dir=str(tmp_path), log_directory=str(tmp_path))
     # three 1-core jobs on this 2-core node: they share its cores (the partition allows it when asked)
     extra = {"jobqueue.slurm.job-extra-directives": ["--oversubscribe"]}
     with dask.config.set({**LOOPBACK, **extra}), slurm_cluster(spec) as c:
-        futures = [c.submit(time.sleep, 1.0, pure=False) for _ in range(60)]
+        futures = [c.submit(time.sleep, 1.0, pure=False) for _ in range(40)]
         most, deadline = 0, time.monotonic() + 120
         while time.monotonic() < deadline and most < 3:
             most = max(most, len(_jobs()))
@@ -276,15 +278,15 @@ def test_adapt_grows_under_load_and_shrinks_after(tmp_path):
 
 @pytest.mark.slurm
 @live
-@pytest.mark.usefixtures("needs_data")
 def test_nmf_survives_a_cancelled_worker_job(tmp_path):
     """`scancel` of one of two worker jobs during NMF: the run completes, equal to an undisturbed run (same seed)."""
     import xsi_dask
-    from xsi_dask.montage.prepare import analysis_view
+    from xsi_dask.testing.simulate import simulate
 
-    store = xsi_dask.ingest(EDS / "jeol_View000_0000006.pts", tmp_path / "jeol.zarr", split="4x4", progress=False)
-    view = analysis_view(xsi_dask.open_montage(store), bin=4)
-    kw = {"loss": "kl", "max_iter": 100, "tol": 0.0, "init": "random", "seed": 3, "progress": False}
+    store = simulate(tmp_path / "m.zarr", preset="grade91_replica", tiles="4x4", tile_shape="32x32", channels=512,
+                     counts_per_pixel=20, progress=False)
+    view = xsi_dask.open_montage(store)
+    kw = {"loss": "kl", "max_iter": 60, "tol": 0.0, "init": "random", "seed": 3, "progress": False}
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc, Client(lc):

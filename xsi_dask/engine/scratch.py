@@ -37,6 +37,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,41 @@ __all__ = ["CHECKPOINT_PREFIX", "LOCK_NAME", "PREFIX", "Checkpoint", "Scratch", 
            "scratch_base", "sweep_scratch"]
 
 log = logging.getLogger(__name__)
+
+# numpy parses a .npy header with ast.literal_eval, which is not thread-safe in CPython 3.11 up to 3.11.7 (and
+# 3.12.0): two parses at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). The tasks of a threaded scheduler or of a many-threaded worker load W at once.
+_HEADER_LOCK = threading.Lock()
+
+
+def _read_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` of an array :meth:`Scratch.save` wrote, its header parsed under a lock.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a .npy file of a plain C-order array, or shorter than its header says.
+    """
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        with _HEADER_LOCK:
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        if fortran or dtype.hasobject:
+            raise ValueError(f"not a C-order array of plain numbers (fortran_order {fortran}, dtype {dtype})")
+        count = int(np.prod(shape, dtype=np.int64))
+        data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"{path}: {data.size} of {count} values (the file is truncated)")
+    return data.reshape(shape)
 
 PREFIX = ".xsi-dask-nmf-"
 """Name prefix of a scratch folder; 12 lowercase hex digits follow."""
@@ -186,7 +222,7 @@ class Scratch:
             The file cannot be read (an I/O error, a damaged file).
         """
         try:
-            return np.load(self._file(name), allow_pickle=False)
+            return _read_npy(self._file(name))
         except FileNotFoundError as exc:
             raise _lost(self.path, f"the array {name}") from exc
         except (OSError, ValueError, EOFError) as exc:
@@ -598,7 +634,7 @@ class Checkpoint:
         """The array ``name`` of the committed state ``manifest`` names."""
         path = self.path / manifest["state"] / f"{name}.npy"
         try:
-            return np.load(path, allow_pickle=False)
+            return _read_npy(path)
         except (OSError, ValueError, EOFError) as exc:
             raise ScratchError(f"cannot read {name} of the checkpoint {self.path} ({exc}); remove the folder to start "
                                "afresh") from exc
