@@ -297,11 +297,11 @@ def test_nmf_survives_a_cancelled_worker_job(tmp_path):
         c.wait_for_workers(2, timeout=120)
         done = threading.Event()
 
-        def cancel_one():  # a few passes after NMF made its scratch folder, scancel the first job
+        def cancel_one():  # once NMF's passes write W into its scratch folder, scancel the first job
             deadline = time.monotonic() + 120
             while not done.is_set() and time.monotonic() < deadline:
-                if list(tmp_path.glob(".xsi-dask-nmf-*")):
-                    time.sleep(3.0)
+                if list(tmp_path.glob(".xsi-dask-nmf-*/*.npy")):
+                    time.sleep(0.5)
                     job = next(iter(c.cluster.workers.values())).job_id
                     subprocess.run(["scancel", str(job)], check=True, timeout=10)
                     cancelled.append(str(job))
