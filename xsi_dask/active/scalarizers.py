@@ -102,7 +102,9 @@ def _check_axis(spectra: np.ndarray, energy: np.ndarray, units: str) -> tuple[np
     return spectra, energy
 
 
-def _band_mask(energy: np.ndarray, band: tuple[float, float], units: str, band_units: str | None, what: str = "band") -> np.ndarray:
+def _band_mask(
+    energy: np.ndarray, band: tuple[float, float], units: str, band_units: str | None, what: str = "band"
+) -> np.ndarray:
     """Boolean mask ``(channels,)`` of the channels whose centre lies in ``band`` (converted to ``units``)."""
     band_units = units if band_units is None else band_units
     _check_units(band_units, "band_units")
