@@ -40,6 +40,10 @@ def test_ev_and_kev_axes_give_the_same_answer():
         np.testing.assert_allclose(sc.band_mean(spectra, energy, (8.0, 8.2), units=units, band_units="keV"), ref / 21)
     # the default band units are the axis' units
     np.testing.assert_allclose(sc.band_integral(spectra, e_ev, (8000, 8200), units="eV"), ref)
+    # a calibration's rounding: 0.1 * 7 is 0.7000000000000001 > 0.7, still inside the band 0.3-0.7 keV (5 channels)
+    e_cal = 0.1 * np.arange(10)
+    assert sc.band_integral(np.ones(10), e_cal, (0.3, 0.7)) == 5.0
+    assert sc.band_integral(np.ones(10), 1000 * e_cal, (0.3, 0.7), units="eV", band_units="keV") == 5.0
 
 
 def _edge_spectrum(energy_ev, amplitude=1e12, exponent=3.0, step=100.0, onset=931.0):
@@ -272,7 +276,8 @@ def test_pattern_and_abundance_specs():
         ("adf:30-10", "annulus 30-10 px must satisfy"),
         ("com:origin=1", "origin='1' must be KY,KX"),
         ("abundance:x", "endmember 'x' is not an integer"),
-        ("abundance:3", "endmember 3 is not one of the 3 components"),
+        ("abundance:3", r"endmember 3 is not one of the 3 components \(0..2\)"),
+        ("abundance:-1", "endmember -1 must be >= 0"),
     ],
 )
 def test_bad_specs_raise(spec, match):

@@ -195,17 +195,23 @@ def power_law_background(
     return amplitude, exponent
 
 
-def _band_counts(spectra, energy, band, units, band_units, background) -> tuple[np.ndarray, np.ndarray]:
-    """(counts in the band per channel, background subtracted if asked) of shape (..., n_band) and the band mask."""
+def _band_counts(spectra, energy, bands, units, band_units, background) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per band: (counts per channel of shape (..., n_band), background subtracted if asked; the band's mask).
+
+    One power law per spectrum, fitted once in ``background`` and extrapolated under every band.
+    """
     spectra, energy = _check_axis(spectra, energy, units)
-    mask = _band_mask(energy, band, units, band_units)
-    counts = spectra[..., mask].astype(float)
+    masks = [_band_mask(energy, band, units, band_units) for band in bands]
     if background is not None:
-        _check_background_before(background, [band], units if band_units is None else band_units)
+        _check_background_before(background, bands, units if band_units is None else band_units)
         amplitude, exponent = power_law_background(spectra, energy, background, units=units, band_units=band_units)
-        e = energy[mask]
-        counts = counts - amplitude[..., None] * e ** (-exponent[..., None])
-    return counts, mask
+    out = []
+    for mask in masks:
+        counts = spectra[..., mask].astype(float)
+        if background is not None:
+            counts = counts - amplitude[..., None] * energy[mask] ** (-exponent[..., None])
+        out.append((counts, mask))
+    return out
 
 
 def _check_background_before(background, bands, band_units) -> None:
@@ -260,7 +266,7 @@ def band_integral(
         or outside the axis, the window does not end before the band, or the
         window holds non-positive counts.
     """
-    counts, _ = _band_counts(spectra, energy, band, units, band_units, background)
+    [(counts, _)] = _band_counts(spectra, energy, [band], units, band_units, background)
     return counts.sum(axis=-1)
 
 
@@ -279,7 +285,7 @@ def band_mean(
     parameters, returns an array of shape (...) in counts per channel, raises
     the same :class:`~xsi_dask.errors.ParameterError`.
     """
-    counts, _ = _band_counts(spectra, energy, band, units, band_units, background)
+    [(counts, _)] = _band_counts(spectra, energy, [band], units, band_units, background)
     return counts.mean(axis=-1)
 
 
@@ -317,12 +323,9 @@ def band_ratio(
     ParameterError
         As :func:`band_integral`, for either band.
     """
-    if background is not None:
-        _check_background_before(background, [numerator, denominator], units if band_units is None else band_units)
-    num = band_integral(spectra, energy, numerator, units=units, band_units=band_units, background=background)
-    den = band_integral(spectra, energy, denominator, units=units, band_units=band_units, background=background)
+    (num, _), (den, _) = _band_counts(spectra, energy, [numerator, denominator], units, band_units, background)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return num / den
+        return num.sum(axis=-1) / den.sum(axis=-1)
 
 
 def band_max(
@@ -338,7 +341,7 @@ def band_max(
     Parameters as in :func:`band_integral` (no background); returns an array of
     shape (...) in counts per channel; raises the same errors.
     """
-    counts, _ = _band_counts(spectra, energy, band, units, band_units, None)
+    [(counts, _)] = _band_counts(spectra, energy, [band], units, band_units, None)
     return counts.max(axis=-1)
 
 
@@ -378,7 +381,7 @@ def band_max_position(
     """
     spectra, energy = _check_axis(spectra, energy, units)
     out_units = units if band_units is None else band_units
-    counts, mask = _band_counts(spectra, energy, band, units, band_units, None)
+    [(counts, mask)] = _band_counts(spectra, energy, [band], units, band_units, None)
     e = energy[mask]
     i = counts.argmax(axis=-1)
     pos = e[i]
@@ -733,8 +736,12 @@ def parse_scalarizer(
             k = int(args[0])
         except ValueError:
             raise ParameterError(f"scalarizer {spec!r}: endmember {args[0]!r} is not an integer") from None
-        if k < 0 or (n_components is not None and k >= n_components):
-            raise ParameterError(f"scalarizer {spec!r}: endmember {k} is not one of the {n_components} components (0..)")
+        if k < 0:
+            raise ParameterError(f"scalarizer {spec!r}: endmember {k} must be >= 0 (endmembers are numbered from 0)")
+        if n_components is not None and k >= n_components:
+            raise ParameterError(
+                f"scalarizer {spec!r}: endmember {k} is not one of the {n_components} components (0..{n_components - 1})"
+            )
         return Scalarizer(spec, "abundance", functools.partial(abundance, component=k))
 
     kwargs = {}
