@@ -29,7 +29,8 @@ Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics discovery in
 nanoplasmonic systems via autonomous experiments in scanning transmission
 electron microscopy. Adv. Sci. 9, 2203422. https://doi.org/10.1002/advs.202203422
 Egerton, R. F. (2011). Electron Energy-Loss Spectroscopy in the Electron
-Microscope, 3rd ed., Springer, section 4.4.2 (power-law background fitting).
+Microscope, 3rd ed., Springer, chapter 4 (background fitting to ionization edges;
+the power law A E^-r) and chapter 5 (white-line ratios).
 https://doi.org/10.1007/978-1-4419-9583-4
 Müller, K. et al. (2014). Atomic electric fields revealed by a quantum mechanical
 approach to electron picodiffraction. Nat. Commun. 5, 5653 (centre of mass in
@@ -144,7 +145,7 @@ def power_law_background(
     """Fit the power law ``I(E) = A E^-r`` to each spectrum in a background window.
 
     Least squares of ``ln I = ln A - r ln E`` over the window's channels (the
-    log-log fit of Egerton 2011, section 4.4.2), one independent fit per
+    log-log fit of Egerton 2011, chapter 4), one independent fit per
     spectrum, solved at once by :func:`numpy.polynomial.polynomial.polyfit`.
 
     Parameters
@@ -238,7 +239,7 @@ def band_integral(
     """Counts summed over the channels of an energy band, optionally above a power-law background.
 
     ``S = sum_{E_i in band} (I_i - A E_i^-r)``, with ``A, r`` fitted in the
-    ``background`` window by :func:`power_law_background` (Egerton 2011, 4.4.2)
+    ``background`` window by :func:`power_law_background` (Egerton 2011, chapter 4)
     when it is given, else ``A = 0``.
 
     Parameters
@@ -303,7 +304,7 @@ def band_ratio(
 
     ``band_integral(numerator) / band_integral(denominator)``; with
     ``background``, one power law fitted in that window (before both bands) is
-    subtracted under both, as for white-line ratios (Egerton 2011, 5.5.3).
+    subtracted under both, as for white-line ratios (Egerton 2011, chapter 5).
 
     Parameters
     ----------
