@@ -334,7 +334,7 @@ class DKLModel:
         if self._model is None:
             raise ParameterError(f"{type(self).__name__}: call fit() before predicting")
 
-    def predict(self, Xc, *, observation_noise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, Xc, *, observation_noise: bool = False, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation at candidate points, in the units of y.
 
         Parameters
@@ -343,24 +343,37 @@ class DKLModel:
         observation_noise : bool, default False
             Add the fitted noise variance (the predictive distribution of a new measurement)
             instead of the latent function's (what acquisition functions use, as BoTorch does).
+        batch_size : int, default 1024
+            Candidates per GPyTorch call. GPyTorch (1.15) evaluates the dense test-test kernel
+            matrix of a call even when only its diagonal is used, so the memory of a call is
+            batch_size^2 values (8 MiB in float64 at the default), whatever n_candidates.
 
         Returns
         -------
         mean, std : ndarray of shape (n_candidates,), float64
+            GPyTorch rounds variances below 1e-10 (float64; 1e-6 in float32) up to that value
+            on the standardized scale, with a ``NumericalWarning``.
 
         Raises
         ------
         ParameterError
-            Before :meth:`fit`, or for Xc of the wrong shape or not finite.
+            Before :meth:`fit`, for Xc of the wrong shape or not finite, or ``batch_size`` below 1.
         """
         self._check_fitted()
         Xc = _as_2d("Xc", Xc, self.n_features)
+        if int(batch_size) < 1:
+            raise ParameterError(f"batch_size: must be >= 1, got {batch_size}")
+        x = self._scale(Xc)
+        mean = np.empty(Xc.shape[0])
+        var = np.empty(Xc.shape[0])
         with torch.no_grad(), _exact_settings():
-            post = self._model(self._scale(Xc))
-            if observation_noise:
-                post = self._model.likelihood(post)
-            mean = post.mean.cpu().numpy().astype(np.float64)
-            var = post.variance.clamp_min(0).cpu().numpy().astype(np.float64)
+            for start in range(0, Xc.shape[0], int(batch_size)):
+                sl = slice(start, start + int(batch_size))
+                post = self._model(x[sl])  # the training-side solves are cached by GPyTorch after the first call
+                if observation_noise:
+                    post = self._model.likelihood(post)
+                mean[sl] = post.mean.cpu().numpy()
+                var[sl] = post.variance.clamp_min(0).cpu().numpy()
         return self.y_mean_ + self.y_scale_ * mean, self.y_scale_ * np.sqrt(var)
 
     def sample(self, Xc, *, seed: int, n_samples: int = 1) -> np.ndarray:
