@@ -7,6 +7,7 @@ problem, exact equality of seeded fits on CPU.
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import numpy as np
@@ -109,12 +110,18 @@ def test_dkl_beats_plain_gp_on_coordinates():
     # the coordinates carry no information: the GP can do no better than the mean (RMSE ~ std(y))
     assert rmse_gp > 0.9 * y[test].std()
     assert rmse_dkl < 0.4 * rmse_gp
+    # the predictive interval of a new measurement is calibrated (the 85-98 % band for the 95 % interval)
+    mean, std = dkl.predict(F[test], observation_noise=True)
+    coverage = np.mean(np.abs(y[test] - mean) < 1.959964 * std)
+    print(f"95 % interval coverage on the held-out pixels: {coverage:.3f}")
+    assert 0.85 <= coverage <= 0.98
 
 
 def test_warm_start_carries_parameters_and_checks_architecture():
     F, _, y = _toy()
     m = DKLModel(feature_bounds(F), seed=0)
     cold = m.fit(F[:80], y[:80], steps=150)
+    cold = pickle.loads(pickle.dumps(cold))  # the state travels between the client and a worker
     warm = m.fit(F[:81], y[:81], steps=5, warm_start=cold)
     fresh = DKLModel(feature_bounds(F), seed=0).fit(F[:81], y[:81], steps=5)
     # starting from the trained parameters, the first loss is that of a trained model
