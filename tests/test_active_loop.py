@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
@@ -219,7 +220,10 @@ def test_the_loop_measures_budget_distinct_pixels_each_chosen_by_the_acquisition
     np.testing.assert_allclose(ds["value"].values, [TRUTH[p] for p in visited], rtol=1e-14)
     assert ds["initial"].values.tolist() == [True] * 5 + [False] * 20
     assert np.isnan(ds["fit_seconds"].values[:5]).all() and (ds["fit_seconds"].values[5:] > 0).all()
-    assert (ds["acquire_seconds"].values[5:] >= 0).all() and set(ds["fit_worker"].values.tolist()) == {""}
+    t = ds[["fit_seconds", "predict_seconds", "train_wall_seconds", "acquire_seconds"]].isel(step=slice(5, None))
+    assert (t["acquire_seconds"] >= 0).all() and (t["train_wall_seconds"] >= t["fit_seconds"] + t["predict_seconds"]).all()
+    assert ds[["fit_seconds", "train_wall_seconds", "acquire_seconds"]].isel(step=slice(0, 5)).isnull().all().to_array().all()
+    assert set(ds["fit_worker"].values.tolist()) == {""}
     assert SEEN == [None] * 21  # 20 choices and the final fit, all in this process (no cluster)
     # every fit was kept: the pixel measured after fit k is the maximum of that fit's acquisition map (max std)
     assert ds.sizes["fit"] == 21 and ds["n_measured"].values.tolist() == list(range(5, 26))
@@ -288,3 +292,32 @@ def test_a_required_resource_that_no_worker_offers_fails_before_measuring():
         with pytest.raises(ResourceUnavailableError, match="GPU"):
             _run(measure=measure, resources={"GPU": 1})
     assert measure.calls == []
+
+
+def test_a_labelled_signal_reaches_the_scalarizer_with_its_energy_axis():
+    energy = np.linspace(0.0, 7.0, 8)
+
+    def measure(y, x):
+        return xr.DataArray(TRUTH[y, x] * CHANNELS, dims="energy", coords={"energy": energy})
+
+    def band(spectra):  # mean over 2-4 keV (channels 2, 3, 4)
+        assert spectra.dims == ("pixel", "energy")
+        return spectra.sel(energy=slice(2.0, 4.0)).mean("energy").values
+
+    ds = run_experiment(_features(), measure, scalarizer=band, acquisition=max_std, model_factory=GPStandIn,
+                        n_init=3, budget=6, seed=0)
+    expect = [TRUTH[y, x] * CHANNELS[2:5].mean() for y, x in zip(ds["visited_y"].values, ds["visited_x"].values, strict=True)]
+    np.testing.assert_allclose(ds["value"].values, expect, rtol=1e-14)
+    with pytest.raises(ParameterError, match="returned 8 values"):
+        run_experiment(_features(), measure, scalarizer=lambda s: s.values, acquisition=max_std, model_factory=GPStandIn,
+                       n_init=3, budget=6, seed=0)
+
+
+@pytest.mark.parametrize("yx, match", [
+    ([(0, 0), (0, 0)], "given twice"),
+    ([(0, 0), (2, 0)], "outside the image"),
+    ([(0, 0), (-1, 0)], "outside the image"),
+])
+def test_features_refuse_bad_pixels(yx, match):
+    with pytest.raises(ParameterError, match=match):
+        Features(np.zeros((2, 1)), np.array(yx), (2, 2))

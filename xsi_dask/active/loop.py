@@ -246,8 +246,9 @@ def run_experiment(
         ``visited_x`` (int, the pixel; ``y``/``x`` name the maps' dims),
         ``value`` (the scalar), ``initial`` (bool: one of the random start),
         ``fit_seconds`` (the fit before the step's choice, on the training
-        worker), ``predict_seconds``, ``acquire_seconds`` (NaN for initial
-        steps), ``fit_worker`` (address, "" in-process or initial).
+        worker), ``predict_seconds``, ``train_wall_seconds`` (the training
+        task seen from here: fit, prediction, scheduling and transfers),
+        ``acquire_seconds`` (all NaN for initial steps), ``fit_worker`` (address, "" in-process or initial).
         Dims ``(y, x)`` of ``features.shape`` (coordinates: pixel indices): ``prediction``, ``uncertainty``
         (the predictive std) and ``acquisition`` of the final fit (NaN at
         pixels that are not candidates), ``order`` (the step at which a pixel
@@ -316,7 +317,7 @@ def run_experiment(
 
     rows: list[int] = []
     values: list[float] = []
-    timing = {k: np.full(budget, np.nan) for k in ("fit_seconds", "predict_seconds", "acquire_seconds")}
+    timing = {k: np.full(budget, np.nan) for k in ("fit_seconds", "predict_seconds", "train_wall_seconds", "acquire_seconds")}
     fit_worker = [""] * budget
     measured = np.zeros(n, dtype=bool)
 
@@ -333,7 +334,9 @@ def run_experiment(
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     state = None
     for k in range(n_fits):
+        t0 = time.perf_counter()
         res = train(k, rows, values, state)
+        train_wall = time.perf_counter() - t0
         state = res["state"]
         t0 = time.perf_counter()
         index, acq = _acquire(acquisition, res, measured, acq_rng)
@@ -346,6 +349,7 @@ def run_experiment(
         step = len(rows)
         timing["fit_seconds"][step] = res["fit_seconds"]
         timing["predict_seconds"][step] = res["predict_seconds"]
+        timing["train_wall_seconds"][step] = train_wall
         timing["acquire_seconds"][step] = acquire_seconds
         fit_worker[step] = res["worker"] or ""
         take(index)
