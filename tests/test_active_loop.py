@@ -148,6 +148,7 @@ YY, XX = np.mgrid[0:20, 0:20]
 TRUTH = np.exp(-((YY - 6.0) ** 2 + (XX - 13.0) ** 2) / 18.0) + 0.5 * np.exp(-((YY - 15.0) ** 2 + (XX - 4.0) ** 2) / 8.0)
 CHANNELS = np.linspace(0.5, 1.5, 8)  # each "spectrum" is the truth times a fixed shape of mean 1
 SEEN: list[str | None] = []  # where each fit ran, recorded from inside the fit
+CANDIDATES: list[int] = []  # the identity of the candidate array each prediction received
 
 
 def _features() -> Features:
@@ -184,14 +185,18 @@ class GPStandIn:
         self.seed = seed
 
     def fit(self, X, y, *, warm_start=None):
-        from xsi_dask.active.loop import _where
+        try:
+            from distributed import get_worker
 
-        SEEN.append(_where())
+            SEEN.append(get_worker().address)
+        except ValueError:  # not in a dask worker
+            SEEN.append(None)
         kernel = warm_start if warm_start is not None else ConstantKernel(1.0) * RBF(0.2) + WhiteKernel(1e-5, "fixed")
         self.gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=self.seed).fit(X, y)
         return self.gp.kernel_
 
     def predict(self, Xc):
+        CANDIDATES.append(id(Xc))
         return self.gp.predict(Xc, return_std=True)
 
 
@@ -273,6 +278,7 @@ def test_training_runs_on_the_gpu_worker_of_the_cluster():
     from distributed import Client, LocalCluster
 
     SEEN.clear()
+    CANDIDATES.clear()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1}, dashboard_address=None) as cl, \
             Client(cl) as client:
         (worker,) = client.scheduler_info()["workers"]
@@ -280,6 +286,7 @@ def test_training_runs_on_the_gpu_worker_of_the_cluster():
         assert ds.attrs["training"].startswith(f"worker {worker}")
     assert SEEN == [worker] * 8  # 7 choices and the final fit, each seen from inside the task
     assert set(ds["fit_worker"].values[5:].tolist()) == {worker}
+    assert len(CANDIDATES) == 8 and len(set(CANDIDATES)) == 1  # one copy of the features on the worker, sent once
     # the same run in-process chooses the same pixels
     np.testing.assert_array_equal(_run(seed=1, budget=12)["order"].values, ds["order"].values)
 
@@ -321,3 +328,13 @@ def test_a_labelled_signal_reaches_the_scalarizer_with_its_energy_axis():
 def test_features_refuse_bad_pixels(yx, match):
     with pytest.raises(ParameterError, match=match):
         Features(np.zeros((2, 1)), np.array(yx), (2, 2))
+
+
+def test_a_budget_of_every_candidate_measures_each_once_and_leaves_no_acquisition():
+    yx = np.stack(np.divmod(np.arange(25), 5), 1)
+    feats = Features(yx / 4.0, yx, (5, 5))
+    measure = Measure()
+    ds = run_experiment(feats, measure, scalarizer=mean_scalarizer, acquisition=max_std, model_factory=GPStandIn,
+                        n_init=3, budget=25, seed=0)
+    assert sorted(measure.calls) == [tuple(p) for p in yx.tolist()]
+    assert np.isnan(ds["acquisition"].values).all() and sorted(ds["order"].values.ravel().tolist()) == list(range(25))

@@ -251,7 +251,8 @@ def run_experiment(
         ``acquire_seconds`` (all NaN for initial steps), ``fit_worker`` (address, "" in-process or initial).
         Dims ``(y, x)`` of ``features.shape`` (coordinates: pixel indices): ``prediction``, ``uncertainty``
         (the predictive std) and ``acquisition`` of the final fit (NaN at
-        pixels that are not candidates), ``order`` (the step at which a pixel
+        pixels that are not candidates; all NaN when ``budget`` measured
+        every candidate), ``order`` (the step at which a pixel
         was measured, -1 if never). With ``record_every``: ``prediction_at``,
         ``uncertainty_at``, ``acquisition_at`` on dims ``(fit, y, x)`` and
         ``n_measured (fit)``, the training-set size of each kept fit.
@@ -339,7 +340,10 @@ def run_experiment(
         train_wall = time.perf_counter() - t0
         state = res["state"]
         t0 = time.perf_counter()
-        index, acq = _acquire(acquisition, res, measured, acq_rng)
+        if measured.all():  # the final fit after every candidate was measured: nothing left to choose
+            index, acq = -1, np.full(n, np.nan)
+        else:
+            index, acq = _acquire(acquisition, res, measured, acq_rng)
         acquire_seconds = time.perf_counter() - t0
         if record_every is not None and k % record_every == 0:
             kept.append((len(rows), res["mean"], res["std"], acq))
