@@ -338,3 +338,41 @@ def test_a_budget_of_every_candidate_measures_each_once_and_leaves_no_acquisitio
                         n_init=3, budget=25, seed=0)
     assert sorted(measure.calls) == [tuple(p) for p in yx.tolist()]
     assert np.isnan(ds["acquisition"].values).all() and sorted(ds["order"].values.ravel().tolist()) == list(range(25))
+
+
+def test_montage_measure_reads_the_spectrum_of_a_mosaic_pixel(montage):
+    from xsi_dask.active.measure import MontageMeasure
+
+    st, _ = montage
+    counts = xsi_dask.open_montage(st)
+    measure = MontageMeasure(st)
+    for y, x, t, ty, tx in [(5, 15, 0, 5, 15), (0, 16, 1, 0, 0), (15, 31, 1, 15, 15), (9, 20, 1, 9, 4)]:
+        s = measure(y, x)
+        ref = counts.isel(tile=t, y=ty, x=tx).data.compute().todense()
+        assert ref.sum() > 0
+        np.testing.assert_array_equal(s.values, ref)
+        np.testing.assert_array_equal(s["energy"].values, st.energy)
+        assert (s.attrs["tile"], s.attrs["y"], s.attrs["x"]) == (t, ty, tx)
+    assert measure.calls_[1] == (0, 16)
+    with pytest.raises(ParameterError, match="outside the mosaic"):
+        measure(16, 0)
+
+
+def test_an_experiment_on_the_montage_from_patches_and_stored_spectra(montage):
+    from xsi_dask.active.measure import MontageMeasure
+
+    st, results = montage
+    feats = combine_features(montage_patches(st, "HAADF", 3), reduced_features(results, "nmf"))
+    measure = MontageMeasure(st)
+
+    def band(spectra):  # counts in 0.2-0.6 keV
+        return spectra.sel(energy=slice(0.2, 0.6)).sum("energy").values
+
+    ds = run_experiment(feats, measure, scalarizer=band, acquisition=max_std, model_factory=GPStandIn,
+                        n_init=5, budget=12, seed=0)
+    assert ds["prediction"].shape == (16, 32) and not np.isnan(ds["prediction"].values).any()
+    counts = xsi_dask.open_montage(st).sel(energy=slice(0.2, 0.6)).sum("energy").data.compute().todense()  # (tile, y, x)
+    for y, x, v in zip(ds["visited_y"].values, ds["visited_x"].values, ds["value"].values, strict=True):
+        assert v == counts[x // 16, y, x % 16]
+    assert np.unique(ds["value"].values).size > 3  # the band holds counts that vary over the montage
+    assert measure.calls_ == list(zip(ds["visited_y"].values.tolist(), ds["visited_x"].values.tolist(), strict=True))
