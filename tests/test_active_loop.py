@@ -114,6 +114,9 @@ def test_reduced_features_place_each_tiles_maps_on_the_mosaic(montage, group, va
         row = (y * 32) + 16 * t + x  # tile 1 sits at column 1 of the grid
         assert tuple(f.yx[row]) == (y, 16 * t + x)
         np.testing.assert_array_equal(f.values[row], maps[t, y, x])
+    right = reduced_features(open_results(results, group).isel(tile=[1]), group)  # tile 1 alone: its pixels only
+    assert right.shape == (16, 32) and right.n_pixels == 256 and (right.yx[:, 1] >= 16).all()
+    np.testing.assert_array_equal(right.values, f.values[f.yx[:, 1] >= 16])
     one = reduced_features(results, group, components=[1])
     np.testing.assert_array_equal(one.values[:, 0], f.values[:, 1])
     with pytest.raises(ParameterError, match="components"):
