@@ -379,3 +379,18 @@ def test_an_experiment_on_the_montage_from_patches_and_stored_spectra(montage):
         assert v == counts[x // 16, y, x % 16]
     assert np.unique(ds["value"].values).size > 3  # the band holds counts that vary over the montage
     assert measure.calls_ == list(zip(ds["visited_y"].values.tolist(), ds["visited_x"].values.tolist(), strict=True))
+
+
+def test_a_subset_of_candidates_keeps_its_pixels_and_the_loop_stays_inside_it():
+    f = _features()
+    sub = f.take((f.yx % 2 == 0).all(1))  # every other pixel in y and x: 100 candidates
+    assert sub.n_pixels == 100 and (sub.yx % 2 == 0).all() and sub.shape == SHAPE
+    np.testing.assert_array_equal(sub.values, sub.yx / 19.0)
+    ds = run_experiment(sub, Measure(), scalarizer=mean_scalarizer, acquisition=max_std, model_factory=GPStandIn,
+                        n_init=5, budget=15, seed=0)
+    assert (ds["visited_y"] % 2 == 0).all() and (ds["visited_x"] % 2 == 0).all()
+    assert np.isnan(ds["prediction"].values[1::2]).all() and not np.isnan(ds["prediction"].values[::2, ::2]).any()
+    with pytest.raises(ParameterError, match="given twice"):
+        f.take([0, 0])
+    with pytest.raises(ParameterError, match="outside"):
+        f.take([400])

@@ -109,6 +109,30 @@ class Features:
     def n_pixels(self) -> int:
         return int(self.values.shape[0])
 
+    def take(self, rows: np.ndarray) -> Features:
+        """The candidates ``rows`` only (e.g. every other pixel, or a region), in the given order.
+
+        Parameters
+        ----------
+        rows : array_like of int, or of bool of shape (n_pixels,)
+            Row indices, or a mask.
+
+        Raises
+        ------
+        ParameterError
+            A mask of the wrong length, a row out of range or given twice, no row.
+        """
+        r = np.asarray(rows)
+        if r.dtype == bool:
+            if r.shape != (self.n_pixels,):
+                raise ParameterError(f"a mask of {r.shape} for {self.n_pixels} candidates")
+            r = np.flatnonzero(r)
+        if not np.issubdtype(r.dtype, np.integer) or r.ndim != 1:
+            raise ParameterError(f"rows must be a 1-D array of integers or a boolean mask, got {r.dtype} {r.shape}")
+        if r.size and (r.min() < 0 or r.max() >= self.n_pixels):
+            raise ParameterError(f"row {int(r[(r < 0) | (r >= self.n_pixels)][0])} is outside [0, {self.n_pixels})")
+        return Features(self.values[r], self.yx[r], self.shape, self.names)
+
 
 def _image2d(image: np.ndarray, what: str) -> np.ndarray:
     img = np.asarray(image)
