@@ -20,6 +20,8 @@ Modules:
   sampling, the penalty near measured points.
 * :mod:`xsi_dask.active.loop` -- ``run_experiment``, training on a worker
   offering ``GPU`` when the cluster has one.
+* :mod:`xsi_dask.active.measure` -- ``MontageMeasure``: a pre-acquired
+  montage as the instrument of a simulated experiment.
 
 Method: Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
 discovery in nanoplasmonic systems via autonomous experiments in scanning
