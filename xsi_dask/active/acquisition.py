@@ -7,7 +7,9 @@ follow BoTorch's analytic acquisitions exactly (``ExpectedImprovement``,
 variance clamped below at 1e-12 (BoTorch's ``min_var``), so that they give BoTorch's values on
 the same posterior. :func:`thompson` draws one joint posterior sample from the model.
 :func:`penalize` lowers the values near measured points; :func:`next_candidate` picks the best
-unmeasured candidate.
+unmeasured candidate. :func:`make_acquisition` builds the named acquisitions the experiment loop
+(:func:`xsi_dask.active.run_experiment`) calls, ``acquisition(mean, std, measured, rng, ...) ->
+(index, values)``.
 
 References
 ----------
@@ -31,7 +33,17 @@ from scipy.special import ndtr
 
 from ..errors import ParameterError
 
-__all__ = ["expected_improvement", "max_uncertainty", "next_candidate", "penalize", "thompson", "upper_confidence_bound"]
+__all__ = [
+    "ACQUISITIONS",
+    "LoopAcquisition",
+    "expected_improvement",
+    "make_acquisition",
+    "max_uncertainty",
+    "next_candidate",
+    "penalize",
+    "thompson",
+    "upper_confidence_bound",
+]
 
 _MIN_VAR = 1e-12  # BoTorch's AnalyticAcquisitionFunction._mean_and_sigma(min_var=1e-12)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -266,3 +278,161 @@ def next_candidate(values, measured=None) -> int:
     if not np.isfinite(a[i]):
         raise ParameterError("values: no unmeasured candidate has a finite acquisition value")
     return i
+
+
+# ---- named acquisitions in the experiment loop's protocol ----
+
+ACQUISITIONS = ("ei", "ucb", "max-std", "thompson", "random")
+# the options each name takes (anything else raises: nothing silently ignored)
+_ACQ_OPTIONS = {
+    "ei": {"maximize"},
+    "ucb": {"beta", "maximize"},
+    "max-std": set(),
+    "thompson": {"maximize", "max_joint"},
+    "random": set(),
+}
+
+
+class LoopAcquisition:
+    """A named acquisition in the loop's protocol: ``acq(mean, std, measured, rng, **extra) -> (index, values)``.
+
+    Built by :func:`make_acquisition`; picklable (it travels to the training worker when it
+    needs the model). See :mod:`xsi_dask.active.loop` for the protocol.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`ACQUISITIONS`.
+    options : dict
+        The options it was built with (defaults filled in).
+    requires : tuple of str
+        The extras the loop passes: ``("observed",)`` for "ei" (the best measured value is
+        ``best_f``), ``("model_values",)`` for "thompson" (a joint posterior draw made on the
+        training worker by :meth:`model_values`), ``()`` otherwise.
+
+    Notes
+    -----
+    The returned ``values`` (the acquisition map) hold -inf at measured candidates, and the
+    index is the unmeasured candidate with the largest value (:func:`next_candidate`: the
+    first one on a tie). "random" (the baseline of a model with random acquisition) draws
+    uniform(0, 1) values for the unmeasured candidates from the loop's ``rng``, so its choice
+    is uniform over them and reproducible for the loop's seed.
+    """
+
+    def __init__(self, name: str, options: dict):
+        self.name = name
+        self.options = dict(options)
+        self.requires: tuple[str, ...] = {"ei": ("observed",), "thompson": ("model_values",)}.get(name, ())
+        self.__qualname__ = f"acquisition {name}" + (f" {self.options}" if self.options else "")
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"make_acquisition({self.name!r}{', ' if opts else ''}{opts})"
+
+    def model_values(self, model, X, train, seed: int) -> np.ndarray:
+        """A Thompson draw on the fitted ``model`` over all candidates ``X``, -inf at the measured rows ``train``.
+
+        Run by the loop inside the training task (only for "thompson"); see :func:`thompson`.
+        """
+        if self.name != "thompson":
+            raise ParameterError(f"acquisition {self.name!r} takes no model values; only 'thompson' does")
+        return thompson(model, X, seed=int(seed), measured=np.asarray(train, dtype=np.int64),
+                        max_joint=self.options["max_joint"], maximize=self.options["maximize"])
+
+    def __call__(self, mean, std, measured, rng, *, observed=None, model_values=None) -> tuple[int, np.ndarray]:
+        m = np.asarray(measured)
+        if m.dtype != bool or m.ndim != 1:
+            raise ParameterError(f"measured: expected a boolean mask of shape (n_candidates,), got {m.dtype} {m.shape}")
+        if m.all():
+            raise ParameterError(f"measured: all {m.size} candidates are measured, none is left to choose")
+        done = np.flatnonzero(m)
+        if self.name == "ei":
+            obs = None if observed is None else np.asarray(observed, dtype=np.float64)
+            if obs is None or obs.shape != m.shape or not np.isfinite(obs[m]).all() or not m.any():
+                raise ParameterError("acquisition 'ei': needs observed, the finite scalar values of the measured "
+                                     f"candidates (shape {m.shape}), and at least one measured candidate")
+            best_f = float(obs[m].max() if self.options["maximize"] else obs[m].min())
+            values = expected_improvement(mean, std, best_f, maximize=self.options["maximize"])
+        elif self.name == "ucb":
+            values = upper_confidence_bound(mean, std, self.options["beta"], maximize=self.options["maximize"])
+        elif self.name == "max-std":
+            values = max_uncertainty(std)
+        elif self.name == "thompson":
+            if model_values is None:
+                raise ParameterError("acquisition 'thompson': needs model_values, the posterior draw of the fitted model "
+                                     "(the loop passes it; see model_values())")
+            values = np.asarray(model_values, dtype=np.float64).copy()
+        else:  # random
+            values = np.full(m.shape, -np.inf)
+            values[~m] = rng.random(int((~m).sum()))
+        if values.shape != m.shape:
+            raise ParameterError(f"acquisition {self.name!r}: {values.shape[0]} values for {m.size} candidates")
+        values = np.asarray(values, dtype=np.float64).copy()
+        values[m] = -np.inf
+        return next_candidate(values, done), values
+
+
+def make_acquisition(name: str, **options) -> LoopAcquisition:
+    """A named acquisition for :func:`xsi_dask.active.run_experiment`.
+
+    Parameters
+    ----------
+    name : {"ei", "ucb", "max-std", "thompson", "random"}
+        "ei": :func:`expected_improvement` over the best measured value (``best_f`` = the
+        maximum of the measured scalars; the minimum with ``maximize=False``). "ucb":
+        :func:`upper_confidence_bound`. "max-std": :func:`max_uncertainty`. "thompson":
+        :func:`thompson`, one joint posterior draw per step on the training worker (the model
+        must have ``sample``, as :class:`~xsi_dask.active.model.DKLModel` has). "random": a
+        uniform choice among the unmeasured candidates (the DKL-with-random-acquisition
+        baseline; the model is still fitted, for its maps).
+    **options
+        ``maximize`` (bool, default True) for "ei", "ucb", "thompson"; ``beta`` (float >= 0,
+        default 4.0: the upper end of a 2-sigma interval) for "ucb"; ``max_joint`` (int >= 1,
+        default 2048) for "thompson".
+
+    Returns
+    -------
+    LoopAcquisition
+        ``acq(mean, std, measured, rng, **extra) -> (index, values)``, ``values`` of shape
+        ``(n_candidates,)`` (in the units of the scalar for "ei", "ucb", "max-std", "thompson")
+        with -inf at the measured candidates, ``index`` the unmeasured candidate of the largest
+        value.
+
+    Raises
+    ------
+    ParameterError
+        An unknown name, an option the name does not take, a ``beta`` that is negative or not
+        finite, a ``max_joint`` below 1, a ``maximize`` that is not a bool.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acq = make_acquisition("ucb", beta=4.0)
+    >>> acq(np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.1]), np.array([False, False, True]), None)
+    (1, array([  2.,   3., -inf]))
+    """
+    if not isinstance(name, str) or name.lower() not in _ACQ_OPTIONS:
+        raise ParameterError(f"acquisition {name!r}: unknown; known: {', '.join(ACQUISITIONS)}")
+    name = name.lower()
+    unknown = sorted(set(options) - _ACQ_OPTIONS[name])
+    if unknown:
+        allowed = ", ".join(sorted(_ACQ_OPTIONS[name])) or "none"
+        raise ParameterError(f"acquisition {name!r}: option(s) {unknown} do not apply (options: {allowed})")
+    opts: dict = {}
+    if "maximize" in _ACQ_OPTIONS[name]:
+        maximize = options.get("maximize", True)
+        if not isinstance(maximize, bool | np.bool_):
+            raise ParameterError(f"acquisition {name!r}: maximize must be True or False, got {maximize!r}")
+        opts["maximize"] = bool(maximize)
+    if name == "ucb":
+        beta = options.get("beta", 4.0)
+        if isinstance(beta, bool) or not isinstance(beta, int | float | np.integer | np.floating) \
+                or not (np.isfinite(beta) and beta >= 0):
+            raise ParameterError(f"acquisition 'ucb': beta must be a finite number >= 0, got {beta!r}")
+        opts["beta"] = float(beta)
+    if name == "thompson":
+        mj = options.get("max_joint", 2048)
+        if isinstance(mj, bool) or not isinstance(mj, int | np.integer) or mj < 1:
+            raise ParameterError(f"acquisition 'thompson': max_joint must be an integer >= 1, got {mj!r}")
+        opts["max_joint"] = int(mj)
+    return LoopAcquisition(name, opts)

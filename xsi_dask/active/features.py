@@ -41,7 +41,7 @@ from ..io.results import open_results
 from ..io.store import MontageStore
 
 __all__ = [
-    "Features", "combine_features", "montage_patches", "mosaic_image", "mosaic_to_tile", "reduced_features",
+    "Features", "combine_features", "coordinate_features", "montage_patches", "mosaic_image", "mosaic_to_tile", "reduced_features",
     "structure_patches",
 ]
 
@@ -441,3 +441,27 @@ def combine_features(*features: Features) -> Features:
     std = values.std(0)
     values = np.divide(values - mean, std, out=np.zeros_like(values), where=std > 0)
     return Features(values, first.yx, first.shape, tuple(n for f in features for n in f.names))
+
+
+def coordinate_features(features: Features) -> Features:
+    """The pixel coordinates ``(y, x)`` of the candidates as their features (the plain-GP baseline's inputs).
+
+    Parameters
+    ----------
+    features : Features
+        Any candidate set; only its pixels and image shape are used.
+
+    Returns
+    -------
+    Features
+        Same pixels, rows and shape; ``values`` of shape (n_pixels, 2), float64, the ``y`` and
+        ``x`` pixel indices (names ``("y", "x")``).
+
+    Raises
+    ------
+    ParameterError
+        If ``features`` is not a :class:`Features`.
+    """
+    if not isinstance(features, Features):
+        raise ParameterError(f"features must be a Features, got {type(features).__name__}")
+    return Features(features.yx.astype(np.float64), features.yx, features.shape, ("y", "x"))

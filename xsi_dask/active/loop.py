@@ -16,6 +16,24 @@ alike:
   ``numpy.random.Generator``; returns the row of the next pixel (not yet
   measured) and the acquisition values of every row (the acquisition map;
   NaN or -inf where measured).
+
+  Optional extension: an acquisition may have an attribute ``requires``, a
+  tuple of the extra keyword arguments it takes, from
+
+  - ``"observed"``: ndarray of shape ``(n_pixels,)``, the measured scalar
+    values, NaN where not measured (e.g. the best value for expected
+    improvement);
+  - ``"model_values"``: ndarray of shape ``(n_pixels,)``, the result of the
+    acquisition's method ``model_values(model, X, train, seed)``, which the
+    loop runs inside the training task, on the just-fitted model and all
+    candidate features ``X`` (``train``: the measured rows, in order), so
+    that a fitted model never leaves the training worker (e.g. a Thompson
+    draw). ``seed`` is drawn from the acquisition's ``rng`` before the task.
+    The acquisition object then travels to the training worker with each
+    task: it must be picklable.
+
+  Plain functions without ``requires`` are called with the four positional
+  arguments only (:func:`xsi_dask.active.acquisition.make_acquisition`).
 * ``scalarizer(signals) -> scalars``: a batch of signals (a leading pixel axis
   added to what ``measure`` returns: an ndarray or an xarray.DataArray with
   its energy axis) to one number per signal.
@@ -75,8 +93,24 @@ def _where() -> str | None:
         return None
 
 
+_EXTRAS = ("observed", "model_values")
+
+
+def _requires(acquisition: Any) -> tuple[str, ...]:
+    """The extra keyword arguments an acquisition asks for (its ``requires``), checked."""
+    req = getattr(acquisition, "requires", ())
+    if isinstance(req, str) or not isinstance(req, tuple | list) or not all(isinstance(r, str) for r in req):
+        raise ParameterError(f"the acquisition's requires must be a tuple of names from {_EXTRAS}, got {req!r}")
+    unknown = [r for r in req if r not in _EXTRAS]
+    if unknown:
+        raise ParameterError(f"the acquisition requires {unknown}, which the loop does not provide (known: {_EXTRAS})")
+    if "model_values" in req and not callable(getattr(acquisition, "model_values", None)):
+        raise ParameterError("the acquisition requires 'model_values' but has no method model_values(model, X, train, seed)")
+    return tuple(req)
+
+
 def train_step(model_factory: ModelFactory, seed: int, X: np.ndarray, train: np.ndarray, y: np.ndarray,
-               warm_start: Any) -> dict[str, Any]:
+               warm_start: Any, acquisition: Any = None, acquisition_seed: int | None = None) -> dict[str, Any]:
     """One training step: build a model, fit it on the measured rows, predict every row.
 
     Runs as a task on the training worker (or in-process).
@@ -94,21 +128,31 @@ def train_step(model_factory: ModelFactory, seed: int, X: np.ndarray, train: np.
         Their scalar values.
     warm_start : object or None
         The previous step's state.
+    acquisition : object, optional
+        An acquisition that requires ``"model_values"``: its
+        ``model_values(model, X, train, acquisition_seed)`` is evaluated here, on the fitted model.
+    acquisition_seed : int, optional
+        The seed passed to it.
 
     Returns
     -------
     dict
         ``mean``, ``std`` (n_pixels,) float64, ``state``, ``fit_seconds``
-        (fit only), ``predict_seconds``, ``worker`` (address or None).
+        (fit only), ``predict_seconds``, ``worker`` (address or None), and
+        ``model_values`` ((n_pixels,) float64, or None without ``acquisition``;
+        its time is counted in ``predict_seconds``).
     """
     model = model_factory(seed=seed)
     t0 = time.perf_counter()
     state = model.fit(X[train], y, warm_start=warm_start)
     t1 = time.perf_counter()
     mean, std = model.predict(X)
+    model_values = None
+    if acquisition is not None:
+        model_values = np.asarray(acquisition.model_values(model, X, train, acquisition_seed), dtype=np.float64)
     t2 = time.perf_counter()
     return {"mean": np.asarray(mean, dtype=np.float64), "std": np.asarray(std, dtype=np.float64), "state": state,
-            "fit_seconds": t1 - t0, "predict_seconds": t2 - t1, "worker": _where()}
+            "fit_seconds": t1 - t0, "predict_seconds": t2 - t1, "worker": _where(), "model_values": model_values}
 
 
 def _count(value: Any, name: str) -> int:
@@ -162,8 +206,18 @@ def _check_prediction(res: dict[str, Any], n: int) -> None:
         raise ParameterError("the model's predict returned a negative std")
 
 
-def _acquire(acquisition: Acquisition, res: dict[str, Any], measured: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
-    out = acquisition(res["mean"], res["std"], measured.copy(), rng)
+def _acquire(acquisition: Acquisition, res: dict[str, Any], measured: np.ndarray, rng: np.random.Generator,
+             requires: tuple[str, ...], observed: np.ndarray) -> tuple[int, np.ndarray]:
+    extra: dict[str, np.ndarray] = {}
+    if "observed" in requires:
+        extra["observed"] = observed.copy()
+    if "model_values" in requires:
+        mv = res["model_values"]
+        if mv is None or mv.shape != measured.shape:
+            raise ParameterError(f"the acquisition's model_values returned shape {getattr(mv, 'shape', None)}, "
+                                 f"expected ({measured.size},) (one per candidate)")
+        extra["model_values"] = mv
+    out = acquisition(res["mean"], res["std"], measured.copy(), rng, **extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ParameterError(f"the acquisition must return (index, values), got {type(out).__name__}")
     index, values = out
@@ -264,7 +318,8 @@ def run_experiment(
     ParameterError
         ``features`` not a Features; ``n_init < 1``; ``budget <= n_init``;
         ``budget`` above the number of candidates; ``record_every < 1``;
-        invalid ``resources``; a callable that breaks the protocol (a
+        invalid ``resources``; an acquisition whose ``requires`` names an
+        unknown extra; a callable that breaks the protocol (a
         prediction of the wrong shape or not finite, an acquisition choosing
         a measured pixel, a scalarizer returning several or non-finite values).
     ResourceUnavailableError
@@ -291,6 +346,7 @@ def run_experiment(
                      ("model_factory", model_factory)):
         if not callable(fn):
             raise ParameterError(f"{name} must be callable, got {fn!r}")
+    requires = _requires(acquisition)
     want = _placement(_check_resources(resources))
 
     init_ss, acq_ss, model_ss = np.random.SeedSequence(seed).spawn(3)
@@ -310,8 +366,10 @@ def run_experiment(
         placement = "in-process"
 
     def train(k: int, train_rows: list[int], y: list[float], warm: Any) -> dict[str, Any]:
-        args = (model_factory, int(model_seeds[k]), X_ref, np.asarray(train_rows, dtype=np.int64),
-                np.asarray(y, dtype=np.float64), warm)
+        args: tuple[Any, ...] = (model_factory, int(model_seeds[k]), X_ref, np.asarray(train_rows, dtype=np.int64),
+                                 np.asarray(y, dtype=np.float64), warm)
+        if "model_values" in requires and len(train_rows) < n:  # seeded from the acquisition's stream, so a run stays reproducible
+            args += (acquisition, int(acq_rng.integers(0, 2**31 - 1)))
         res = run_on_resource(train_step, *args, resources=want) if want is not None else train_step(*args)
         _check_prediction(res, n)
         return res
@@ -321,6 +379,7 @@ def run_experiment(
     timing = {k: np.full(budget, np.nan) for k in ("fit_seconds", "predict_seconds", "train_wall_seconds", "acquire_seconds")}
     fit_worker = [""] * budget
     measured = np.zeros(n, dtype=bool)
+    observed = np.full(n, np.nan)
 
     def take(row: int) -> None:
         y, x = (int(v) for v in features.yx[row])
@@ -328,6 +387,7 @@ def run_experiment(
         values.append(_scalar(scalarizer, signal, y, x))
         rows.append(row)
         measured[row] = True
+        observed[row] = values[-1]
 
     for row in np.random.default_rng(init_ss).choice(n, size=n_init, replace=False):
         take(int(row))
@@ -343,7 +403,7 @@ def run_experiment(
         if measured.all():  # the final fit after every candidate was measured: nothing left to choose
             index, acq = -1, np.full(n, np.nan)
         else:
-            index, acq = _acquire(acquisition, res, measured, acq_rng)
+            index, acq = _acquire(acquisition, res, measured, acq_rng, requires, observed)
         acquire_seconds = time.perf_counter() - t0
         if record_every is not None and k % record_every == 0:
             kept.append((len(rows), res["mean"], res["std"], acq))

@@ -47,7 +47,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 
 from ..errors import ParameterError
 
-__all__ = ["DKLModel", "ModelState", "PlainGP", "feature_bounds"]
+__all__ = ["DKLModel", "ModelFactory", "ModelState", "PlainGP", "dkl_factory", "feature_bounds", "plain_gp_factory"]
 
 _KERNELS = ("rbf", "matern52")
 _ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
@@ -433,3 +433,119 @@ class PlainGP(DKLModel):
     def __init__(self, bounds, *, kernel: Literal["rbf", "matern52"] = "rbf", noise_min: float = 1e-4, seed: int = 0,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
         super().__init__(bounds, hidden=None, kernel=kernel, noise_min=noise_min, seed=seed, device=device, dtype=dtype)
+
+
+# ---- factories in the experiment loop's protocol ----
+
+class _LoopModel:
+    """A model with its training schedule fixed: ``fit(X, y, *, warm_start)`` as the loop calls it."""
+
+    def __init__(self, model: DKLModel, steps: int, lr: float):
+        self.model = model
+        self.steps = steps
+        self.lr = lr
+
+    def fit(self, X, y, *, warm_start: ModelState | None = None) -> ModelState:
+        return self.model.fit(X, y, steps=self.steps, lr=self.lr, warm_start=warm_start)
+
+    def predict(self, Xc) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.predict(Xc)
+
+    def sample(self, Xc, *, seed: int, n_samples: int = 1) -> np.ndarray:
+        return self.model.sample(Xc, seed=seed, n_samples=n_samples)
+
+
+class ModelFactory:
+    """``factory(seed=int)`` -> a model for :func:`xsi_dask.active.run_experiment` (picklable).
+
+    Built by :func:`dkl_factory` or :func:`plain_gp_factory`. Each call builds a new
+    :class:`DKLModel` (or :class:`PlainGP`) with the given seed and the stored keyword
+    arguments, wrapped so that ``fit(X, y, *, warm_start)`` trains with the stored ``steps``
+    and ``lr``; ``predict`` and ``sample`` are the model's.
+
+    Attributes
+    ----------
+    cls : type
+        :class:`DKLModel` or :class:`PlainGP`.
+    bounds : ndarray of shape (2, n_features)
+    model_kwargs : dict
+    steps : int
+    lr : float
+    """
+
+    def __init__(self, cls: type, bounds, model_kwargs: dict, steps: int, lr: float):
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise ParameterError(f"steps: must be an integer >= 1, got {steps!r}")
+        if isinstance(lr, bool) or not isinstance(lr, int | float | np.floating) or not (np.isfinite(lr) and lr > 0):
+            raise ParameterError(f"lr: must be a positive number, got {lr!r}")
+        if "seed" in model_kwargs:
+            raise ParameterError("seed: the experiment loop gives each fit its own seed; do not pass one to the factory")
+        self.cls = cls
+        self.model_kwargs = dict(model_kwargs)
+        cls(bounds, **self.model_kwargs)  # validates bounds and options now, before any measurement
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.steps = int(steps)
+        self.lr = float(lr)
+        self.__qualname__ = f"{cls.__name__} factory (steps={self.steps}, lr={self.lr})"
+
+    def __repr__(self) -> str:
+        return f"<{self.__qualname__}, {self.bounds.shape[1]} features, {self.model_kwargs}>"
+
+    def __call__(self, *, seed: int) -> _LoopModel:
+        return _LoopModel(self.cls(self.bounds, seed=int(seed), **self.model_kwargs), self.steps, self.lr)
+
+
+def dkl_factory(bounds, *, steps: int = 200, lr: float = 0.01, **model_kwargs) -> ModelFactory:
+    """The DKL model for :func:`xsi_dask.active.run_experiment`: ``dkl_factory(bounds)(seed=s)``.
+
+    Parameters
+    ----------
+    bounds : array_like of shape (2, n_features)
+        :func:`feature_bounds` of the candidate features the loop gets (``features.values``).
+    steps : int, default 200
+        Adam steps per fit (each fit warm-starts from the previous one's parameters).
+    lr : float, default 0.01
+        Adam learning rate.
+    **model_kwargs
+        ``hidden``, ``embedding_dim``, ``kernel``, ``activation``, ``noise_min``, ``device``,
+        ``dtype`` of :class:`DKLModel` (not ``seed``: the loop seeds each fit).
+
+    Returns
+    -------
+    ModelFactory
+
+    Raises
+    ------
+    ParameterError
+        For invalid bounds or model options (checked here, by building one model), ``steps``
+        below 1, a non-positive ``lr``, or a ``seed``.
+    """
+    return ModelFactory(DKLModel, bounds, model_kwargs, steps, lr)
+
+
+def plain_gp_factory(bounds, *, steps: int = 200, lr: float = 0.01, **model_kwargs) -> ModelFactory:
+    """The plain GP (no network) for :func:`xsi_dask.active.run_experiment`.
+
+    The GP acts on the loop's candidate features themselves. For the benchmark's baseline, the
+    plain GP on pixel coordinates, give the loop the coordinates as features,
+    :func:`xsi_dask.active.features.coordinate_features` (columns ``y``, ``x``, in pixels),
+    and ``bounds = feature_bounds(that.values)``.
+
+    Parameters
+    ----------
+    bounds : array_like of shape (2, n_features)
+    steps, lr
+        As :func:`dkl_factory`.
+    **model_kwargs
+        ``kernel``, ``noise_min``, ``device``, ``dtype`` of :class:`PlainGP`.
+
+    Returns
+    -------
+    ModelFactory
+
+    Raises
+    ------
+    ParameterError
+        As :func:`dkl_factory`.
+    """
+    return ModelFactory(PlainGP, bounds, model_kwargs, steps, lr)
