@@ -563,3 +563,41 @@ def test_cuzn_haadf_patches_steer_the_eels_measurements():
     # of HAADF and ratio 0.03), so no bound is asserted; the value is a finite number
     assert np.isfinite(rho)
     print(f"CuZn seed 0: Spearman rho(prediction, true ratio) over the unmeasured pixels = {rho:.3f}")
+
+
+def test_an_acquisition_asking_for_an_extra_the_loop_lacks_is_refused_before_measuring():
+    class Odd:
+        requires = ("labels",)
+
+        def __call__(self, mean, std, measured, rng, **extra):
+            return max_std(mean, std, measured, rng)
+
+    class NoMethod(Odd):
+        requires = ("model_values",)
+
+    for acq, match in ((Odd(), r"\['labels'\]"), (NoMethod(), "no method model_values")):
+        measure = Measure()
+        with pytest.raises(ParameterError, match=match):
+            _run(acquisition=acq, measure=measure)
+        assert measure.calls == []
+
+
+def test_a_thompson_draw_is_made_on_the_gpu_worker_and_matches_the_in_process_run():
+    pytest.importorskip("gpytorch")
+    from distributed import Client, LocalCluster
+
+    from xsi_dask.active.acquisition import make_acquisition
+    from xsi_dask.active.features import coordinate_features
+    from xsi_dask.active.model import feature_bounds, plain_gp_factory
+
+    feats = coordinate_features(_features())
+    kw = dict(scalarizer=mean_scalarizer, acquisition=make_acquisition("thompson"),
+              model_factory=plain_gp_factory(feature_bounds(feats.values), steps=20), n_init=5, budget=9, seed=2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1}, dashboard_address=None) as cl, \
+            Client(cl) as client:
+        (worker,) = client.scheduler_info()["workers"]
+        ds = run_experiment(feats, Measure(), **kw)
+    assert set(ds["fit_worker"].values[5:].tolist()) == {worker}
+    local = run_experiment(feats, Measure(), **kw)
+    np.testing.assert_array_equal(local["order"].values, ds["order"].values)
+    np.testing.assert_array_equal(local["acquisition"].values, ds["acquisition"].values)
