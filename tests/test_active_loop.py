@@ -548,7 +548,6 @@ def cuzn_experiment(seed: int):
     return ds, truth, calls, float(rho)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not EELS.is_dir(), reason=f"real EELS data not found at {EELS}")
 def test_cuzn_haadf_patches_steer_the_eels_measurements():
     pytest.importorskip("gpytorch")

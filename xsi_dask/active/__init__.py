@@ -15,9 +15,11 @@ Modules:
 * :mod:`xsi_dask.active.features` -- structural patches (across tile borders on
   a montage), SVD scores / NMF abundances per pixel, both combined.
 * :mod:`xsi_dask.active.model` -- the DKL model (MLP embedding feeding an exact
-  GPyTorch GP) and the plain GP on coordinates; needs the ``active`` extra.
+  GPyTorch GP) and the plain GP on coordinates, and ``dkl_factory`` /
+  ``plain_gp_factory`` for the loop; needs the ``active`` extra.
 * :mod:`xsi_dask.active.acquisition` -- EI, UCB, maximum uncertainty, Thompson
-  sampling, the penalty near measured points.
+  sampling, the penalty near measured points; ``make_acquisition`` builds them
+  (and a random baseline) in the loop's ``(index, values)`` protocol.
 * :mod:`xsi_dask.active.loop` -- ``run_experiment``, training on a worker
   offering ``GPU`` when the cluster has one.
 * :mod:`xsi_dask.active.measure` -- ``MontageMeasure``: a pre-acquired
