@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test lint bench bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
+.PHONY: demo test lint bench bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+# torch (pinned in the extra: 2.13.0 is the CPU build), GPyTorch, BoTorch for xsi_dask.active
+$(VENV)/.installed-active: $(VENV)/.installed
+	$(PIP) install -q -e ".[active]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -57,6 +62,11 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
+
+# deep kernel learning discovery benchmark (issue #12): 10 seeds of DKL / GP(y, x) / random on the simulated
+# 4D-STEM scan and montage, and the one-core step timing; `benchmarks/bench_dkl.py --quick` for a short run
+bench-dkl: $(VENV)/.installed-bench $(VENV)/.installed-active
+	$(PY) benchmarks/bench_dkl.py --out docs/benchmarks-dkl.md
 
 # the 1.6 TB-equivalent montage (10 x 10 tiles of 1024 x 1024 x 4096): about an hour here, not in CI
 bench-scale: $(VENV)/.installed-bench
