@@ -159,6 +159,9 @@ def test_a_spectrum_image_of_another_grid_is_refused_naming_the_shapes(tmp_path)
 
     with pytest.raises(NoSpectrumImageError, match=r"50 x 40 grid .*\(128, 128, 4096\)"):
         load_inputs([HAADF, VELOX], structure="Gatan HAADF")
+    # the file's stem names its only image (the title is 'Gatan HAADF'), case-insensitively
+    inputs = load_inputs([HAADF, EELS], structure="cuzn_haadf")
+    assert inputs.image_name == "Gatan HAADF" and inputs.features.shape == (50, 40) and inputs.units == "eV"
     # three EELS SIs lie on the 16 x 20 grid of the DF-S image: which one to measure is ambiguous
     with pytest.raises(ParameterError, match=r"3 spectrum images lie on the 16 x 20 grid"):
         load_inputs([VELOX], structure="DF-S")

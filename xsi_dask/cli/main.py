@@ -118,10 +118,10 @@ _EXAMPLES = {
     "verify": "xsi-dask verify jeol.zarr",
     "report": "xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
     "cluster": "xsi-dask cluster slurm --print-job-script --cores 8 --memory 32GiB --walltime 02:00:00 --queue compute",
-    "explore": "xsi-dask explore ../shared/data/eels/CuZn_HAADF.hspy ../shared/data/eels/CuZn_EELS_mapping_tutorial.hspy \\\n"
-               "      --structure 'Gatan HAADF' --scalarizer ratio:1020-1100/924-1004:bg=820-916:units=eV \\\n"
-               "      --acquisition ei --budget 60 --seeds 3 --out cuzn_explore\n"
-               "  xsi-dask explore montage.zarr --structure HAADF --features results.zarr --scalarizer band:6.3-6.5 "
+    "explore": "xsi-dask explore ../shared/data/eels/CuZn_HAADF.hspy ../shared/data/eels/CuZn_EELS_mapping_tutorial.hspy "
+               "--structure CuZn_HAADF --scalarizer ratio:1020-1100/924-1004:bg=820-916:units=eV --acquisition ei "
+               "--budget 60 --seeds 3 --out cuzn_explore\n"
+               "  xsi-dask explore montage.zarr --structure HAADF --features results.zarr --scalarizer band:5.31-5.51 "
                "--acquisition ucb --budget 300 --out montage_explore",
 }
 
