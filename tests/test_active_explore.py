@@ -78,7 +78,7 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
         np.testing.assert_array_equal(run["best_true"].values, np.maximum.accumulate(_visited_truth(run, true)))
         top = true >= truth.attrs["top_threshold"]
         assert truth.attrs["n_top"] == int(top.sum()) == 20
-        np.testing.assert_allclose(run["recall"].values, np.cumsum(top[run["visited_y"], run["visited_x"]]) / 20)
+        np.testing.assert_allclose(run["recall"].values, np.minimum(np.cumsum(top[run["visited_y"], run["visited_x"]]), 20) / 20)
     # the baseline starts from the model run's random pixels
     np.testing.assert_array_equal(rnd["visited_y"].values[:10], dkl["visited_y"].values[:10])
     np.testing.assert_array_equal(rnd["visited_x"].values[:10], dkl["visited_x"].values[:10])
@@ -235,3 +235,27 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
     run = runs["dkl"][0]
     np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
     assert np.isfinite(run["prediction"].values).all()
+
+
+def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_pixels():
+    import xarray as xr
+
+    from xsi_dask.active.explore import default_n_init, discovery, scores
+
+    truth = np.zeros((10, 20))
+    truth[0, :3] = 5.0  # 200 pixels: n_top = 2, three tie at the top
+    truth[5, 5] = 1.0
+    run = xr.Dataset({"visited_y": ("step", [5, 0, 9, 0, 0]), "visited_x": ("step", [5, 1, 9, 2, 0])})
+    recall, best = discovery(run, truth)
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(best, [1, 5, 5, 5, 5])
+    order = np.full(truth.shape, -1)
+    order[run["visited_y"].values, run["visited_x"].values] = np.arange(5)
+    pred = truth + 0.5
+    std = np.full(truth.shape, 0.3)  # |error| 0.5 within 1.96 * 0.3
+    std[1] = 0.1  # a row of 20 unmeasured pixels outside
+    run = run.assign(prediction=(("y", "x"), pred), uncertainty=(("y", "x"), std), order=(("y", "x"), order))
+    s = scores(run, truth)
+    assert s["recall"] == 1 and s["best"] == 5 and s["rmse"] == pytest.approx(0.5)
+    assert s["coverage"] == pytest.approx(1 - 20 / 195)
+    assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]

@@ -406,9 +406,14 @@ def random_baseline(features: Features, truth: np.ndarray, start: xr.Dataset, *,
     )
 
 
+def _n_top(truth: np.ndarray, fraction: float = TOP_FRACTION) -> int:
+    return max(1, math.ceil(fraction * int(np.isfinite(truth).sum())))
+
+
 def _top_mask(truth: np.ndarray, fraction: float = TOP_FRACTION) -> tuple[np.ndarray, float]:
-    finite = truth[np.isfinite(truth)]
-    threshold = float(np.quantile(finite, 1.0 - fraction))
+    """The pixels at or above the ``n_top``-th largest true value (ties included), and that value."""
+    finite = np.sort(truth[np.isfinite(truth)])
+    threshold = float(finite[-_n_top(truth, fraction)])
     return np.isfinite(truth) & (truth >= threshold), threshold
 
 
@@ -427,13 +432,17 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
     Returns
     -------
     recall : ndarray of shape (budget,)
-        After ``k + 1`` measurements, the fraction of the top pixels measured.
+        After ``k + 1`` measurements, the fraction of the ``n_top = ceil(fraction
+        * pixels)`` pixels of the largest true values that were measured; when
+        more pixels tie at the ``n_top``-th value, each of them counts, up to
+        ``n_top`` (the convention of ``benchmarks/bench_dkl.py``).
     best : ndarray of shape (budget,)
         The largest true value among the first ``k + 1`` measured pixels.
     """
     top, _ = _top_mask(truth, fraction)
     y, x = ds["visited_y"].values, ds["visited_x"].values
-    recall = np.cumsum(top[y, x]) / max(1, int(top.sum()))
+    n_top = _n_top(truth, fraction)
+    recall = np.minimum(np.cumsum(top[y, x]), n_top) / n_top
     best = np.maximum.accumulate(truth[y, x])
     return recall, best
 
@@ -695,7 +704,7 @@ def explore(
         {"true_value": (("y", "x"), truth, {"description": f"the scalarizer {scalarizer!r} on every pixel"}),
          "top": (("y", "x"), top, {"description": f"true value in the top {TOP_FRACTION:.0%}"})},
         coords={"y": np.arange(truth.shape[0]), "x": np.arange(truth.shape[1])},
-        attrs={"top_fraction": TOP_FRACTION, "top_threshold": threshold, "n_top": int(top.sum()),
+        attrs={"top_fraction": TOP_FRACTION, "top_threshold": threshold, "n_top": _n_top(truth), "n_at_or_above": int(top.sum()),
                "seconds": truth_seconds},
     )
     if data.image is not None:
