@@ -123,6 +123,7 @@ def test_an_existing_output_is_refused_unless_ours_with_overwrite(cuzn, tmp_path
     (["--window", "4"], ParameterError, "window must be odd"),
     (["--scalarizer", "band:10-20"], ParameterError, "band"),  # outside the 700-1988 eV axis
     (["--features", "results.zarr"], ParameterError, "give the montage store as the input"),
+    (["--structure", None, "--window", "3"], ParameterError, r"a window \(3\) applies to the patches of --structure"),
 ])
 def test_bad_requests_are_refused_before_any_run(tmp_path, args, error, match):
     from xsi_dask.active.explore import explore
@@ -130,8 +131,10 @@ def test_bad_requests_are_refused_before_any_run(tmp_path, args, error, match):
     kw = dict(structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
     flags = {"--structure": "structure", "--budget": "budget", "--n-init": "n_init", "--window": "window",
              "--scalarizer": "scalarizer", "--features": "features"}
-    value = args[1]
-    kw[flags[args[0]]] = int(value) if value.isdigit() else value
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        kw[flags[flag]] = int(value) if value is not None and value.isdigit() else value
+    if kw["structure"] is None:
+        kw["features"] = "results.zarr"
     with pytest.raises(error, match=match):
         explore([HAADF, EELS], out=tmp_path / "explore.zarr", **kw)
     assert not (tmp_path / "explore.zarr").exists()

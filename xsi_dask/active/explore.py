@@ -64,7 +64,7 @@ from .features import Features, combine_features, montage_patches, reduced_featu
 from .scalarizers import Scalarizer, parse_scalarizer
 
 __all__ = [
-    "ACQUISITIONS", "EXPLORE_VERSION", "ExploreInputs", "TOP_FRACTION", "default_n_init", "discovery", "explore",
+    "ACQUISITIONS", "DEFAULT_WINDOW", "EXPLORE_VERSION", "ExploreInputs", "TOP_FRACTION", "default_n_init", "discovery", "explore",
     "load_inputs", "open_explore", "random_baseline", "scores",
 ]
 
@@ -74,6 +74,8 @@ EXPLORE_VERSION = 1
 TOP_FRACTION = 0.01
 """The discovery curve's target: the pixels whose true value is in the top 1 %."""
 _ENERGY_UNITS = {"ev": "eV", "kev": "keV"}
+DEFAULT_WINDOW = 5
+"""Side of the structural patches (pixels) unless ``window`` says otherwise."""
 _TRUTH_BLOCK_BYTES = 64 * 2**20  # the true map is computed in blocks of pixels of at most this many float64 bytes
 
 
@@ -161,6 +163,10 @@ def _check_parameters(*, structure, features, feature_group, scalarizer, acquisi
         n_init = _int(n_init, "n_init", 1)
         if n_init >= budget:
             raise ParameterError(f"n_init ({n_init}) must be below the budget ({budget}): the model would choose no pixel")
+    if window is None:
+        window = DEFAULT_WINDOW
+    elif structure is None:
+        raise ParameterError(f"a window ({window}) applies to the patches of --structure, which is not given")
     window = _int(window, "window", 1)
     if window % 2 == 0:
         raise ParameterError(f"window must be odd (the patch is centred on its pixel), got {window}")
@@ -562,7 +568,7 @@ def explore(
     features: str | Path | None = None,
     feature_group: str | None = None,
     n_init: int | None = None,
-    window: int = 5,
+    window: int | None = None,
     seeds: int = 1,
     steps: int | None = None,
     baseline_gp: bool = False,
@@ -600,8 +606,8 @@ def explore(
         See :func:`load_inputs`.
     n_init : int, optional
         The random start; default :func:`default_n_init` (0.5 % of the pixels, at least 5).
-    window : int
-        Odd side of the structural patches, pixels (default 5).
+    window : int, optional
+        Odd side of the structural patches, pixels (default 5); only with ``structure``.
     seeds : int
         Runs ``0 .. seeds-1`` of every method (default 1).
     steps : int, optional
@@ -624,7 +630,8 @@ def explore(
     ------
     ParameterError
         A parameter out of range (budget < 2 or above the candidate pixels,
-        n_init >= budget, an even or non-positive window, seeds < 1, steps < 1),
+        n_init >= budget, an even or non-positive window or one without
+        ``structure``, seeds < 1, steps < 1),
         an unknown acquisition, a bad scalarizer spec or band, and the input
         errors of :func:`load_inputs`.
     StoreExistsError, NotOurOutputError, OutputWriteError

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pixel as features (with --structure too: both, standardised)")
     f.add_argument("--feature-group", choices=("svd", "nmf"),
                    help="which of --features (default nmf when the results have it, else svd)")
-    p.add_argument("--window", type=int, default=5, metavar="W", help="odd side of the structural patches in pixels (default 5)")
+    f.add_argument("--window", type=int, metavar="W", help="odd side of the --structure patches in pixels (default 5)")
     e = p.add_argument_group("the experiment")
     e.add_argument("--scalarizer", required=True, metavar="SPEC",
                    help="the scalar learned from each spectrum, in the energy axis' units (eV or keV) unless units= says: "
