@@ -239,6 +239,18 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
     np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
     assert np.isfinite(run["prediction"].values).all()
 
+    from xsi_dask.active.explore import load_inputs
+    from xsi_dask.errors import StoreFormatError
+
+    with pytest.raises(StoreFormatError, match="not an xsi_dask results store"):
+        load_inputs([st.path], structure="HAADF", features=tmp_path / "none.zarr")
+    with pytest.raises(ParameterError, match=r"no svd group \(it has nmf\)"):
+        load_inputs([st.path], structure="HAADF", features=results, feature_group="svd")
+    with pytest.raises(ParameterError, match="no tile image of that name; its images: HAADF"):
+        load_inputs([st.path], structure="SEM")
+    with pytest.raises(ParameterError, match="one montage store alone"):
+        load_inputs([st.path, st.path])
+
 
 def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_pixels():
     import xarray as xr

@@ -285,11 +285,14 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
     if structure is not None:
         parts.append(montage_patches(store, structure, window))
     if results is not None:
-        group = feature_group
-        if group is None:
-            from ..io.results import has_group
+        from ..io.results import has_group
 
-            group = "nmf" if has_group(results, "nmf") else "svd"
+        if output_kind(results) != "results":
+            raise StoreFormatError(f"--features {results}: not an xsi_dask results store (decompose, nmf or run write one)")
+        have = [g for g in ("nmf", "svd") if has_group(results, g)]
+        group = feature_group or (have[0] if have else "nmf")
+        if group not in have:
+            raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have) or 'none'})")
         parts.append(reduced_features(results, group))
     feats = parts[0] if len(parts) == 1 else combine_features(*parts)
     if feats.shape != image.shape:
