@@ -61,13 +61,13 @@ def draw_visits(image: np.ndarray, run: xr.Dataset, *, title: str = "") -> Figur
     lo, hi = np.nanpercentile(image, [0.5, 99.5])
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
     y, x, init = run["visited_y"].values, run["visited_x"].values, run["initial"].values.astype(bool)
-    steps = np.arange(y.size)
+    steps = np.arange(1, y.size + 1)  # the n-th measurement
     ax.scatter(x[init], y[init], marker="x", s=36, c="white", linewidths=1.5, label=f"random start ({int(init.sum())})")
     sc = ax.scatter(x[~init], y[~init], c=steps[~init], cmap="viridis", s=30, edgecolors="black", linewidths=0.5,
                     label=f"chosen ({int((~init).sum())})")
     if (~init).any():
         cb = fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
-        cb.set_label("measurement step")
+        cb.set_label("measurement number")
     ax.set_xlim(-0.5, W - 0.5)
     ax.set_ylim(H - 0.5, -0.5)
     ax.legend(loc="upper right", fontsize=8, framealpha=0.7)
