@@ -24,6 +24,10 @@ Modules:
   offering ``GPU`` when the cluster has one.
 * :mod:`xsi_dask.active.measure` -- ``MontageMeasure``: a pre-acquired
   montage as the instrument of a simulated experiment.
+* :mod:`xsi_dask.active.explore` -- ``explore``: the simulated experiment of
+  ``xsi-dask explore`` on files read by RosettaSciIO or a montage store, with
+  a random baseline, the true scalar map and the discovery curve, recorded in
+  ``explore.zarr`` (figures and report: :mod:`xsi_dask.plotting.active`).
 
 Method: Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
 discovery in nanoplasmonic systems via autonomous experiments in scanning

@@ -118,6 +118,11 @@ _EXAMPLES = {
     "verify": "xsi-dask verify jeol.zarr",
     "report": "xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
     "cluster": "xsi-dask cluster slurm --print-job-script --cores 8 --memory 32GiB --walltime 02:00:00 --queue compute",
+    "explore": "xsi-dask explore ../shared/data/eels/CuZn_HAADF.hspy ../shared/data/eels/CuZn_EELS_mapping_tutorial.hspy "
+               "--structure CuZn_HAADF --scalarizer ratio:1020-1100/924-1004:bg=820-916:units=eV --acquisition ei "
+               "--budget 60 --seeds 3 --out cuzn_explore\n"
+               "  xsi-dask explore montage.zarr --structure HAADF --features results.zarr --scalarizer band:5.31-5.51 "
+               "--acquisition ucb --budget 300 --out montage_explore",
 }
 
 
@@ -235,6 +240,42 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the list the analysis recorded, else the files')")
     p.add_argument("--per-page", type=int, default=8, metavar="N", help="components per figure (default 8; all are shown)")
     p.add_argument("--title", help="report title (default from the source file names)")
+
+    p = _sub(sub, "explore", "simulate a deep-kernel-learning automated experiment on pre-acquired data "
+                             "(issue #12): structure -> where to measure the spectrum next")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files read by RosettaSciIO holding a 2-D structural image and the 3-D spectrum image on its grid "
+                        "(one file or several), or one montage store (ingest, simulate)")
+    f = p.add_argument_group("features (at least one)")
+    f.add_argument("--structure", metavar="IMAGE_NAME",
+                   help="the structural image whose patches are the features: a 2-D signal's title (case-insensitive), "
+                        "else its file's stem; a tile image of a store (e.g. HAADF)")
+    f.add_argument("--features", metavar="RESULTS.zarr",
+                   help="a results store of the montage input (decompose, nmf, run): its NMF abundances or SVD scores per "
+                        "pixel as features (with --structure too: both, standardised)")
+    f.add_argument("--feature-group", choices=("svd", "nmf"),
+                   help="which of --features (default nmf when the results have it, else svd)")
+    f.add_argument("--window", type=int, metavar="W", help="odd side of the --structure patches in pixels (default 5)")
+    e = p.add_argument_group("the experiment")
+    e.add_argument("--scalarizer", required=True, metavar="SPEC",
+                   help="the scalar learned from each spectrum, in the energy axis' units (eV or keV) unless units= says: "
+                        "band:LO-HI, integral:LO-HI, ratio:LO-HI/LO-HI, with :bg=LO-HI for a power-law background, "
+                        "max:LO-HI, maxpos:LO-HI (e.g. ratio:1020-1100/924-1004:bg=820-916:units=eV)")
+    e.add_argument("--acquisition", required=True, choices=("ei", "ucb", "max-std", "thompson"),
+                   help="how the DKL model picks the next pixel: expected improvement, upper confidence bound (beta 4), "
+                        "largest uncertainty, or a Thompson draw (it seeks high values)")
+    e.add_argument("--budget", type=int, required=True, metavar="N", help="measurements per run, the random start included")
+    e.add_argument("--n-init", type=int, metavar="N",
+                   help="random measurements first (default 0.5 %% of the pixels, at least 5, as the DKL papers)")
+    e.add_argument("--seeds", type=int, default=1, metavar="S", help="runs of seeds 0..S-1 of every method (default 1)")
+    e.add_argument("--steps", type=int, metavar="N", help="Adam steps per fit of the model (default the model's, 200)")
+    e.add_argument("--baseline-gp", action="store_true",
+                   help="also run the plain GP on the pixel coordinates with the same acquisition (random sampling "
+                        "is always run as the baseline, from the same random start)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: explore.zarr, figures/, report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier explore in DIR")
+    p.add_argument("--title", help="report title (default from the scalarizer)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -421,6 +462,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from ..pipeline import explore_run
+
+    if args.structure is None and args.features is None:
+        raise ParameterError("give --structure IMAGE_NAME or --features RESULTS.zarr (or both): the model needs features")
+    report = explore_run(
+        args.inputs, args.out, overwrite=args.overwrite, title=args.title,
+        progress=None if args.quiet else (lambda line: print(line, flush=True)),
+        structure=args.structure, features=args.features, feature_group=args.feature_group, window=args.window,
+        scalarizer=args.scalarizer, acquisition=args.acquisition, budget=args.budget, n_init=args.n_init,
+        seeds=args.seeds, steps=args.steps, baseline_gp=args.baseline_gp,
+    )
+    print(f"report: {report}")
+    return 0
+
+
 COMMANDS = {
     "ingest": _cmd_ingest,
     "info": _cmd_info,
@@ -432,6 +489,7 @@ COMMANDS = {
     "verify": _cmd_verify,
     "report": _cmd_report,
     "cluster": _cmd_cluster,
+    "explore": _cmd_explore,
 }
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "PixelAxes",
     "SpectrumImage",
     "READERS",
+    "Signal",
+    "read_signals",
     "read_spectrum_image",
     "to_json",
 ]
@@ -960,3 +962,89 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
         signal_type=out["signal_type"],
         csr=csr,
     )
+
+
+# ---- every signal of a file (the active-learning inputs: a structural image and the spectrum image to measure) ----
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One signal of a file as RosettaSciIO returns it (any dimension).
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    title : str
+        The signal's title (``metadata.General.title``), as written; "" when it has none.
+    data : numpy.ndarray or dask.array.Array
+        The data, navigation axes first.
+    axes : list of dict
+        RosettaSciIO's axes (``name``, ``units``, ``scale``, ``offset``, ``size``, ``navigate``).
+    signal_type : str
+        ``metadata.Signal.signal_type`` ("EELS", "EDS_TEM", ...; "" for images).
+    """
+
+    path: Path
+    title: str
+    data: Any
+    axes: list
+    signal_type: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def is_spectrum_image(self) -> bool:
+        """Whether this is a 3-D ``(y, x, channels)`` spectrum image (the channel axis the only signal axis)."""
+        return _is_spectrum_image({"data": self.data, "axes": self.axes})
+
+
+def read_signals(path: str | Path, **reader_kwargs: Any) -> list[Signal]:
+    """Every signal of one file, read with its RosettaSciIO plug-in (images and spectrum images alike).
+
+    :func:`read_spectrum_image` keeps one spectrum image per file and the
+    images on its grid; ``xsi-dask explore`` needs to choose among all the
+    signals of several files (a HAADF file beside an EELS file), by title.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file of an extension in ``READERS``.
+    **reader_kwargs
+        Passed to RosettaSciIO's ``file_reader``.
+
+    Returns
+    -------
+    list of Signal
+        In the file's order; lazily read formats (hspy, zspy, rpl) give dask arrays.
+
+    Raises
+    ------
+    InputFileNotFoundError, UnsupportedFormatError, CorruptFileError
+        As :func:`read_spectrum_image`.
+
+    Notes
+    -----
+    The file is decoded in this process, not in the isolated child of
+    :func:`read_spectrum_image` (which returns the spectrum image only): a
+    crash of a compiled decoder on a corrupt file ends the process.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(f"input file not found: {path}")
+    ext = path.suffix.lower()
+    if ext not in READERS:
+        raise UnsupportedFormatError(
+            f"{path}: unsupported format {ext!r}; xsi_dask reads {', '.join(sorted(READERS))} through RosettaSciIO"
+        )
+    module_name, lazy, default_kwargs = READERS[ext]
+    if ext in _PREFLIGHT:
+        _PREFLIGHT[ext](path)
+    signals = _call_reader(path, module_name, lazy, {**default_kwargs, **reader_kwargs})
+    return [
+        Signal(path=path, title=str(s.get("metadata", {}).get("General", {}).get("title", "") or ""), data=s["data"],
+               axes=list(s.get("axes", [])), signal_type=str(s.get("metadata", {}).get("Signal", {}).get("signal_type", "") or ""))
+        for s in signals
+    ]

@@ -116,8 +116,9 @@ def atomic_output(
         The output to write.
     overwrite : bool
         Replace an existing output of the same kind.
-    kind : {"montage", "results"}
-        What the output is (a montage store, a results store).
+    kind : {"montage", "results", "explore"}
+        What the output is (a montage store, a results store, an
+        active-learning record of ``xsi-dask explore``).
     before_commit : callable, optional
         Called with the temporary path under the lock, just before the swap.
 
@@ -928,8 +929,11 @@ class MontageStore:
 RESULTS_FORMAT = "xsi-dask-results"
 """``xsi_dask.format`` in the root attributes of a results store (``results.zarr``)."""
 
-_KIND_FORMATS = {"montage": FORMAT, "results": RESULTS_FORMAT}
-_KIND_NAMES = {"montage": "montage store", "results": "results store"}
+EXPLORE_FORMAT = "xsi-dask-explore"
+"""``xsi_dask.format`` in the root attributes of an active-learning record (``explore.zarr``, ``xsi-dask explore``)."""
+
+_KIND_FORMATS = {"montage": FORMAT, "results": RESULTS_FORMAT, "explore": EXPLORE_FORMAT}
+_KIND_NAMES = {"montage": "montage store", "results": "results store", "explore": "explore record"}
 _LEGACY_RESULT_ENTRY = re.compile(r"(tmp|old)-\w+-[0-9a-f]{8}")
 
 
@@ -961,10 +965,11 @@ def _legacy_results(path: Path, attrs: dict[str, Any]) -> bool:
 
 
 def output_kind(path: str | Path) -> str | None:
-    """``"montage"`` or ``"results"`` when ``path`` is that kind of xsi_dask output, else None.
+    """``"montage"``, ``"results"`` or ``"explore"`` when ``path`` is that kind of xsi_dask output, else None.
 
     A montage store carries ``xsi_dask.format = "xsi-dask-montage"`` in its
-    root attributes, a results store ``"xsi-dask-results"``; a results store
+    root attributes, a results store ``"xsi-dask-results"``, the record of
+    ``xsi-dask explore`` ``"xsi-dask-explore"``; a results store
     written before the marker existed is recognised by its groups, each with
     the attributes every xsi_dask result records.
     """
@@ -1025,7 +1030,7 @@ def check_output(out: str | Path, kind: str, *, overwrite: bool = False, probe: 
     ----------
     out : str or Path
         The output path.
-    kind : {"montage", "results"}
+    kind : {"montage", "results", "explore"}
         The kind of output to be written.
     overwrite : bool
         Whether an existing output of the same kind may be replaced.

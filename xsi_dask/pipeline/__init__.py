@@ -1,11 +1,13 @@
 """The analysis pipeline as Python functions with typed, validated parameters.
 
 ``run`` is the main job (what ``xsi-dask run`` does); ``decompose_store`` and
-``nmf_store`` are the ``decompose`` and ``nmf`` commands. The command line only
+``nmf_store`` are the ``decompose`` and ``nmf`` commands; ``explore_run`` is
+``xsi-dask explore`` (the active-learning experiment, its figures and report). The command line only
 adapts its flags to these parameter objects.
 """
 
 from ._config import RunConfig, load_run_config, save_run_config
+from ._explore import explore_run
 from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
 from ._run import RunResult, decompose_store, format_info, nmf_components, nmf_store, run
 
@@ -18,6 +20,7 @@ __all__ = [
     "SVDParams",
     "ViewParams",
     "decompose_store",
+    "explore_run",
     "format_info",
     "load_run_config",
     "nmf_components",

@@ -1,0 +1,276 @@
+"""`xsi-dask explore`: the automated experiment on pre-acquired data, its record, figures and report (issue #12 item 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xsi_dask
+from xsi_dask.cli.main import main
+from xsi_dask.errors import NoSpectrumImageError, NotOurOutputError, ParameterError, StoreExistsError
+from xsi_dask.io.results import write_results
+from xsi_dask.testing.simulate import simulate
+
+pytest.importorskip("gpytorch")
+
+DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+HAADF = DATA / "eels" / "CuZn_HAADF.hspy"
+EELS = DATA / "eels" / "CuZn_EELS_mapping_tutorial.hspy"
+VELOX = DATA / "eds" / "velox_EELS_EDS_128x128.emd"
+CUZN_SPEC = "ratio:1020-1100/924-1004:bg=820-916:units=eV"  # as tests/test_active_loop.py: Zn L3 over Cu L3,2
+needs_eels = pytest.mark.skipif(not EELS.is_file(), reason=f"real EELS data not found at {EELS.parent}")
+needs_velox = pytest.mark.skipif(not VELOX.is_file(), reason=f"real EDS data not found at {VELOX.parent}")
+
+
+def _cuzn_args(out, *extra):
+    return ["explore", str(HAADF), str(EELS), "--structure", "Gatan HAADF", "--scalarizer", CUZN_SPEC,
+            "--acquisition", "ei", "--out", str(out), "--quiet", *extra]
+
+
+def _visited_truth(run, truth):
+    return truth[run["visited_y"].values, run["visited_x"].values]
+
+
+@pytest.fixture(scope="module")
+def cuzn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explore") / "cuzn"
+    assert main(_cuzn_args(out, "--budget", "30", "--steps", "10")) == 0
+    return out
+
+
+@needs_eels
+def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
+    from rsciio.hspy import file_reader
+
+    from xsi_dask.active.explore import open_explore
+    from xsi_dask.active.scalarizers import parse_scalarizer
+    from xsi_dask.plotting.report import is_our_report
+
+    assert {p.name for p in (cuzn / "figures").iterdir()} == {"visits.png", "final_maps.png", "discovery.png"}
+    assert is_our_report(cuzn / "report.html")
+    html = (cuzn / "report.html").read_text()
+    for text in ("top-1 % recall", "RMSE (unmeasured)", "95 % coverage", "Per-step timing", "figures/discovery.png",
+                 "figures/visits.png", CUZN_SPEC):
+        assert text in html
+    truth, runs, params = open_explore(cuzn / "explore.zarr")
+    assert params["methods"] == ["dkl", "random"] and params["seeds"] == [0]
+    assert params["n_init"] == 10 and not params["n_init_given"]  # 0.5 % of the 2,000 pixels
+    assert params["image"] == "Gatan HAADF" and "(50, 40, 162)" in params["spectra"] and params["energy_units"] == "eV"
+
+    # the true map is the scalarizer applied by hand to the EELS SI read with RosettaSciIO
+    eels = file_reader(str(EELS))[0]
+    ax = eels["axes"][-1]
+    energy = ax["offset"] + ax["scale"] * np.arange(eels["data"].shape[-1])
+    hand = parse_scalarizer(CUZN_SPEC, energy=energy, units="eV")(np.asarray(eels["data"], dtype=np.float64))
+    np.testing.assert_allclose(truth["true_value"].values, hand, rtol=1e-12)
+    np.testing.assert_array_equal(truth["image"].values, np.asarray(file_reader(str(HAADF))[0]["data"], dtype=float))
+
+    dkl, rnd = runs["dkl"][0], runs["random"][0]
+    true = truth["true_value"].values
+    for run in (dkl, rnd):
+        assert run.sizes["step"] == 30 and int(run["initial"].sum()) == 10
+        visited = set(zip(run["visited_y"].values.tolist(), run["visited_x"].values.tolist(), strict=True))
+        assert len(visited) == 30
+        # the values the experiment measured are the true map at the pixels it visited
+        np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
+        np.testing.assert_array_equal(run["best_true"].values, np.maximum.accumulate(_visited_truth(run, true)))
+        top = true >= truth.attrs["top_threshold"]
+        assert truth.attrs["n_top"] == int(top.sum()) == 20
+        np.testing.assert_allclose(run["recall"].values, np.minimum(np.cumsum(top[run["visited_y"], run["visited_x"]]), 20) / 20)
+    # the baseline starts from the model run's random pixels
+    np.testing.assert_array_equal(rnd["visited_y"].values[:10], dkl["visited_y"].values[:10])
+    np.testing.assert_array_equal(rnd["visited_x"].values[:10], dkl["visited_x"].values[:10])
+    # final scores: over the unmeasured pixels
+    rest = dkl["order"].values < 0
+    err = dkl["prediction"].values[rest] - true[rest]
+    assert dkl.attrs["final_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert dkl.attrs["final_coverage"] == pytest.approx(np.mean(np.abs(err) <= 1.96 * dkl["uncertainty"].values[rest]))
+    assert np.isnan(rnd.attrs["final_rmse"])
+
+
+@needs_eels
+def test_an_existing_output_is_refused_unless_ours_with_overwrite(cuzn, tmp_path, capsys):
+    stamp = (cuzn / "explore.zarr" / "zarr.json").stat().st_mtime_ns
+    assert main(_cuzn_args(cuzn, "--budget", "30")) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (cuzn / "explore.zarr" / "zarr.json").stat().st_mtime_ns == stamp  # untouched
+
+    from xsi_dask.pipeline import explore_run
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "report.html").write_text("<html>mine</html>")
+    with pytest.raises(NotOurOutputError, match="not a report of xsi_dask"):
+        explore_run([HAADF, EELS], foreign, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
+    (foreign / "report.html").unlink()
+    (foreign / "explore.zarr").mkdir()
+    (foreign / "explore.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(NotOurOutputError, match="not an xsi_dask explore record"):
+        explore_run([HAADF, EELS], foreign, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30,
+                    overwrite=True)
+    assert (foreign / "explore.zarr" / "notes.txt").read_text() == "mine"
+    with pytest.raises(StoreExistsError):
+        explore_run([HAADF, EELS], cuzn, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
+
+
+@needs_eels
+@pytest.mark.parametrize("args, error, match", [
+    (["--structure", "ADF"], ParameterError, r"no 2-D image of that name; the images are: 'Gatan HAADF' \(50, 40\)"),
+    (["--budget", "2001"], ParameterError, r"budget \(2001\) exceeds the 2000 candidate pixels"),
+    (["--n-init", "30"], ParameterError, r"n_init \(30\) must be below the budget \(30\)"),
+    (["--window", "4"], ParameterError, "window must be odd"),
+    (["--scalarizer", "band:10-20"], ParameterError, "band"),  # outside the 700-1988 eV axis
+    (["--features", "results.zarr"], ParameterError, "give the montage store as the input"),
+    (["--structure", None, "--window", "3"], ParameterError, r"a window \(3\) applies to the patches of --structure"),
+])
+def test_bad_requests_are_refused_before_any_run(tmp_path, args, error, match):
+    from xsi_dask.active.explore import explore
+
+    kw = dict(structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
+    flags = {"--structure": "structure", "--budget": "budget", "--n-init": "n_init", "--window": "window",
+             "--scalarizer": "scalarizer", "--features": "features"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        kw[flags[flag]] = int(value) if value is not None and value.isdigit() else value
+    if kw["structure"] is None:
+        kw["features"] = "results.zarr"
+    with pytest.raises(error, match=match):
+        explore([HAADF, EELS], out=tmp_path / "explore.zarr", **kw)
+    assert not (tmp_path / "explore.zarr").exists()
+
+
+@needs_eels
+def test_the_cli_refuses_with_exit_status_2_and_the_reason(tmp_path, capsys):
+    assert main(_cuzn_args(tmp_path / "a", "--budget", "30", "--structure", "nothing")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xsi-dask explore: error: --structure 'nothing'") and "'Gatan HAADF'" in err
+    assert not (tmp_path / "a" / "explore.zarr").exists()
+    # the structural image alone: no spectrum image on its grid
+    assert main(["explore", str(HAADF), "--structure", "Gatan HAADF", "--scalarizer", "band:0.5-1", "--acquisition", "ei",
+                 "--budget", "30", "--out", str(tmp_path / "b")]) == 2
+    assert "no 3-D spectrum image (y, x, channels) on the 50 x 40 grid" in capsys.readouterr().err
+    assert main(["explore", str(HAADF), str(EELS), "--scalarizer", CUZN_SPEC, "--acquisition", "ei", "--budget", "30",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "--structure IMAGE_NAME or --features" in capsys.readouterr().err
+
+
+@needs_eels
+@needs_velox
+def test_a_spectrum_image_of_another_grid_is_refused_naming_the_shapes(tmp_path):
+    from xsi_dask.active.explore import load_inputs
+
+    with pytest.raises(NoSpectrumImageError, match=r"50 x 40 grid .*\(128, 128, 4096\)"):
+        load_inputs([HAADF, VELOX], structure="Gatan HAADF")
+    # the file's stem names its only image (the title is 'Gatan HAADF'), case-insensitively
+    inputs = load_inputs([HAADF, EELS], structure="cuzn_haadf")
+    assert inputs.image_name == "Gatan HAADF" and inputs.features.shape == (50, 40) and inputs.units == "eV"
+    # three EELS SIs lie on the 16 x 20 grid of the DF-S image: which one to measure is ambiguous
+    with pytest.raises(ParameterError, match=r"3 spectrum images lie on the 16 x 20 grid"):
+        load_inputs([VELOX], structure="DF-S")
+
+
+@needs_velox
+@pytest.mark.slow  # ~15 s: each prediction covers the 16,384 pixels
+def test_the_velox_file_gives_its_haadf_and_eds_spectrum_image(tmp_path):
+    """One Velox file: the 128 x 128 image ('a', the HAADF) and the EDS SI (keV) on its grid.
+
+    The EDS SI of this test file holds 11,093 counts, all but 2 of them in the
+    detector's zero (strobe) peak within 0.1 keV of 0 (no element line has
+    counts), so the scalar is that peak's integral (-0.1 to 0.1 keV); an
+    element band would be zero at every pixel.
+    """
+    from rsciio.emd import file_reader
+
+    from xsi_dask.active.explore import open_explore
+
+    out = tmp_path / "velox"
+    assert main(["explore", str(VELOX), "--structure", "a", "--scalarizer", "integral:-0.1-0.1", "--acquisition", "ucb",
+                 "--n-init", "5", "--budget", "8", "--steps", "5", "--out", str(out), "--quiet"]) == 0
+    truth, runs, params = open_explore(out / "explore.zarr")
+    assert params["n_init"] == 5 and params["n_init_given"] and params["energy_units"] == "keV" and "(128, 128, 4096)" in params["spectra"]
+    (si,) = [s for s in file_reader(str(VELOX)) if s["data"].ndim == 3 and s["data"].shape[:2] == (128, 128)]
+    ax = si["axes"][-1]
+    assert ax["units"] == "keV"
+    energy = ax["offset"] + ax["scale"] * np.arange(si["data"].shape[-1])
+    band = (energy >= -0.1 - 1e-9) & (energy <= 0.1 + 1e-9)
+    hand = np.asarray(si["data"], dtype=np.float64)[..., band].sum(-1)
+    np.testing.assert_allclose(truth["true_value"].values, hand)
+    assert hand.sum() > 10_000 and (hand > 0).mean() < 0.05  # sparse: 2 % of the pixels hold counts
+    run = runs["dkl"][0]
+    np.testing.assert_allclose(run["value"].values, _visited_truth(run, hand))
+    assert (out / "figures" / "visits.png").is_file() and (out / "report.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explore_sim")
+    st = simulate(root / "sim.zarr", tiles="1x2", tile_shape="16x16", channels=1024, counts_per_pixel=50, progress=False)
+    m = xsi_dask.open_montage(st)
+    write_results(root / "results.zarr", {"nmf": xsi_dask.nmf(m, 2, max_iter=20)})
+    return st, root / "results.zarr"
+
+
+def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
+    from xsi_dask.active.explore import open_explore
+    from xsi_dask.active.measure import MontageMeasure
+    from xsi_dask.active.scalarizers import band_mean
+    from xsi_dask.plotting.lines import element_lines
+
+    st, results = sim
+    ka = [e for e, name, _ in element_lines("Cr") if name == "Cr Ka"][0]  # 5.41 keV: Cr of the grade 91 replica
+    lo, hi = round(ka - 0.1, 2), round(ka + 0.1, 2)
+    spec = f"band:{lo}-{hi}"
+    out = tmp_path / "sim"
+    assert main(["explore", str(st.path), "--structure", "HAADF", "--features", str(results), "--window", "3",
+                 "--scalarizer", spec, "--acquisition", "max-std", "--budget", "10", "--steps", "5", "--out", str(out),
+                 "--quiet"]) == 0
+    truth, runs, params = open_explore(out / "explore.zarr")
+    assert params["feature_columns"] == 9 + 2 and params["feature_group"] is None and params["shape"] == [16, 32]
+    true = truth["true_value"].values
+    measure = MontageMeasure(st)
+    rng = np.random.default_rng(0)
+    for y, x in zip(rng.integers(0, 16, 8), rng.integers(0, 32, 8), strict=True):
+        s = measure(int(y), int(x))
+        hand = band_mean(np.asarray(s, dtype=float)[None], energy=s["energy"].values, band=(lo, hi),
+                         units="keV", band_units="keV")[0]
+        assert true[y, x] == pytest.approx(hand, rel=1e-12)
+    run = runs["dkl"][0]
+    np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
+    assert np.isfinite(run["prediction"].values).all()
+
+    from xsi_dask.active.explore import load_inputs
+    from xsi_dask.errors import StoreFormatError
+
+    with pytest.raises(StoreFormatError, match="not an xsi_dask results store"):
+        load_inputs([st.path], structure="HAADF", features=tmp_path / "none.zarr")
+    with pytest.raises(ParameterError, match=r"no svd group \(it has nmf\)"):
+        load_inputs([st.path], structure="HAADF", features=results, feature_group="svd")
+    with pytest.raises(ParameterError, match="no tile image of that name; its images: HAADF"):
+        load_inputs([st.path], structure="SEM")
+    with pytest.raises(ParameterError, match="one montage store alone"):
+        load_inputs([st.path, st.path])
+
+
+def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_pixels():
+    import xarray as xr
+
+    from xsi_dask.active.explore import default_n_init, discovery, scores
+
+    truth = np.zeros((10, 20))
+    truth[0, :3] = 5.0  # 200 pixels: n_top = 2, three tie at the top
+    truth[5, 5] = 1.0
+    run = xr.Dataset({"visited_y": ("step", [5, 0, 9, 0, 0]), "visited_x": ("step", [5, 1, 9, 2, 0])})
+    recall, best = discovery(run, truth)
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(best, [1, 5, 5, 5, 5])
+    order = np.full(truth.shape, -1)
+    order[run["visited_y"].values, run["visited_x"].values] = np.arange(5)
+    pred = truth + 0.5
+    std = np.full(truth.shape, 0.3)  # |error| 0.5 within 1.96 * 0.3
+    std[1] = 0.1  # a row of 20 unmeasured pixels outside
+    run = run.assign(prediction=(("y", "x"), pred), uncertainty=(("y", "x"), std), order=(("y", "x"), order))
+    s = scores(run, truth)
+    assert s["recall"] == 1 and s["best"] == 5 and s["rmse"] == pytest.approx(0.5)
+    assert s["coverage"] == pytest.approx(1 - 20 / 195)
+    assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]
