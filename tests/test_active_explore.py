@@ -74,7 +74,7 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
         visited = set(zip(run["visited_y"].values.tolist(), run["visited_x"].values.tolist(), strict=True))
         assert len(visited) == 30
         # the values the experiment measured are the true map at the pixels it visited
-        np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
+        np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-9)  # one spectrum vs the batch: the power-law fit rounds differently
         np.testing.assert_array_equal(run["best_true"].values, np.maximum.accumulate(_visited_truth(run, true)))
         top = true >= truth.attrs["top_threshold"]
         assert truth.attrs["n_top"] == int(top.sum()) == 20
@@ -236,7 +236,7 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
                          units="keV", band_units="keV")[0]
         assert true[y, x] == pytest.approx(hand, rel=1e-12)
     run = runs["dkl"][0]
-    np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-12)
+    np.testing.assert_allclose(run["value"].values, _visited_truth(run, true), rtol=1e-9)  # one spectrum vs the batch: the power-law fit rounds differently
     assert np.isfinite(run["prediction"].values).all()
 
     from xsi_dask.active.explore import load_inputs
