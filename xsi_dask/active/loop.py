@@ -310,8 +310,11 @@ def run_experiment(
         was measured, -1 if never). With ``record_every``: ``prediction_at``,
         ``uncertainty_at``, ``acquisition_at`` on dims ``(fit, y, x)`` and
         ``n_measured (fit)``, the training-set size of each kept fit.
-        Attributes: the parameters, the training placement and the names of
-        the callables.
+        Attributes: the parameters, the training placement, the names of
+        the callables, and ``noise_variance``, the final fit's noise variance in the
+        squared units of the scalar when its state reports one
+        (:class:`~xsi_dask.active.model.ModelState` does; NaN otherwise), so that a
+        new measurement's predictive std is ``sqrt(uncertainty**2 + noise_variance)``.
 
     Raises
     ------
@@ -440,6 +443,7 @@ def run_experiment(
             "n_init": n_init, "budget": budget, "seed": seed, "n_candidates": n,
             "record_every": 0 if record_every is None else int(record_every),
             "training": placement, "final_fit_seconds": res["fit_seconds"],
+            "noise_variance": float(getattr(res["state"], "noise_variance", np.nan)),
             "scalarizer": _name(scalarizer), "acquisition_function": _name(acquisition), "model_factory": _name(model_factory),
             "features": ", ".join(features.names[:3]) + (f", ... ({len(features.names)} columns)" if len(features.names) > 3 else ""),
         },

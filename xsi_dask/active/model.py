@@ -92,12 +92,17 @@ class ModelState:
         standardized targets).
     n_train : int
         Number of training points of the fit.
+    noise_variance : float
+        The fitted Gaussian noise variance, in the squared units of y: the measurement noise
+        the model reads in the data. The 95 % interval of a new measurement at a pixel is
+        ``mean +- 1.96 sqrt(std**2 + noise_variance)``.
     """
 
     params: dict[str, torch.Tensor]
     config: tuple
     loss: np.ndarray
     n_train: int
+    noise_variance: float = float("nan")
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -343,7 +348,8 @@ class DKLModel:
         model.eval()
         self._model = model
         self.state_ = ModelState(params={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                                 config=self._config(), loss=losses, n_train=X.shape[0])
+                                 config=self._config(), loss=losses, n_train=X.shape[0],
+                                 noise_variance=float(likelihood.noise.detach().cpu().item()) * self.y_scale_**2)
         return self.state_
 
     # ---- prediction ----
