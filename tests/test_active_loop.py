@@ -216,6 +216,7 @@ def test_a_seeded_run_is_reproducible_and_the_seed_matters():
     for name in ("visited_y", "visited_x", "value", "prediction", "uncertainty", "order"):
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
     assert not np.array_equal(a["order"].values, c["order"].values)
+    assert np.isnan(a.attrs["noise_variance"])  # this test's model state reports no noise
     d, e = _run(seed=3), _run(seed=3)
     np.testing.assert_array_equal(d["order"].values, e["order"].values)
     np.testing.assert_array_equal(d["prediction"].values, e["prediction"].values)
@@ -452,7 +453,9 @@ def test_a_dkl_experiment_with_expected_improvement_end_to_end():
                 acq = ds["acquisition"].values
                 assert np.isinf(acq[ds["order"].values >= 0]).all() and (acq[ds["order"].values < 0] >= 0).all()
                 assert "acquisition ei" in ds.attrs["acquisition_function"]
-    # seen: ei 9, 11, 3 and random 2, 0, 3 of the 20 top pixels (random's expectation: 30/400 * 20 = 1.5)
+                # the final fit's noise, in the scalar's units squared (ModelState.noise_variance), kept in the attrs
+                assert 0 < ds.attrs["noise_variance"] == again.attrs["noise_variance"] < np.var(ds["value"].values)
+    # seen: ei 20, 20, 16 and random 2, 0, 3 of the 20 top pixels (random's expectation: 30/400 * 20 = 1.5)
     assert np.mean(found["ei"]) >= 2 * max(np.mean(found["random"]), 1.5), found
 
 

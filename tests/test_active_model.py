@@ -270,3 +270,53 @@ def test_step_200_measured_5000_candidates_timed():
     print(f"\nstep with 200 measured, 5000 candidates, torch threads {torch.get_num_threads()}: "
           f"fit (warm start, 50 Adam steps) {t1 - t0:.3f} s, predict + EI + choice {t2 - t1:.3f} s, total {t2 - t0:.3f} s")
     assert i not in set(measured.tolist()) and np.isfinite(mean).all()
+
+
+def test_priors_add_their_log_density_to_the_training_loss():
+    """priors=True adds log p(length scales) + log p(noise) (the documented log-normals) to the marginal likelihood.
+
+    Reference: GPyTorch's own LogNormalPrior densities at the initial parameters (softplus(0) = log 2 for the
+    length scales, log 2 + noise_min for the noise), divided by n as ExactMarginalLogLikelihood divides.
+    """
+    import math
+
+    F, _, y = _toy()
+    n = 30
+    with_p = DKLModel(feature_bounds(F), seed=3).fit(F[:n], y[:n], steps=1)
+    without = DKLModel(feature_bounds(F), seed=3, priors=False).fit(F[:n], y[:n], steps=1)
+    ls0 = torch.full((2,), math.log(2.0), dtype=torch.float64)
+    log_p = (gpytorch.priors.LogNormalPrior(math.sqrt(2) + math.log(2) / 2, math.sqrt(3)).log_prob(ls0).sum()
+             + gpytorch.priors.LogNormalPrior(-4.0, 1.0).log_prob(torch.tensor(math.log(2.0) + 1e-4, dtype=torch.float64)))
+    np.testing.assert_allclose(without.loss[0] - with_p.loss[0], float(log_p) / n, rtol=1e-9)
+    with pytest.raises(ParameterError, match="priors"):
+        DKLModel(feature_bounds(F), priors="yes")
+
+
+def test_noise_variance_is_the_fitted_noise_in_the_units_of_y():
+    """ModelState.noise_variance: predict(observation_noise=True)'s variance minus the latent one; it scales as y**2."""
+    F, _, y = _toy()
+    m = DKLModel(feature_bounds(F), seed=1)
+    state = m.fit(F[:60], y[:60], steps=40)
+    _, sd = m.predict(F[60:200])
+    _, sd_obs = m.predict(F[60:200], observation_noise=True)
+    np.testing.assert_allclose(sd_obs**2 - sd**2, state.noise_variance, rtol=1e-9)
+    scaled = DKLModel(feature_bounds(F), seed=1).fit(F[:60], 10.0 * y[:60], steps=40)
+    np.testing.assert_allclose(scaled.noise_variance, 100.0 * state.noise_variance, rtol=1e-9)
+
+
+def test_factories_refit_from_the_seeded_start_unless_warm_steps_are_given():
+    from xsi_dask.active.model import dkl_factory
+
+    F, _, y = _toy()
+    b = feature_bounds(F)
+    first = dkl_factory(b, steps=20)(seed=4).fit(F[:40], y[:40])
+    fresh = dkl_factory(b, steps=20)(seed=5).fit(F[:41], y[:41])
+    again = dkl_factory(b, steps=20)(seed=5).fit(F[:41], y[:41], warm_start=first)  # the loop passes the state: not used
+    assert again.loss.shape == (20,)
+    for k, v in fresh.params.items():
+        assert torch.equal(v, again.params[k]), k
+    warm = dkl_factory(b, steps=20, warm_steps=3)(seed=5).fit(F[:41], y[:41], warm_start=first)
+    assert warm.loss.shape == (3,) and abs(warm.loss[0] - first.loss[-1]) < 0.2 < abs(fresh.loss[0] - first.loss[-1])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ParameterError, match="warm_steps"):
+            dkl_factory(b, warm_steps=bad)
