@@ -51,7 +51,7 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
     assert {p.name for p in (cuzn / "figures").iterdir()} == {"visits.png", "final_maps.png", "discovery.png"}
     assert is_our_report(cuzn / "report.html")
     html = (cuzn / "report.html").read_text()
-    for text in ("top-1 % recall", "RMSE (unmeasured)", "95 % coverage", "Per-step timing", "figures/discovery.png",
+    for text in ("top-1 % recall", "RMSE (unmeasured)", "95 % predictive interval coverage", "Per-step timing", "figures/discovery.png",
                  "figures/visits.png", CUZN_SPEC):
         assert text in html
     truth, runs, params = open_explore(cuzn / "explore.zarr")
@@ -86,7 +86,10 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
     rest = dkl["order"].values < 0
     err = dkl["prediction"].values[rest] - true[rest]
     assert dkl.attrs["final_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
-    assert dkl.attrs["final_coverage"] == pytest.approx(np.mean(np.abs(err) <= 1.96 * dkl["uncertainty"].values[rest]))
+    std = dkl["uncertainty"].values[rest]
+    assert dkl.attrs["final_coverage_latent"] == pytest.approx(np.mean(np.abs(err) <= 1.96 * std))
+    assert 0 < dkl.attrs["noise_variance"] < np.var(dkl["value"].values)
+    assert dkl.attrs["final_coverage"] == pytest.approx(np.mean(np.abs(err) <= 1.96 * np.sqrt(std**2 + dkl.attrs["noise_variance"])))
     assert np.isnan(rnd.attrs["final_rmse"])
 
 
@@ -272,5 +275,7 @@ def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_
     run = run.assign(prediction=(("y", "x"), pred), uncertainty=(("y", "x"), std), order=(("y", "x"), order))
     s = scores(run, truth)
     assert s["recall"] == 1 and s["best"] == 5 and s["rmse"] == pytest.approx(0.5)
-    assert s["coverage"] == pytest.approx(1 - 20 / 195)
+    assert s["coverage_latent"] == pytest.approx(1 - 20 / 195) and np.isnan(s["coverage"])  # no noise variance given
+    run.attrs["noise_variance"] = 0.3**2 - 0.1**2 + 1e-9  # the 20 pixels' interval widens to 1.96 * 0.3 + ...
+    assert scores(run, truth)["coverage"] == pytest.approx(1.0)
     assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]

@@ -40,7 +40,8 @@ top-1 % threshold); one group ``<method>/seed<k>`` per run (the Dataset of
 ``run_experiment``; the random baseline's has the same step variables,
 without maps) with the discovery curve ``recall (step)`` and
 ``best_true (step)`` added, and the final scores in its attributes
-(``final_recall``, ``final_best``, ``final_rmse``, ``final_coverage``);
+(``final_recall``, ``final_best``, ``final_rmse``, ``final_coverage``,
+``final_coverage_latent``);
 ``fit_worker`` is stored as an index into the attribute ``fit_workers``.
 """
 
@@ -457,32 +458,40 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
 
 
 def scores(ds: xr.Dataset, truth: np.ndarray) -> dict[str, float]:
-    """Final scores of a run: recall, best value; with maps, RMSE and 95 % coverage on the unmeasured pixels.
+    """Final scores of a run: recall, best value; with maps, RMSE and 95 % coverages on the unmeasured pixels.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        A run; ``prediction``/``uncertainty`` (the final fit) when it has a model.
+        A run; ``prediction``/``uncertainty`` (the final fit) and the attribute
+        ``noise_variance`` when it has a model.
     truth : ndarray of shape (H, W)
 
     Returns
     -------
     dict
         ``recall`` (top 1 %), ``best`` (largest true value measured), ``rmse``
-        (of the prediction against the truth over the unmeasured candidates)
-        and ``coverage`` (the fraction of them within ``prediction +- 1.96
-        uncertainty``); the last two NaN for a run without maps or with every
-        candidate measured.
+        (of the prediction against the truth over the unmeasured candidates),
+        ``coverage`` (the fraction of them within the 95 % predictive interval
+        ``prediction +- 1.96 sqrt(uncertainty**2 + noise_variance)``, the
+        interval a new measurement falls in) and ``coverage_latent`` (within
+        ``prediction +- 1.96 uncertainty``, the latent function's); the last three
+        NaN for a run without maps or with every candidate measured, ``coverage``
+        also for a model that reports no noise variance.
     """
     recall, best = discovery(ds, truth)
-    out = {"recall": float(recall[-1]), "best": float(best[-1]), "rmse": float("nan"), "coverage": float("nan")}
+    nan = float("nan")
+    out = {"recall": float(recall[-1]), "best": float(best[-1]), "rmse": nan, "coverage": nan, "coverage_latent": nan}
     if "prediction" in ds:
         pred, std = ds["prediction"].values, ds["uncertainty"].values
         rest = (ds["order"].values < 0) & np.isfinite(pred) & np.isfinite(truth)
         if rest.any():
-            err = pred[rest] - truth[rest]
+            err = np.abs(pred[rest] - truth[rest])
+            noise = float(ds.attrs.get("noise_variance", nan))
             out["rmse"] = float(np.sqrt(np.mean(err**2)))
-            out["coverage"] = float(np.mean(np.abs(err) <= 1.96 * std[rest]))
+            out["coverage_latent"] = float(np.mean(err <= 1.96 * std[rest]))
+            if np.isfinite(noise):
+                out["coverage"] = float(np.mean(err <= 1.96 * np.sqrt(std[rest] ** 2 + noise)))
     return out
 
 

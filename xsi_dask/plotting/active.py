@@ -194,9 +194,10 @@ def summary_rows(runs: Mapping[str, Mapping[int, xr.Dataset]], *, acquisition: s
     for method, per_seed in runs.items():
         label = _label(method, acquisition)
         get = {k: [float(ds.attrs.get(f"final_{k}", np.nan)) for ds in per_seed.values()]
-               for k in ("recall", "best", "rmse", "coverage")}
+               for k in ("recall", "best", "rmse", "coverage", "coverage_latent")}
         scores[label] = (f"top-1 % recall {_pm(get['recall'])}; best value {_pm(get['best'])}; RMSE (unmeasured) "
-                         f"{_pm(get['rmse'])}; 95 % coverage (unmeasured) {_pm(get['coverage'])}")
+                         f"{_pm(get['rmse'])}; 95 % predictive interval coverage (unmeasured) {_pm(get['coverage'])}; "
+                         f"latent 95 % interval coverage {_pm(get['coverage_latent'])}")
         runtime = [float(ds.attrs.get("run_seconds", np.nan)) for ds in per_seed.values()]
         if "fit_seconds" in next(iter(per_seed.values())):
             parts = []
