@@ -320,3 +320,16 @@ def test_factories_refit_from_the_seeded_start_unless_warm_steps_are_given():
     for bad in (0, 1.5, True):
         with pytest.raises(ParameterError, match="warm_steps"):
             dkl_factory(b, warm_steps=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+def test_a_fit_on_the_gpu_equals_the_cpu_fit():
+    """device="cuda" (a GPU worker's model): the same seeded fit and prediction as on the CPU, float64, to 1e-6."""
+    F, _, y = _toy()
+    cpu = DKLModel(feature_bounds(F), seed=2)
+    gpu = DKLModel(feature_bounds(F), seed=2, device="cuda")
+    a, b = cpu.fit(F[:50], y[:50], steps=30), gpu.fit(F[:50], y[:50], steps=30)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-6)
+    for got, want in zip(gpu.predict(F[50:300]), cpu.predict(F[50:300]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
