@@ -54,9 +54,11 @@ does not). Methods, all through `xsi_dask.active.loop.run_experiment` but the la
   (expected improvement over the best measured value);
 * **GP(y, x) + EI**: `PlainGP` on the pixel coordinates, the same acquisition (no structure);
 * **DKL + random**: the DKL model, pixels drawn at random (the model predicts, it does not choose);
-* **random**: pixels drawn at random, no model (recall and best value only).
+* **random**: from the same random start, pixels drawn at random, no model (recall and best value only;
+  `xsi_dask.active.explore.random_baseline`).
 
-Read, against the number of measurements: the top-1 % recall (the fraction of the n_top = ceil(1 %) pixels
+Scores as `xsi-dask explore` computes them (`xsi_dask.active.explore.discovery` and `scores`). Read, against
+the number of measurements: the top-1 % recall (the fraction of the n_top = ceil(1 %) pixels
 with the largest true scalar that were measured; when more pixels tie at the n_top-th value, as a saturated
 abundance of 1 does, each of them counts, up to n_top) and the best true value measured; after the last fit (on all the
 measurements), the RMSE of the predictive mean against the truth on the unmeasured pixels and two coverages of
@@ -149,7 +151,7 @@ def task_cuzn(size: int, window: int, tmp: str) -> dict:
 TASKS = {"4dstem": task_4dstem, "montage": task_montage, "cuzn": task_cuzn}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task(name: str, size: int, window: int, tmp: str) -> dict:
     return TASKS[name](size, window, tmp)
 
@@ -162,18 +164,15 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)  # process-global: this worker process only
 
 
-def _run(name: str, size: int, window: int, tmp: str, method: str, seed: int, n_init: int, budget: int) -> dict:
+def _run(name: str, size: int, window: int, tmp: str, method: str, seed: int, n_init: int, budget: int):
+    """One model run through ``run_experiment``; the Dataset without the step-wise maps (it comes back by pickle)."""
     from xsi_dask.active.acquisition import make_acquisition
     from xsi_dask.active.features import coordinate_features
     from xsi_dask.active.loop import run_experiment
     from xsi_dask.active.model import dkl_factory, feature_bounds, plain_gp_factory
 
     task = _task(name, size, window, tmp)
-    feats, truth = task["features"], task["truth"]
-    n = feats.n_pixels
-    if method == "random":
-        rows = np.random.default_rng([seed, 12]).choice(n, size=budget, replace=False)
-        return {"rows": rows}
+    feats = task["features"]
     if method.startswith("GP"):
         feats = coordinate_features(feats)
         factory = plain_gp_factory(feature_bounds(feats.values))
@@ -183,20 +182,8 @@ def _run(name: str, size: int, window: int, tmp: str, method: str, seed: int, n_
     t = time.perf_counter()
     ds = run_experiment(feats, task["measure"], scalarizer=task["scalarizer"], acquisition=acq, model_factory=factory,
                         n_init=n_init, budget=budget, seed=seed)
-    wall = time.perf_counter() - t
-    lut = {tuple(yx): i for i, yx in enumerate(feats.yx.tolist())}
-    rows = np.array([lut[(int(y), int(x))] for y, x in zip(ds.visited_y.values, ds.visited_x.values)])
-    mean = ds.prediction.values[feats.yx[:, 0], feats.yx[:, 1]]
-    std = ds.uncertainty.values[feats.yx[:, 0], feats.yx[:, 1]]
-    free = np.ones(n, dtype=bool)
-    free[rows] = False
-    err = mean[free] - truth[free]
-    step = (ds.fit_seconds + ds.predict_seconds + ds.acquire_seconds).values
-    pred_std = np.sqrt(std[free] ** 2 + ds.attrs["noise_variance"])
-    return {"rows": rows, "rmse": float(np.sqrt(np.mean(err**2))),
-            "coverage": float(np.mean(np.abs(err) <= 1.96 * std[free])),
-            "coverage_predictive": float(np.mean(np.abs(err) <= 1.96 * pred_std)), "wall": wall,
-            "step_seconds": step, "n_measured": np.arange(budget)}
+    ds.attrs["wall_seconds"] = time.perf_counter() - t
+    return ds
 
 
 def _ci(values) -> tuple[float, float]:
@@ -212,48 +199,62 @@ def _fmt(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if not math.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def _protocol(n: int) -> tuple[int, int, int]:
-    """(n_init, budget, n_top) of the DKL papers' protocol for n pixels: 0.5 % (at least 5), 3 %, 1 %."""
-    return max(5, math.ceil(0.005 * n)), math.ceil(0.03 * n), math.ceil(0.01 * n)
+def _protocol(n: int) -> tuple[int, int]:
+    """(n_init, budget) of the DKL papers' protocol for n pixels: 0.5 % (at least 5), then up to 3 %."""
+    from xsi_dask.active.explore import default_n_init
+
+    return default_n_init(n), math.ceil(0.03 * n)
+
+
+MODEL_METHODS = METHODS[:-1]
 
 
 def submit_task(pool, name: str, size: int, window: int, tmp: str, seeds: int) -> tuple[dict, dict]:
-    """Build the task here (its truth and name) and submit every (method, seed) run to the pool."""
+    """Build the task here (its truth and name) and submit every (model method, seed) run to the pool."""
     task = _task(name, size, window, tmp)
-    n_init, budget, _ = _protocol(task["truth"].size)
-    futures = {m: [pool.submit(_run, name, size, window, tmp, m, s, n_init, budget) for s in range(seeds)] for m in METHODS}
+    n_init, budget = _protocol(task["features"].n_pixels)
+    futures = {m: [pool.submit(_run, name, size, window, tmp, m, s, n_init, budget) for s in range(seeds)]
+               for m in MODEL_METHODS}
     return task, futures
 
 
 def run_task(task: dict, futures: dict, seeds: int) -> str:
-    truth = task["truth"]
-    n = truth.size
-    n_init, budget, n_top = _protocol(n)
-    threshold = float(np.sort(truth)[::-1][n_top - 1])
-    is_top = truth >= threshold  # pixels tied at the threshold are all top pixels (a saturated abundance ties at 1)
+    """The task's section: discovery, best value, final scores and step times, scored by ``xsi_dask.active.explore``."""
+    from xsi_dask.active.explore import _n_top, _top_mask, discovery, random_baseline, scores
+
+    feats = task["features"]
+    n = feats.n_pixels
+    truth = np.full(feats.shape, np.nan)  # the map of the true scalar, NaN off the candidates
+    truth[feats.yx[:, 0], feats.yx[:, 1]] = task["truth"]
+    n_init, budget = _protocol(n)
+    n_top = _n_top(truth)
+    is_top, threshold = _top_mask(truth)  # pixels tied at the threshold are all top pixels (a saturated abundance ties at 1)
+    n_at = int(is_top.sum())
     checkpoints = sorted({n_init, math.ceil(0.01 * n), math.ceil(0.02 * n), budget})
-    res = {m: [f.result() for f in futures[m]] for m in METHODS}
+    runs = {m: [f.result() for f in futures[m]] for m in MODEL_METHODS}
+    # random sampling from each seed's random start (the model runs of a seed share it)
+    runs["random"] = [random_baseline(feats, truth, ds, seed=ds.attrs["seed"]) for ds in runs["DKL + EI"]]
+    curves = {m: [discovery(ds, truth) for ds in runs[m]] for m in METHODS}
+    final = {m: [scores(ds, truth) for ds in runs[m]] for m in MODEL_METHODS}
     print(f"  {task['name']}: done", flush=True)
 
-    def recall(r, k):
-        return min(int(is_top[r["rows"][:k]].sum()), n_top) / n_top
-
+    random_expects = min(budget * n_at / n, n_top) / n_top
     out = [f"### {task['name']}\n",
            f"{n} pixels; start {n_init} at random (0.5 %, at least 5), budget {budget} (3 %); top 1 % = {n_top} pixels "
-           f"(true scalar >= {threshold:.4g}, held by {int(is_top.sum())} pixels; maximum {truth.max():.4g}); {seeds} seeds.\n"
-           + ("" if is_top.sum() == n_top else
-              f"With ties at the threshold, any of the {int(is_top.sum())} pixels counts, up to {n_top}: random sampling "
-              f"expects a recall of about {min(budget * is_top.sum() / n, n_top) / n_top:.3f} at the budget, so the largest "
-              f"possible ratio to random is {n_top / min(budget * is_top.sum() / n, n_top):.1f}x.\n"),
+           f"(true scalar >= {threshold:.4g}, held by {n_at} pixels; maximum {np.nanmax(truth):.4g}); {seeds} seeds; "
+           f"random sampling expects a recall of {random_expects:.3f} at the budget.\n"
+           + ("" if n_at == n_top else
+              f"With ties at the threshold, any of the {n_at} pixels counts, up to {n_top}: the largest possible ratio "
+              f"to random is {1 / random_expects:.1f}x.\n"),
            "Top-1 % recall (fraction of the top-1 % pixels measured), mean ± 95 % t-interval over seeds:\n",
            "| measurements | " + " | ".join(METHODS) + " | DKL+EI / random |",
            "|---" * (len(METHODS) + 2) + "|"]
     for k in checkpoints:
-        cells = [_ci([recall(r, k) for r in res[m]]) for m in METHODS]
+        cells = [_ci([recall[k - 1] for recall, _ in curves[m]]) for m in METHODS]
         ratio = f"**{cells[0][0] / cells[-1][0]:.1f}x**" if cells[-1][0] > 0 else "n/a (random found none)"
         out.append(f"| {k} | " + " | ".join(_fmt(*c) for c in cells) + f" | {ratio} |")
-    (d, dh), (g, _), _, (r, rh) = [_ci([recall(x, budget) for x in res[m]]) for m in METHODS]
-    cov = _ci([x["coverage_predictive"] for x in res["DKL + EI"]])[0]
+    (d, dh), (g, _), _, (r, rh) = [_ci([recall[-1] for recall, _ in curves[m]]) for m in METHODS]
+    cov = _ci([f["coverage"] for f in final["DKL + EI"]])[0]
 
     def yes(ok: bool) -> str:
         return "**yes**" if ok else "**no**"
@@ -263,24 +264,24 @@ def run_task(task: dict, futures: dict, seeds: int) -> str:
             f"{yes(math.isfinite(dh) and d - dh > r + rh)}; above GP(y, x) + EI: {yes(d > g)} ({d:.3f} / {g:.3f}); "
             f"95 % predictive interval coverage in 85-98 %: {yes(0.85 <= cov <= 0.98)} ({cov:.3f})."]
     out += ["", "Best true value measured (the true maximum is "
-            f"{truth.max():.4g}):\n", "| measurements | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+            f"{np.nanmax(truth):.4g}):\n", "| measurements | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
     for k in checkpoints:
-        out.append(f"| {k} | " + " | ".join(_fmt(*_ci([truth[r["rows"][:k]].max() for r in res[m]]), 4) for m in METHODS) + " |")
+        out.append(f"| {k} | " + " | ".join(_fmt(*_ci([best[k - 1] for _, best in curves[m]]), 4) for m in METHODS) + " |")
     out += ["", f"After the last fit, on the {n - budget} unmeasured pixels (truth: {task['truth_is']}):\n",
             "| method | RMSE | 95 % predictive interval coverage | 95 % interval of the latent function, coverage "
             "| run wall (s) |", "|---|---|---|---|---|"]
-    for m in METHODS[:-1]:
-        out.append(f"| {m} | {_fmt(*_ci([r['rmse'] for r in res[m]]), 4)} | {_fmt(*_ci([r['coverage_predictive'] for r in res[m]]), 3)} "
-                   f"| {_fmt(*_ci([r['coverage'] for r in res[m]]), 3)} "
-                   f"| {np.mean([r['wall'] for r in res[m]]):.1f} |")
+    for m in MODEL_METHODS:
+        out.append(f"| {m} | {_fmt(*_ci([f['rmse'] for f in final[m]]), 4)} | {_fmt(*_ci([f['coverage'] for f in final[m]]), 3)} "
+                   f"| {_fmt(*_ci([f['coverage_latent'] for f in final[m]]), 3)} "
+                   f"| {np.mean([ds.attrs['wall_seconds'] for ds in runs[m]]):.1f} |")
     out += ["", "Per-step wall time (fit + prediction over every candidate + acquisition; median over seeds and over the "
-            f"steps in each band of measured points, the first fit, from scratch, included; {n} candidates):\n",
-            "| measured points | " + " | ".join(METHODS[:-1]) + " |", "|---" * len(METHODS) + "|"]
+            f"steps in each band of measured points; {n} candidates):\n",
+            "| measured points | " + " | ".join(MODEL_METHODS) + " |", "|---" * len(METHODS) + "|"]
     edges = np.linspace(n_init, budget, 4).astype(int)
     for a, b in zip(edges[:-1], edges[1:]):
         cells = []
-        for m in METHODS[:-1]:
-            v = np.concatenate([r["step_seconds"][a:b] for r in res[m]])
+        for m in MODEL_METHODS:
+            v = np.concatenate([(ds.fit_seconds + ds.predict_seconds + ds.acquire_seconds).values[a:b] for ds in runs[m]])
             cells.append(f"{np.nanmedian(v):.3f} s")
         out.append(f"| {a}-{b - 1} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
