@@ -279,3 +279,38 @@ def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_
     run.attrs["noise_variance"] = 0.3**2 - 0.1**2 + 1e-9  # the 20 pixels' interval widens to 1.96 * 0.3 + ...
     assert scores(run, truth)["coverage"] == pytest.approx(1.0)
     assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]
+
+
+PTS = DATA / "eds" / "jeol_View000_0000006.pts"
+
+
+@pytest.mark.skipif(not PTS.is_file(), reason=f"real EDS data not found at {PTS.parent}")
+@pytest.mark.parametrize("isolate", [True, False])
+def test_read_signals_refuses_what_read_spectrum_image_refuses(tmp_path, isolate):
+    """A JEOL .pts cut after a third of its events, its header's data length patched to match: the pre-read check
+    passes, the frames the header declares are missing (the post-read check); both readers refuse it alike."""
+    from xsi_dask.errors import CorruptFileError
+    from xsi_dask.io.readers import read_signals, read_spectrum_image
+
+    raw = bytearray(PTS.read_bytes())
+    data_pos, data_len = (int(v) for v in np.frombuffer(bytes(raw[:36]), "<u4", 2, 28))
+    cut = raw[: data_pos + data_len // 3]
+    cut[32:36] = np.uint32(data_len // 3).tobytes()
+    bad = tmp_path / "cut.pts"
+    bad.write_bytes(bytes(cut))
+    with pytest.raises(CorruptFileError, match="10 of the 15 frames") as a:
+        read_spectrum_image(bad, isolate=isolate)
+    with pytest.raises(CorruptFileError, match="10 of the 15 frames") as b:
+        read_signals(bad, isolate=isolate)
+    assert str(a.value) == str(b.value) and str(bad) in str(b.value)
+
+
+@needs_velox
+def test_read_signals_decoded_in_the_child_equals_in_process():
+    from xsi_dask.io.readers import read_signals
+
+    a, b = read_signals(VELOX, isolate=False), read_signals(VELOX, isolate=True)
+    assert [(s.title, s.shape, s.signal_type) for s in a] == [(s.title, s.shape, s.signal_type) for s in b]
+    for s, t in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(s.data), np.asarray(t.data))
+        assert [{k: v for k, v in ax.items()} for ax in s.axes] == t.axes  # JSON-safe, equal values
