@@ -314,3 +314,25 @@ def test_read_signals_decoded_in_the_child_equals_in_process():
     for s, t in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(s.data), np.asarray(t.data))
         assert [{k: v for k, v in ax.items()} for ax in s.axes] == t.axes  # JSON-safe, equal values
+
+
+@needs_eels
+def test_a_spectrum_image_of_another_calibration_is_refused(tmp_path):
+    """The CuZn pair (both 0.921 nm pixels) is one grid; the EELS SI written again with 1.0 nm pixels is not."""
+    hs = pytest.importorskip("hyperspy.api")
+
+    from xsi_dask.active.explore import load_inputs
+
+    assert load_inputs([HAADF, EELS], structure="Gatan HAADF").features.shape == (50, 40)
+    sig = hs.load(EELS)
+    sig.axes_manager.navigation_axes[0].scale = 1.0  # x
+    other = tmp_path / "other_scale.hspy"
+    sig.save(other)
+    with pytest.raises(ParameterError, match=r"other_scale\.hspy.*pixel 0\.921386 x 1 nm.*CuZn_HAADF\.hspy.*"
+                                             r"pixel 0\.921386 x 0\.921386 nm"):
+        load_inputs([HAADF, other], structure="Gatan HAADF")
+    sig.axes_manager.navigation_axes[0].scale = sig.axes_manager.navigation_axes[1].scale
+    for ax in sig.axes_manager.navigation_axes:  # an origin where the HAADF records none (0): taken as the same
+        ax.offset = 5.0
+    sig.save(other, overwrite=True)
+    assert load_inputs([HAADF, other], structure="Gatan HAADF").features.shape == (50, 40)

@@ -220,6 +220,57 @@ def _select_spectra(signals: list[Signal], shape: tuple[int, int], image: str) -
     return hits[0]
 
 
+_LENGTH_NM = {"pm": 1e-3, "å": 0.1, "a": 0.1, "angstrom": 0.1, "nm": 1.0, "µm": 1e3, "μm": 1e3, "um": 1e3, "mm": 1e6}
+_CALIBRATION_RTOL = 1e-3  # relative difference of the pixel sizes (and of the origins, in pixels) taken as equal
+
+
+def _calibration(sig: Signal) -> tuple[float, float, float, float, str] | None:
+    """``(scale_y, scale_x, offset_y, offset_x, units)`` of the two spatial axes, or None when they carry none (pixels)."""
+    from ..io.readers import _pixel_axes
+
+    px = _pixel_axes(sig.axes[:2])
+    if px.units == "px":
+        return None
+    return px.scale_y, px.scale_x, px.offset_y, px.offset_x, px.units
+
+
+def _check_calibration(image: Signal, spectra: Signal) -> None:
+    """Refuse a spectrum image whose pixel grid is not the structural image's, where both are calibrated.
+
+    The pixel sizes must agree within 0.1 % (in one length unit when both are
+    lengths, else in the same units), and so must the origins, within 0.1 %
+    of a pixel, where both files record one (a non-zero offset: the readers
+    write 0 when the file records no origin, as for the HAADF image of a Velox
+    file whose spectrum image has one).
+
+    Raises
+    ------
+    ParameterError
+        The calibrations differ; the message names both signals and files and their calibrations.
+    """
+    a, b = _calibration(image), _calibration(spectra)
+    if a is None or b is None:
+        return
+    fa, fb = _LENGTH_NM.get(a[4].lower()), _LENGTH_NM.get(b[4].lower())
+    if fa is None or fb is None:
+        fa = fb = 1.0
+        same = a[4] == b[4]
+    else:
+        same = True
+    scale_a, scale_b = np.array(a[:2]) * fa, np.array(b[:2]) * fb
+    off_a, off_b = np.array(a[2:4]) * fa, np.array(b[2:4]) * fb
+    same = same and bool(np.allclose(scale_a, scale_b, rtol=_CALIBRATION_RTOL, atol=0.0))
+    recorded = (off_a != 0) & (off_b != 0)
+    same = same and bool(np.all(~recorded | (np.abs(off_a - off_b) <= _CALIBRATION_RTOL * np.abs(scale_a))))
+    if not same:
+        def text(c):
+            return f"pixel {c[0]:.6g} x {c[1]:.6g} {c[4]}, origin ({c[2]:.6g}, {c[3]:.6g}) {c[4]}"
+
+        raise ParameterError(f"the spectrum image {_label(spectra)} ({text(b)}) is not on the pixel grid of the structural "
+                             f"image {_label(image)} ({text(a)}): the same shape, another calibration; give the "
+                             "spectrum image acquired with this image")
+
+
 def _energy(sig: Signal) -> tuple[np.ndarray, str]:
     ax = sig.axes[-1]
     raw = str(ax.get("units") or "").strip()
@@ -244,6 +295,7 @@ def _files_inputs(paths: list[Path], structure: str | None, window: int) -> Expl
     img_sig = _select_structure(signals, structure)
     image = np.asarray(img_sig.data, dtype=np.float64)
     si_sig = _select_spectra(signals, image.shape, _label(img_sig))
+    _check_calibration(img_sig, si_sig)
     energy, units = _energy(si_sig)
     si = np.asarray(si_sig.data)  # the "instrument": every spectrum, in the file's dtype
     H, W, C = si.shape
@@ -347,7 +399,9 @@ def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, f
     ParameterError
         No input, a store beside files or several stores, ``features`` with
         files, a structure name that matches no image or several (the
-        message lists the images), an energy axis not in eV or keV.
+        message lists the images), an energy axis not in eV or keV, a
+        spectrum image whose spatial calibration (pixel size, origin, units)
+        is not the structural image's, results of another store.
     NoSpectrumImageError
         No 3-D spectrum image on the structural image's grid (the message names the shapes found).
     InputFileNotFoundError, UnsupportedFormatError, CorruptFileError
