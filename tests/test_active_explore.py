@@ -249,6 +249,14 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
         load_inputs([st.path], structure="HAADF", features=tmp_path / "none.zarr")
     with pytest.raises(ParameterError, match=r"no svd group \(it has nmf\)"):
         load_inputs([st.path], structure="HAADF", features=results, feature_group="svd")
+    from xsi_dask.io.results import open_results
+
+    other = open_results(results, "nmf").load()
+    other.attrs["store_uuid"] = "0" * 32  # the results of another store of the same shape
+    write_results(tmp_path / "other.zarr", {"nmf": other})
+    with pytest.raises(ParameterError, match=rf"other\.zarr: its nmf results were computed from the montage store of uuid "
+                                             rf"{'0' * 32} .*not from the input {st.path} \(uuid {st.uuid}\)"):
+        load_inputs([st.path], structure="HAADF", features=tmp_path / "other.zarr")
     with pytest.raises(ParameterError, match="no tile image of that name; its images: HAADF"):
         load_inputs([st.path], structure="SEM")
     with pytest.raises(ParameterError, match="one montage store alone"):

@@ -346,7 +346,16 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
         group = feature_group or (have[0] if have else "nmf")
         if group not in have:
             raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have) or 'none'})")
-        parts.append(reduced_features(results, group))
+        from ..io.results import open_results
+
+        ds = open_results(results, group)
+        source = ds.attrs.get("store_uuid")
+        if source != store.uuid:
+            raise ParameterError(f"--features {results}: its {group} results were computed from "
+                                 + (f"the montage store of uuid {source} ({ds.attrs.get('store', 'path not recorded')})"
+                                    if source else "a montage store they do not record (no store_uuid)")
+                                 + f", not from the input {path} (uuid {store.uuid}): give the results of this store")
+        parts.append(reduced_features(ds, group))
     feats = parts[0] if len(parts) == 1 else combine_features(*parts)
     if feats.shape != image.shape:
         raise ParameterError(f"the features of {results} lie on a {feats.shape[0]} x {feats.shape[1]} mosaic, the store "
