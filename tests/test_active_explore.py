@@ -289,6 +289,31 @@ def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_
     assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]
 
 
+def test_pixels_off_the_candidates_never_count_in_the_recall():
+    """A montage with a hole: the true map off the candidates is NaN before the top 1 % is taken, so a large value
+    there (unmeasurable) neither takes a place in the top nor lowers the recall."""
+    import xarray as xr
+
+    from xsi_dask.active.explore import _on_candidates, _top_mask, discovery
+    from xsi_dask.active.features import Features
+
+    truth = np.zeros((10, 20))
+    truth[:, 10:] = 100.0  # the right half is a hole in the montage (no tile): not candidates
+    truth[2, 3] = 7.0
+    yy, xx = np.mgrid[0:10, 0:10]
+    feats = Features(values=np.zeros((100, 1)), yx=np.stack([yy.ravel(), xx.ravel()], 1), shape=(10, 20), names=("f",))
+    on = _on_candidates(truth, feats)
+    assert np.isnan(on[:, 10:]).all() and np.isfinite(on[:, :10]).all()
+    top, threshold = _top_mask(on)  # 100 candidates: n_top = 1, the 7
+    assert threshold == 7.0 and top.sum() == 1 and top[2, 3]
+    run = xr.Dataset({"visited_y": ("step", [0, 2]), "visited_x": ("step", [0, 3])})
+    recall, best = discovery(run, on)
+    np.testing.assert_allclose(recall, [0, 1])
+    np.testing.assert_allclose(best, [0, 7])
+    recall, _ = discovery(run, truth)  # the hole counted: 2 top pixels, both unmeasurable
+    assert recall[-1] == 0
+
+
 PTS = DATA / "eds" / "jeol_View000_0000006.pts"
 
 

@@ -479,12 +479,21 @@ def random_baseline(features: Features, truth: np.ndarray, start: xr.Dataset, *,
     )
 
 
+def _on_candidates(truth: np.ndarray, features: Features) -> np.ndarray:
+    """``truth`` with NaN off the candidate pixels (e.g. the holes of a montage): nothing there can be measured,
+    so it is neither in the top fraction nor in the recall's count."""
+    candidate = np.zeros(truth.shape, dtype=bool)
+    candidate[features.yx[:, 0], features.yx[:, 1]] = True
+    return np.where(candidate, truth, np.nan)
+
+
 def _n_top(truth: np.ndarray, fraction: float = TOP_FRACTION) -> int:
     return max(1, math.ceil(fraction * int(np.isfinite(truth).sum())))
 
 
 def _top_mask(truth: np.ndarray, fraction: float = TOP_FRACTION) -> tuple[np.ndarray, float]:
-    """The pixels at or above the ``n_top``-th largest true value (ties included), and that value."""
+    """The pixels at or above the ``n_top``-th largest finite true value (ties included; NaN pixels, off the
+    candidates, are never in it nor counted in ``n_top``), and that value."""
     finite = np.sort(truth[np.isfinite(truth)])
     threshold = float(finite[-_n_top(truth, fraction)])
     return np.isfinite(truth) & (truth >= threshold), threshold
@@ -498,7 +507,8 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
     ds : xarray.Dataset
         A run (``visited_y``, ``visited_x`` on ``step``).
     truth : ndarray of shape (H, W)
-        The true scalar map (NaN off the candidates).
+        The true scalar map, NaN off the candidates (ignored: the top fraction
+        is of the finite values, ``n_top`` counts them).
     fraction : float
         The top fraction of the true values that counts as a discovery (default 1 %).
 
@@ -516,7 +526,7 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
     y, x = ds["visited_y"].values, ds["visited_x"].values
     n_top = _n_top(truth, fraction)
     recall = np.minimum(np.cumsum(top[y, x]), n_top) / n_top
-    best = np.maximum.accumulate(truth[y, x])
+    best = np.fmax.accumulate(truth[y, x])  # a NaN (off the candidates) is no value found
     return recall, best
 
 
@@ -751,7 +761,7 @@ def explore(
     gp = plain_gp_factory(feature_bounds(coords.values), **fit_kw) if baseline_gp else None
 
     t0 = time.perf_counter()
-    truth = data.true_map(scal)
+    truth = _on_candidates(data.true_map(scal), data.features)
     truth_seconds = time.perf_counter() - t0
     bad = data.features.yx[~np.isfinite(truth[data.features.yx[:, 0], data.features.yx[:, 1]])]
     if len(bad):
