@@ -55,6 +55,14 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
                  "figures/visits.png", CUZN_SPEC):
         assert text in html
     truth, runs, params = open_explore(cuzn / "explore.zarr")
+    n_at = int(truth["top"].values.sum())
+    assert truth.attrs["n_at_or_above"] == n_at >= 20
+    expected = min(30 * n_at / 2000, 20) / 20  # random sampling's expected recall at the budget of 30
+    assert f"{n_at} pixels at or above it" in html and "random sampling, expected" in html
+    from xsi_dask.plotting.active import random_expected_recall
+    from xsi_dask.plotting.formatting import format_number
+
+    assert random_expected_recall(30, 2000, n_at, 20) == pytest.approx(expected) and f"recall {format_number(expected)} at the budget" in html
     assert params["methods"] == ["dkl", "random"] and params["seeds"] == [0]
     assert params["n_init"] == 10 and not params["n_init_given"]  # 0.5 % of the 2,000 pixels
     assert params["image"] == "Gatan HAADF" and "(50, 40, 162)" in params["spectra"] and params["energy_units"] == "eV"
@@ -369,3 +377,13 @@ def test_a_spectrum_image_of_another_calibration_is_refused(tmp_path):
         ax.offset = 5.0
     sig.save(other, overwrite=True)
     assert load_inputs([HAADF, other], structure="Gatan HAADF").features.shape == (50, 40)
+
+
+@needs_velox
+def test_a_constant_true_map_is_refused_before_the_runs(tmp_path):
+    """No element line of the Velox test file's EDS SI has counts: a band at 5-6 keV is zero at every pixel."""
+    out = tmp_path / "e.zarr"
+    with pytest.raises(ParameterError, match=r"every one of the 16384 candidate pixels is at or above .*the map is constant"):
+        xsi_dask.active.explore.explore([VELOX], out=out, structure="a", scalarizer="integral:5-6", acquisition="ei",
+                                        budget=8, n_init=5, steps=1)
+    assert not out.exists()

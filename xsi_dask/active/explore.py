@@ -714,7 +714,8 @@ def explore(
     Raises
     ------
     ParameterError
-        A parameter out of range (budget < 2 or above the candidate pixels,
+        A true map whose every candidate is at or above the top-1 % threshold
+        (a constant map: every pixel ties). A parameter out of range (budget < 2 or above the candidate pixels,
         n_init >= budget, an even or non-positive window or one without
         ``structure``, seeds < 1, steps < 1),
         an unknown acquisition, a bad scalarizer spec or band, and the input
@@ -768,6 +769,13 @@ def explore(
         raise ParameterError(f"scalarizer {scalarizer!r} gives a non-finite value at {len(bad)} pixel(s), first (y, x) = "
                              f"{tuple(int(v) for v in bad[0])}: the experiment could not measure it (choose bands with counts)")
     top, threshold = _top_mask(truth)
+    if top.sum() == n:
+        lo = float(np.nanmin(truth))
+        raise ParameterError(f"scalarizer {scalarizer!r}: every one of the {n} candidate pixels is at or above the top "
+                             f"{TOP_FRACTION:.0%} threshold ({threshold:.6g}; the smallest value is {lo:.6g}"
+                             + (", the map is constant" if lo == float(np.nanmax(truth)) else "")
+                             + "): any measurement is a discovery and the scores would be meaningless; choose bands "
+                             "whose value varies over the pixels")
 
     kw = dict(scalarizer=scal, acquisition=make_acquisition(acquisition), n_init=n_init_, budget=p["budget"],
               resources=resources)

@@ -27,8 +27,8 @@ from .figures import save
 from .formatting import format_number, format_seconds
 from .report import write_report
 
-__all__ = ["EXPLORE_FIGURES", "METHOD_LABELS", "draw_discovery", "draw_final_maps", "draw_visits", "summary_rows",
-           "write_explore_report"]
+__all__ = ["EXPLORE_FIGURES", "METHOD_LABELS", "draw_discovery", "draw_final_maps", "draw_visits", "random_expected_recall",
+           "summary_rows", "write_explore_report"]
 
 METHOD_LABELS = {"dkl": "DKL", "random": "random", "gp": "GP(y, x)"}
 _COLOURS = {"dkl": "C0", "random": "0.4", "gp": "C1"}
@@ -171,6 +171,31 @@ def draw_discovery(runs: Mapping[str, Mapping[int, xr.Dataset]], *, acquisition:
     return fig
 
 
+def random_expected_recall(budget: int, n_pixels: int, n_at_or_above: int, n_top: int) -> float:
+    """Random sampling's expected top-1 % recall after ``budget`` measurements.
+
+    Parameters
+    ----------
+    budget : int
+        Measurements.
+    n_pixels : int
+        Candidate pixels.
+    n_at_or_above : int
+        Candidates at or above the top-fraction threshold (ties included).
+    n_top : int
+        The top fraction's size, the most the recall counts.
+
+    Returns
+    -------
+    float
+        ``min(budget * n_at_or_above / n_pixels, n_top) / n_top``: the expected
+        number of those pixels among ``budget`` uniform draws without
+        replacement, capped at ``n_top`` as :func:`~xsi_dask.active.explore.discovery`
+        caps it (the cap makes it an upper bound of the expectation of the capped count).
+    """
+    return min(budget * n_at_or_above / n_pixels, n_top) / n_top
+
+
 def _pm(values: list[float], unit: str = "") -> str:
     v = np.asarray(values, dtype=np.float64)
     if not np.isfinite(v).any():
@@ -272,9 +297,15 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
         "model": params["model"],
         "Adam steps per fit": params["steps"] if params["steps"] is not None else "dkl_factory's default",
         "methods": ", ".join(_label(m, acq) for m in params["methods"]),
-        "true top 1 %": f"{truth.attrs['n_top']} pixels, value >= {format_number(truth.attrs['top_threshold'])}; "
+        "true top 1 %": f"{truth.attrs['n_top']} pixels, value >= {format_number(truth.attrs['top_threshold'])} "
+                        f"({truth.attrs['n_at_or_above']} pixels at or above it, ties included); "
                         f"largest {format_number(float(np.nanmax(true)))}",
     }
+    n_top, n_at, n_cand = int(truth.attrs["n_top"]), int(truth.attrs["n_at_or_above"]), int(params["n_candidates"])
+    expected = random_expected_recall(params["budget"], n_cand, n_at, n_top)
+    scores["random sampling, expected"] = (f"top-1 % recall {format_number(expected)} at the budget of {params['budget']} "
+                                           f"(min(budget x {n_at} at or above the threshold / {n_cand} pixels, {n_top}) "
+                                           f"/ {n_top})")
     notes = ["the random baseline starts from the same random pixels as the model's run of each seed; "
              "RMSE and coverage are over the pixels the run did not measure"]
     report = out / "report.html"
