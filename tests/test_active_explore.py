@@ -387,3 +387,26 @@ def test_a_constant_true_map_is_refused_before_the_runs(tmp_path):
         xsi_dask.active.explore.explore([VELOX], out=out, structure="a", scalarizer="integral:5-6", acquisition="ei",
                                         budget=8, n_init=5, steps=1)
     assert not out.exists()
+
+
+def test_channel_energies_are_read_strictly(tmp_path):
+    from xsi_dask.errors import CorruptFileError
+    from xsi_dask.io.readers import Signal, channel_energies
+
+    def sig(**ax):
+        return Signal(path=tmp_path / "f.hspy", title="EELS", data=np.zeros((2, 2, 4)), axes=[{}, {}, ax], signal_type="EELS")
+
+    e, u = channel_energies(sig(units="eV", scale=0.5, offset=700.0, size=4))
+    np.testing.assert_allclose(e, [700, 700.5, 701, 701.5])
+    assert u == "eV"
+    e, u = channel_energies(sig(units="KEV", axis=[1.0, 1.1, 1.3, 1.7], size=4))  # non-uniform: its values
+    np.testing.assert_allclose(e, [1.0, 1.1, 1.3, 1.7])
+    assert u == "keV"
+    with pytest.raises(ParameterError, match=r"f\.hspy: the energy axis of 'EELS' is in 'nm', not eV or keV"):
+        channel_energies(sig(units="nm", scale=1.0, offset=0.0))
+    with pytest.raises(CorruptFileError, match="records no usable scale"):
+        channel_energies(sig(units="eV", offset=0.0))
+    with pytest.raises(CorruptFileError, match="says 5 channels but the data have 4"):
+        channel_energies(sig(units="eV", scale=1.0, offset=0.0, size=5))
+    with pytest.raises(CorruptFileError, match="strictly increasing"):
+        channel_energies(sig(units="eV", axis=[1.0, 1.0, 2.0, 3.0]))

@@ -59,7 +59,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import NoSpectrumImageError, ParameterError, StoreFormatError
-from ..io.readers import Signal, read_signals
+from ..io.readers import Signal, channel_energies, read_signals
 from ..io.store import EXPLORE_FORMAT, MontageStore, atomic_output, check_output, output_kind
 from .features import Features, combine_features, montage_patches, reduced_features, structure_patches
 from .scalarizers import Scalarizer, parse_scalarizer
@@ -74,7 +74,6 @@ ACQUISITIONS = ("ei", "ucb", "max-std", "thompson")
 EXPLORE_VERSION = 1
 TOP_FRACTION = 0.01
 """The discovery curve's target: the pixels whose true value is in the top 1 %."""
-_ENERGY_UNITS = {"ev": "eV", "kev": "keV"}
 DEFAULT_WINDOW = 5
 """Side of the structural patches (pixels) unless ``window`` says otherwise."""
 _TRUTH_BLOCK_BYTES = 64 * 2**20  # the true map is computed in blocks of pixels of at most this many float64 bytes
@@ -271,18 +270,6 @@ def _check_calibration(image: Signal, spectra: Signal) -> None:
                              "spectrum image acquired with this image")
 
 
-def _energy(sig: Signal) -> tuple[np.ndarray, str]:
-    ax = sig.axes[-1]
-    raw = str(ax.get("units") or "").strip()
-    units = _ENERGY_UNITS.get(raw.lower())
-    if units is None:
-        raise ParameterError(f"{sig.path}: the energy axis of {sig.title or sig.path.stem!r} is in {raw!r}, "
-                             "not eV or keV: the scalarizer's bands cannot be placed on it")
-    n = sig.shape[-1]
-    offset, scale = float(ax.get("offset") or 0.0), float(ax.get("scale") or 1.0)
-    return offset + scale * np.arange(n, dtype=np.float64), units
-
-
 def _block(channels: int) -> int:
     """Pixels per block of the true map's computation (float64 spectra of ``channels``)."""
     return max(1, _TRUTH_BLOCK_BYTES // (8 * max(1, channels)))
@@ -296,7 +283,7 @@ def _files_inputs(paths: list[Path], structure: str | None, window: int) -> Expl
     image = np.asarray(img_sig.data, dtype=np.float64)
     si_sig = _select_spectra(signals, image.shape, _label(img_sig))
     _check_calibration(img_sig, si_sig)
-    energy, units = _energy(si_sig)
+    energy, units = channel_energies(si_sig)
     si = np.asarray(si_sig.data)  # the "instrument": every spectrum, in the file's dtype
     H, W, C = si.shape
     feats = structure_patches(image, window)

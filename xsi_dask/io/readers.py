@@ -56,6 +56,7 @@ __all__ = [
     "SpectrumImage",
     "READERS",
     "Signal",
+    "channel_energies",
     "read_signals",
     "read_spectrum_image",
     "to_json",
@@ -75,6 +76,7 @@ READERS: dict[str, tuple[str, bool, dict[str, Any]]] = {
 }
 
 _ENERGY_UNIT_TO_KEV = {"kev": 1.0, "ev": 1e-3, "mev": 1e3}
+_ENERGY_UNIT_NAMES = {"kev": "keV", "ev": "eV", "mev": "MeV"}
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _axis(ax: dict[str, Any], key: str, default: Any) -> Any:
 
 def _energy_axis(ax: dict[str, Any], path: Path) -> EnergyAxis:
     units = str(_axis(ax, "units", "")).strip()
-    factor = _ENERGY_UNIT_TO_KEV.get(units.lower())
+    factor = _ENERGY_UNIT_TO_KEV.get(units.lower())  # lenient (ingest warns and takes keV); channel_energies is strict
     if factor is None:
         warnings.warn(
             f"{path}: energy axis units {units!r} are not eV or keV; taking the values as keV",
@@ -1058,6 +1060,56 @@ class Signal:
     def is_spectrum_image(self) -> bool:
         """Whether this is a 3-D ``(y, x, channels)`` spectrum image (the channel axis the only signal axis)."""
         return _is_spectrum_image({"data": self.data, "axes": self.axes})
+
+
+def channel_energies(sig: Signal, units: tuple[str, ...] = ("eV", "keV")) -> tuple[np.ndarray, str]:
+    """The channel energies of a spectrum image's last (signal) axis, in its own units, read strictly.
+
+    Parameters
+    ----------
+    sig : Signal
+        A signal whose last axis is the energy axis.
+    units : tuple of str
+        The units accepted (default eV and keV).
+
+    Returns
+    -------
+    energy : ndarray of shape (channels,), float64
+        Channel centres: RosettaSciIO's ``axis`` values where the axis is
+        non-uniform, else ``offset + scale * arange(channels)``.
+    units : str
+        One of ``units``, spelled as there.
+
+    Raises
+    ------
+    ParameterError
+        The axis' units are not among ``units`` (the message names the file and the signal).
+    CorruptFileError
+        The axis records no scale (or a non-finite or zero one), a non-finite
+        offset, a size other than the data's channel count, or non-uniform
+        values that are not finite and strictly increasing, one per channel.
+    """
+    where = f"{sig.path}: the energy axis of {sig.title or sig.path.stem!r}"
+    ax = sig.axes[-1] if sig.axes else {}
+    raw = str(ax.get("units") or "").strip()
+    name = _ENERGY_UNIT_NAMES.get(raw.lower())
+    if name not in units:
+        raise ParameterError(f"{where} is in {raw!r}, not {' or '.join(units)}: energies cannot be placed on it")
+    n = sig.shape[-1]
+    if ax.get("size") is not None and int(ax["size"]) != n:
+        raise CorruptFileError(f"{where} says {int(ax['size'])} channels but the data have {n}")
+    if ax.get("axis") is not None:  # a non-uniform axis: its values
+        energy = np.asarray(ax["axis"], dtype=np.float64).reshape(-1)
+        if energy.size != n or not np.isfinite(energy).all() or (n > 1 and not (np.diff(energy) > 0).all()):
+            raise CorruptFileError(f"{where} has {energy.size} values for {n} channels, or values that are not finite "
+                                   "and strictly increasing")
+        return energy, name
+    scale, offset = ax.get("scale"), ax.get("offset", 0.0)
+    if scale is None or not math.isfinite(float(scale)) or float(scale) == 0:
+        raise CorruptFileError(f"{where} records no usable scale ({scale!r}): the channels' energies are unknown")
+    if offset is None or not math.isfinite(float(offset)):
+        raise CorruptFileError(f"{where} records no usable offset ({offset!r}): the channels' energies are unknown")
+    return float(offset) + float(scale) * np.arange(n, dtype=np.float64), name
 
 
 def read_signals(path: str | Path, *, isolate: bool | None = None, **reader_kwargs: Any) -> list[Signal]:
