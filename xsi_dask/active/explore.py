@@ -295,8 +295,8 @@ def _files_inputs(paths: list[Path], structure: str | None, window: int) -> Expl
         flat = si.reshape(H * W, C)
         out = np.empty(H * W)
         step = _block(C)
-        for lo in range(0, H * W, step):  # in blocks: a 128 x 128 x 4096 map is 0.5 GB as float64
-            out[lo:lo + step] = np.asarray(scalarizer(flat[lo:lo + step].astype(np.float64)), dtype=np.float64)
+        for lo in range(0, H * W, step):  # in blocks of views, in the file's dtype: the scalarizer casts only its bands
+            out[lo:lo + step] = np.asarray(scalarizer(flat[lo:lo + step]), dtype=np.float64)
         return out.reshape(H, W)
 
     return ExploreInputs(feats, measure, energy, units, image, img_sig.title or img_sig.path.stem,
@@ -317,13 +317,14 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
     if image_name is None:
         raise ParameterError(f"{path}: its tiles hold no structural image, which the measurement needs to place the tiles "
                              "on the mosaic (and the figures to show)")
-    measure = MontageMeasure(store, image=image_name)
     from .features import mosaic_image
 
-    image, tiles = mosaic_image(store, image_name)
+    mosaic = mosaic_image(store, image_name)  # assembled once: the measurement, the patches and the figures
+    image, tiles = mosaic
+    measure = MontageMeasure(store, image=image_name, mosaic=mosaic)
     parts = []
     if structure is not None:
-        parts.append(montage_patches(store, structure, window))
+        parts.append(montage_patches(store, structure, window, mosaic=mosaic))
     if results is not None:
         from ..io.results import has_group
 
@@ -359,7 +360,8 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
             vals = np.empty(csr.shape[0])
             step = _block(csr.shape[1])
             for lo in range(0, csr.shape[0], step):
-                vals[lo:lo + step] = np.asarray(scalarizer(m[lo:lo + step].toarray().astype(np.float64)), dtype=np.float64)
+                # in the counts' dtype: the scalarizer casts only the channels of its bands
+                vals[lo:lo + step] = np.asarray(scalarizer(m[lo:lo + step].toarray()), dtype=np.float64)
             out[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = vals.reshape(th, tw)
         return out
 
