@@ -163,7 +163,8 @@ def test_the_cli_refuses_with_exit_status_2_and_the_reason(tmp_path, capsys):
     assert "no 3-D spectrum image (y, x, channels) on the 50 x 40 grid" in capsys.readouterr().err
     assert main(["explore", str(HAADF), str(EELS), "--scalarizer", CUZN_SPEC, "--acquisition", "ei", "--budget", "30",
                  "--out", str(tmp_path / "c")]) == 2
-    assert "--structure IMAGE_NAME or --features" in capsys.readouterr().err
+    assert "give the structural image (--structure NAME) or a results store (--features RESULTS.zarr)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before any folder is made
 
 
 @needs_eels
@@ -410,3 +411,18 @@ def test_channel_energies_are_read_strictly(tmp_path):
         channel_energies(sig(units="eV", scale=1.0, offset=0.0, size=5))
     with pytest.raises(CorruptFileError, match="strictly increasing"):
         channel_energies(sig(units="eV", axis=[1.0, 1.0, 2.0, 3.0]))
+
+
+def test_the_acquisitions_and_the_steps_default_come_from_the_model_modules():
+    import inspect
+
+    from xsi_dask.active.acquisition import ACQUISITIONS as ALL
+    from xsi_dask.active.explore import ACQUISITIONS
+    from xsi_dask.active.model import dkl_factory
+    from xsi_dask.cli.main import build_parser
+
+    assert ACQUISITIONS == tuple(a for a in ALL if a != "random")
+    explore = build_parser()._subparsers._group_actions[0].choices["explore"]
+    actions = {a.dest: a for a in explore._actions}
+    assert tuple(actions["acquisition"].choices) == ACQUISITIONS
+    assert "the model's" in actions["steps"].help and str(inspect.signature(dkl_factory).parameters["steps"].default) not in actions["steps"].help

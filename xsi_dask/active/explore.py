@@ -61,7 +61,10 @@ import xarray as xr
 from ..errors import NoSpectrumImageError, ParameterError, StoreFormatError
 from ..io.readers import Signal, channel_energies, read_signals
 from ..io.store import EXPLORE_FORMAT, MontageStore, atomic_output, check_output, output_kind
+from .acquisition import ACQUISITIONS as _ALL_ACQUISITIONS
 from .features import Features, combine_features, montage_patches, reduced_features, structure_patches
+from .loop import _check_resources
+from .loop import _count as _int
 from .scalarizers import Scalarizer, parse_scalarizer
 
 __all__ = [
@@ -69,7 +72,7 @@ __all__ = [
     "load_inputs", "open_explore", "random_baseline", "scores",
 ]
 
-ACQUISITIONS = ("ei", "ucb", "max-std", "thompson")
+ACQUISITIONS = tuple(a for a in _ALL_ACQUISITIONS if a != "random")
 """The acquisitions ``explore`` runs the DKL model with ("random" is the baseline it always runs)."""
 EXPLORE_VERSION = 1
 TOP_FRACTION = 0.01
@@ -132,14 +135,6 @@ class ExploreInputs:
 
 
 # ---- checks of the parameters (before anything is read) ----
-
-
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ParameterError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ParameterError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_parameters(*, structure, features, feature_group, scalarizer, acquisition, budget, n_init, window, seeds,
@@ -275,10 +270,8 @@ def _block(channels: int) -> int:
     return max(1, _TRUTH_BLOCK_BYTES // (8 * max(1, channels)))
 
 
-def _files_inputs(paths: list[Path], structure: str | None, window: int) -> ExploreInputs:
+def _files_inputs(paths: list[Path], structure: str, window: int) -> ExploreInputs:
     signals = [s for p in paths for s in read_signals(p)]
-    if structure is None:
-        raise ParameterError("--features RESULTS.zarr goes with a montage store input; with files, give --structure NAME")
     img_sig = _select_structure(signals, structure)
     image = np.asarray(img_sig.data, dtype=np.float64)
     si_sig = _select_spectra(signals, image.shape, _label(img_sig))
@@ -371,7 +364,7 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
 
 
 def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, features: str | Path | None = None,
-                feature_group: str | None = None, window: int = 5) -> ExploreInputs:
+                feature_group: str | None = None, window: int = DEFAULT_WINDOW) -> ExploreInputs:
     """Read the inputs of an exploration: the features, the measurement and the energy axis.
 
     Parameters
@@ -422,6 +415,8 @@ def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, f
     if features is not None:
         raise ParameterError("--features RESULTS.zarr places SVD/NMF features on a montage's mosaic: give the montage "
                              "store as the input (not files)")
+    if structure is None:  # explore() has refused this already (_check_parameters); load_inputs is public
+        raise ParameterError("with files as the input, give the structural image (--structure NAME): the model needs features")
     return _files_inputs(paths, structure, window)
 
 
@@ -723,8 +718,7 @@ def explore(
     """
     out = Path(out)
     check_target(out, overwrite=overwrite)
-    if resources is not None and not isinstance(resources, dict):
-        raise ParameterError(f"resources must be None or a dict such as {{'GPU': 1}}, got {resources!r}")
+    resources = _check_resources(resources)
     p = _check_parameters(structure=structure, features=features, feature_group=feature_group, scalarizer=scalarizer,
                           acquisition=acquisition, budget=budget, n_init=n_init, window=window, seeds=seeds, steps=steps)
     from .acquisition import make_acquisition
