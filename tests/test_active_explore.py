@@ -426,3 +426,24 @@ def test_the_acquisitions_and_the_steps_default_come_from_the_model_modules():
     actions = {a.dest: a for a in explore._actions}
     assert tuple(actions["acquisition"].choices) == ACQUISITIONS
     assert "the model's" in actions["steps"].help and str(inspect.signature(dkl_factory).parameters["steps"].default) not in actions["steps"].help
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from xsi_dask.plotting.figures import save
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    path = save(fig, tmp_path / "a.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    old = path.read_bytes()
+
+    def fail(self, fname, **kw):  # the disk fills up half-way through the PNG
+        Path(fname).write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", fail)
+    with pytest.raises(OSError, match="No space"):
+        save(fig, path)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["a.png"]  # the old figure, no leftover

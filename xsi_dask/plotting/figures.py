@@ -12,7 +12,9 @@ terabyte montage needs only a few tiles in memory at a time.
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,9 +103,25 @@ def _of(idx: range, n: int) -> str:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``; the path."""
+    """Write ``fig`` as a PNG at ``path``, atomically; the path.
+
+    The image is written to a temporary sibling (``.NAME.tmp-XXXXXXXX``) and
+    renamed over ``path`` when complete, so an interrupted or failed write
+    (disk full) never leaves a truncated figure under the final name; the
+    temporary file is removed on failure.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (the callers map it to the package's errors).
+    """
     path = Path(path)
-    fig.savefig(path, dpi=_DPI)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fig.savefig(tmp, dpi=_DPI, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
