@@ -113,7 +113,7 @@ def test_an_existing_output_is_refused_unless_ours_with_overwrite(cuzn, tmp_path
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "report.html").write_text("<html>mine</html>")
-    with pytest.raises(NotOurOutputError, match="not a report of xsi_dask"):
+    with pytest.raises(NotOurOutputError, match="is not an xsi_dask report"):
         explore_run([HAADF, EELS], foreign, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
     (foreign / "report.html").unlink()
     (foreign / "explore.zarr").mkdir()
@@ -447,3 +447,22 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         save(fig, path)
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["a.png"]  # the old figure, no leftover
+
+
+@needs_eels
+def test_a_full_disk_while_drawing_names_the_cause_and_keeps_the_record(tmp_path, monkeypatch):
+    import errno
+
+    import xsi_dask.plotting.active as active_plots
+    from xsi_dask.errors import OutputWriteError
+    from xsi_dask.pipeline import explore_run
+
+    def full(record, out, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "figures" / "visits.png"))
+
+    monkeypatch.setattr(active_plots, "write_explore_report", full)
+    out = tmp_path / "o"
+    with pytest.raises(OutputWriteError, match=r"o: cannot be written: the disk is full \(.*visits\.png\); the report is "
+                                               r"incomplete \(the record .*explore\.zarr is complete\)"):
+        explore_run([HAADF, EELS], out, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=12, steps=2)
+    assert (out / "explore.zarr").is_dir()
