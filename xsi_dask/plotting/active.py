@@ -23,7 +23,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..active.explore import open_explore
-from .figures import save
+from .figures import colour_limits, save
 from .formatting import format_number, format_seconds
 from .report import write_report
 
@@ -58,8 +58,8 @@ def draw_visits(image: np.ndarray, run: xr.Dataset, *, title: str = "") -> Figur
     H, W = image.shape
     fig = Figure(figsize=(6.4, 0.6 + 5.2 * min(2.0, max(0.5, H / W))))
     ax = fig.add_subplot()
-    lo, hi = np.nanpercentile(image, [0.5, 99.5])
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    lo, hi = colour_limits(image)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     y, x, init = run["visited_y"].values, run["visited_x"].values, run["initial"].values.astype(bool)
     steps = np.arange(1, y.size + 1)  # the n-th measurement
     ax.scatter(x[init], y[init], marker="x", s=36, c="white", linewidths=1.5, label=f"random start ({int(init.sum())})")
@@ -78,9 +78,8 @@ def draw_visits(image: np.ndarray, run: xr.Dataset, *, title: str = "") -> Figur
 
 
 def _panel(fig: Figure, ax, img: np.ndarray, title: str, cmap: str, run: xr.Dataset | None = None) -> None:
-    finite = img[np.isfinite(img)]
-    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    lo, hi = colour_limits(img)
+    im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     if run is not None:
         ax.scatter(run["visited_x"].values, run["visited_y"].values, s=6, c="red", marker=".", linewidths=0)
     ax.set_title(title, fontsize=9)

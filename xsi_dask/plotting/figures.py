@@ -359,6 +359,28 @@ def mosaic(maps: xr.DataArray, *, max_px: int = 1600) -> np.ndarray:
     return out
 
 
+def colour_limits(img: np.ndarray, *, diverging: bool = False) -> tuple[float, float]:
+    """The colour scale of a map: its 0.5-99.5 % percentiles over the finite pixels.
+
+    Parameters
+    ----------
+    img : ndarray
+        The map (any units); NaN and inf are left out.
+    diverging : bool
+        Centre the scale on zero (``-m, m`` with ``m`` the larger magnitude).
+
+    Returns
+    -------
+    (vmin, vmax) : tuple of float
+        ``vmax > vmin`` always (``vmin + 1`` for a flat map; ``(0, 1)`` without a finite pixel).
+    """
+    finite = np.asarray(img)[np.isfinite(img)]
+    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
+    if diverging:
+        lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def draw_maps(mos: np.ndarray, *, title: str, cmap: str = "viridis", labels: Sequence[str] | None = None,
               units: str = "", ncol: int = 4) -> Figure:
     """One panel per component of a mosaic (Y, X, component), ``ncol`` to a row, titled by ``labels``."""
@@ -373,11 +395,8 @@ def draw_maps(mos: np.ndarray, *, title: str, cmap: str = "viridis", labels: Seq
         if i >= k:
             continue
         img = mos[:, :, i]
-        finite = img[np.isfinite(img)]
-        lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0, 1))
-        if cmap in ("RdBu_r", "coolwarm", "seismic"):  # diverging: centre on zero
-            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        lo, hi = colour_limits(img, diverging=cmap in ("RdBu_r", "coolwarm", "seismic"))  # diverging: centred on zero
+        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(labels[i] if labels else f"#{i}", fontsize=9)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.ax.tick_params(labelsize=7)
