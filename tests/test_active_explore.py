@@ -252,10 +252,12 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
     assert np.isfinite(run["prediction"].values).all()
 
     from xsi_dask.active.explore import load_inputs
-    from xsi_dask.errors import StoreFormatError
+    from xsi_dask.errors import InputFileNotFoundError, StoreFormatError
 
-    with pytest.raises(StoreFormatError, match="not an xsi_dask results store"):
+    with pytest.raises(InputFileNotFoundError, match=r"none\.zarr: no such results store"):
         load_inputs([st.path], structure="HAADF", features=tmp_path / "none.zarr")
+    with pytest.raises(StoreFormatError, match="montage store, not an xsi_dask results store"):  # the checks of make_report
+        load_inputs([st.path], structure="HAADF", features=st.path)
     with pytest.raises(ParameterError, match=r"no svd group \(it has nmf\)"):
         load_inputs([st.path], structure="HAADF", features=results, feature_group="svd")
     from xsi_dask.io.results import open_results

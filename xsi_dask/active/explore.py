@@ -319,17 +319,14 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
     if structure is not None:
         parts.append(montage_patches(store, structure, window, mosaic=mosaic))
     if results is not None:
-        from ..io.results import has_group
+        from ..io.results import open_result_groups
 
-        if output_kind(results) != "results":
-            raise StoreFormatError(f"--features {results}: not an xsi_dask results store (decompose, nmf or run write one)")
-        have = [g for g in ("nmf", "svd") if has_group(results, g)]
-        group = feature_group or (have[0] if have else "nmf")
+        groups = open_result_groups(results)
+        have = [g for g in ("nmf", "svd") if g in groups]
+        group = feature_group or have[0]
         if group not in have:
-            raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have) or 'none'})")
-        from ..io.results import open_results
-
-        ds = open_results(results, group)
+            raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have)})")
+        ds = groups[group]
         source = ds.attrs.get("store_uuid")
         if source != store.uuid:
             raise ParameterError(f"--features {results}: its {group} results were computed from "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError, XSIError
+from ..errors import NotOurOutputError, OutputWriteError, ParameterError, XSIError
 from . import report as _report
 from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
 from .formatting import as_number, format_number, format_seconds
@@ -35,18 +35,9 @@ _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is excee
 # ---- inputs ----
 
 def _open(results: Path) -> dict[str, xr.Dataset]:
-    from ..io.results import has_group, open_results
-    from ..io.store import describe_path, output_kind
+    from ..io.results import open_result_groups
 
-    if not (results.is_symlink() or results.exists()):
-        raise InputFileNotFoundError(f"{results}: no such results store (the --out of decompose, nmf or run)")
-    if output_kind(results) != "results":
-        raise StoreFormatError(f"{results} is {describe_path(results)}, not an xsi_dask results store "
-                               "(written by xsi-dask decompose, nmf or run)")
-    groups = {g: open_results(results, g) for g in ("svd", "nmf") if has_group(results, g)}
-    if not groups:
-        raise StoreFormatError(f"{results}: a results store with neither an svd nor an nmf group: nothing to report")
-    return groups
+    return open_result_groups(results)
 
 
 def check_report_folder(out_dir: Path) -> None:
