@@ -111,10 +111,11 @@ class ExploreInputs:
     energy : ndarray of shape (channels,), float64
         The spectra's energy axis, in ``units``.
     units : {"eV", "keV"}
-    image : ndarray of shape (H, W), float64, or None
-        The structural image (for the figures); None when there is none.
+    image : ndarray of shape (H, W), float64
+        The structural image (the patches' source, or the store's tile image
+        that places the tiles; the figures show it).
     image_name : str
-        Its name ("" without one).
+        Its name.
     spectra_name : str
         What the spectra are (the signal's title and file, or the store).
     true_map : callable
@@ -127,7 +128,7 @@ class ExploreInputs:
     measure: Callable[[int, int], Any]
     energy: np.ndarray
     units: str
-    image: np.ndarray | None
+    image: np.ndarray
     image_name: str
     spectra_name: str
     true_map: Callable[[Scalarizer], np.ndarray]
@@ -381,6 +382,10 @@ def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, f
     Returns
     -------
     ExploreInputs
+        The candidates' features on the structural image's ``(H, W)`` grid,
+        the measurement (a lookup of the pre-acquired spectrum), the energy
+        axis in its units, the structural image, the true map's function and
+        the input paths.
 
     Raises
     ------
@@ -440,6 +445,15 @@ def random_baseline(features: Features, truth: np.ndarray, start: xr.Dataset, *,
     xarray.Dataset
         ``visited_y``, ``visited_x``, ``value``, ``initial`` on ``step`` and ``order (y, x)``,
         as a run's.
+
+    References
+    ----------
+    Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
+    discovery in nanoplasmonic systems via autonomous experiments in scanning
+    transmission electron microscopy. Adv. Sci. 9, 2203422,
+    https://doi.org/10.1002/advs.202203422 (the protocol: a random start,
+    the model's choices against random sampling, scored on the pre-acquired
+    true map).
     """
     n_init = int(start["initial"].values.sum())
     budget = int(start.sizes["step"])
@@ -502,6 +516,15 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
         ``n_top`` (the convention of ``benchmarks/bench_dkl.py``).
     best : ndarray of shape (budget,)
         The largest true value among the first ``k + 1`` measured pixels.
+
+    References
+    ----------
+    Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
+    discovery in nanoplasmonic systems via autonomous experiments in scanning
+    transmission electron microscopy. Adv. Sci. 9, 2203422,
+    https://doi.org/10.1002/advs.202203422 (the protocol: a random start,
+    the model's choices against random sampling, scored on the pre-acquired
+    true map).
     """
     top, _ = _top_mask(truth, fraction)
     y, x = ds["visited_y"].values, ds["visited_x"].values
@@ -519,13 +542,16 @@ def scores(ds: xr.Dataset, truth: np.ndarray) -> dict[str, float]:
     ds : xarray.Dataset
         A run; ``prediction``/``uncertainty`` (the final fit) and the attribute
         ``noise_variance`` when it has a model.
-    truth : ndarray of shape (H, W)
+    truth : ndarray of shape (H, W), float64
+        The true scalar map (the scalarizer on every pixel, in the scalarizer's
+        units), NaN off the candidates (left out of every score).
 
     Returns
     -------
     dict
         ``recall`` (top 1 %), ``best`` (largest true value measured), ``rmse``
-        (of the prediction against the truth over the unmeasured candidates),
+        (of the prediction against the truth over the unmeasured candidates,
+        in the scalarizer's units, as ``truth``),
         ``coverage`` (the fraction of them within the 95 % predictive interval
         ``prediction +- 1.96 sqrt(uncertainty**2 + noise_variance)``, the
         interval a new measurement falls in) and ``coverage_latent`` (within
@@ -554,6 +580,18 @@ def scores(ds: xr.Dataset, truth: np.ndarray) -> dict[str, float]:
 
 def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
     """Check, before any work, that ``out`` may take the record ``explore.zarr``.
+
+    Parameters
+    ----------
+    out : path
+        The record to write (``.../explore.zarr``).
+    overwrite : bool
+        Whether an existing record of ours may be replaced.
+
+    Returns
+    -------
+    Path
+        ``out``, as :func:`xsi_dask.io.store.check_output` returns it.
 
     Raises
     ------
@@ -782,13 +820,12 @@ def explore(
 
     truth_ds = xr.Dataset(
         {"true_value": (("y", "x"), truth, {"description": f"the scalarizer {scalarizer!r} on every pixel"}),
-         "top": (("y", "x"), top, {"description": f"true value in the top {TOP_FRACTION:.0%}"})},
+         "top": (("y", "x"), top, {"description": f"true value in the top {TOP_FRACTION:.0%}"}),
+         "image": (("y", "x"), data.image, {"description": f"structural image {data.image_name!r}"})},
         coords={"y": np.arange(truth.shape[0]), "x": np.arange(truth.shape[1])},
         attrs={"top_fraction": TOP_FRACTION, "top_threshold": threshold, "n_top": _n_top(truth), "n_at_or_above": int(top.sum()),
                "seconds": truth_seconds},
     )
-    if data.image is not None:
-        truth_ds["image"] = (("y", "x"), data.image, {"description": f"structural image {data.image_name!r}"})
     params = {
         "inputs": data.sources, "structure": structure, "features": None if features is None else str(features),
         "feature_group": feature_group, "feature_columns": len(data.features.names), "image": data.image_name,

@@ -1054,6 +1054,7 @@ class Signal:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The data's shape as Python ints: ``(H, W)`` for an image, ``(H, W, channels)`` for a spectrum image."""
         return tuple(int(n) for n in self.data.shape)
 
     @property

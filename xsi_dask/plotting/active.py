@@ -207,6 +207,15 @@ def _pm(values: list[float], unit: str = "") -> str:
 def summary_rows(runs: Mapping[str, Mapping[int, xr.Dataset]], *, acquisition: str) -> tuple[dict, dict]:
     """The report's tables: final scores and per-step timing, one row per method.
 
+    Parameters
+    ----------
+    runs : mapping
+        ``runs[method][seed]`` -> a run of the record (:func:`~xsi_dask.active.explore.open_explore`),
+        with the ``final_*`` and ``run_seconds`` attributes and, for a model's run,
+        ``fit_seconds``, ``predict_seconds``, ``acquire_seconds`` on ``step``.
+    acquisition : str
+        The acquisition's name (for the row labels).
+
     Returns
     -------
     scores : dict
@@ -268,10 +277,9 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
     true = truth["true_value"].values
     main = runs["dkl"][min(runs["dkl"])]
     written = []
-    if "image" in truth:
-        written.append(save(draw_visits(truth["image"].values, main,
-                                        title=f"{params['image']}: pixels measured by DKL + {acq}, seed {main.attrs['seed']}"),
-                            figs / EXPLORE_FIGURES[0]))
+    written.append(save(draw_visits(truth["image"].values, main,
+                                    title=f"{params['image']}: pixels measured by DKL + {acq}, seed {main.attrs['seed']}"),
+                        figs / EXPLORE_FIGURES[0]))
     written.append(save(draw_final_maps(main, true, title=f"final fit on {params['budget']} measurements "
                                                          f"(seed {main.attrs['seed']}); {params['scalarizer']}"),
                         figs / EXPLORE_FIGURES[1]))
@@ -281,7 +289,7 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
     scores, timing = summary_rows(runs, acquisition=acq)
     parameters = {
         "inputs": ", ".join(params["inputs"]),
-        "structural image": params["image"] or "none",
+        "structural image": params["image"],
         "features": (f"{params['window']} x {params['window']} patches of {params['structure']!r}" if params["structure"] else "")
                     + (" + " if params["structure"] and params["features"] else "")
                     + (f"{params['feature_group'] or 'reduced'} features of {params['features']}" if params["features"] else "")
