@@ -55,6 +55,14 @@ def test_cuzn_explore_writes_the_record_figures_and_report(cuzn):
                  "figures/visits.png", CUZN_SPEC):
         assert text in html
     truth, runs, params = open_explore(cuzn / "explore.zarr")
+    n_at = int(truth["top"].values.sum())
+    assert truth.attrs["n_at_or_above"] == n_at >= 20
+    expected = min(30 * n_at / 2000, 20) / 20  # random sampling's expected recall at the budget of 30
+    assert f"{n_at} pixels at or above it" in html and "random sampling, expected" in html
+    from xsi_dask.plotting.active import random_expected_recall
+    from xsi_dask.plotting.formatting import format_number
+
+    assert random_expected_recall(30, 2000, n_at, 20) == pytest.approx(expected) and f"recall {format_number(expected)} at the budget" in html
     assert params["methods"] == ["dkl", "random"] and params["seeds"] == [0]
     assert params["n_init"] == 10 and not params["n_init_given"]  # 0.5 % of the 2,000 pixels
     assert params["image"] == "Gatan HAADF" and "(50, 40, 162)" in params["spectra"] and params["energy_units"] == "eV"
@@ -105,7 +113,7 @@ def test_an_existing_output_is_refused_unless_ours_with_overwrite(cuzn, tmp_path
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "report.html").write_text("<html>mine</html>")
-    with pytest.raises(NotOurOutputError, match="not a report of xsi_dask"):
+    with pytest.raises(NotOurOutputError, match="is not an xsi_dask report"):
         explore_run([HAADF, EELS], foreign, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=30)
     (foreign / "report.html").unlink()
     (foreign / "explore.zarr").mkdir()
@@ -155,7 +163,8 @@ def test_the_cli_refuses_with_exit_status_2_and_the_reason(tmp_path, capsys):
     assert "no 3-D spectrum image (y, x, channels) on the 50 x 40 grid" in capsys.readouterr().err
     assert main(["explore", str(HAADF), str(EELS), "--scalarizer", CUZN_SPEC, "--acquisition", "ei", "--budget", "30",
                  "--out", str(tmp_path / "c")]) == 2
-    assert "--structure IMAGE_NAME or --features" in capsys.readouterr().err
+    assert "give the structural image (--structure NAME) or a results store (--features RESULTS.zarr)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before any folder is made
 
 
 @needs_eels
@@ -243,12 +252,22 @@ def test_a_simulated_store_with_patches_and_nmf_features(sim, tmp_path):
     assert np.isfinite(run["prediction"].values).all()
 
     from xsi_dask.active.explore import load_inputs
-    from xsi_dask.errors import StoreFormatError
+    from xsi_dask.errors import InputFileNotFoundError, StoreFormatError
 
-    with pytest.raises(StoreFormatError, match="not an xsi_dask results store"):
+    with pytest.raises(InputFileNotFoundError, match=r"none\.zarr: no such results store"):
         load_inputs([st.path], structure="HAADF", features=tmp_path / "none.zarr")
+    with pytest.raises(StoreFormatError, match="montage store, not an xsi_dask results store"):  # the checks of make_report
+        load_inputs([st.path], structure="HAADF", features=st.path)
     with pytest.raises(ParameterError, match=r"no svd group \(it has nmf\)"):
         load_inputs([st.path], structure="HAADF", features=results, feature_group="svd")
+    from xsi_dask.io.results import open_results
+
+    other = open_results(results, "nmf").load()
+    other.attrs["store_uuid"] = "0" * 32  # the results of another store of the same shape
+    write_results(tmp_path / "other.zarr", {"nmf": other})
+    with pytest.raises(ParameterError, match=rf"other\.zarr: its nmf results were computed from the montage store of uuid "
+                                             rf"{'0' * 32} .*not from the input {st.path} \(uuid {st.uuid}\)"):
+        load_inputs([st.path], structure="HAADF", features=tmp_path / "other.zarr")
     with pytest.raises(ParameterError, match="no tile image of that name; its images: HAADF"):
         load_inputs([st.path], structure="SEM")
     with pytest.raises(ParameterError, match="one montage store alone"):
@@ -279,3 +298,173 @@ def test_discovery_counts_ties_at_the_top_up_to_n_top_and_scores_the_unmeasured_
     run.attrs["noise_variance"] = 0.3**2 - 0.1**2 + 1e-9  # the 20 pixels' interval widens to 1.96 * 0.3 + ...
     assert scores(run, truth)["coverage"] == pytest.approx(1.0)
     assert [default_n_init(n) for n in (100, 1000, 2000, 16384)] == [5, 5, 10, 82]
+
+
+def test_pixels_off_the_candidates_never_count_in_the_recall():
+    """A montage with a hole: the true map off the candidates is NaN before the top 1 % is taken, so a large value
+    there (unmeasurable) neither takes a place in the top nor lowers the recall."""
+    import xarray as xr
+
+    from xsi_dask.active.explore import _on_candidates, _top_mask, discovery
+    from xsi_dask.active.features import Features
+
+    truth = np.zeros((10, 20))
+    truth[:, 10:] = 100.0  # the right half is a hole in the montage (no tile): not candidates
+    truth[2, 3] = 7.0
+    yy, xx = np.mgrid[0:10, 0:10]
+    feats = Features(values=np.zeros((100, 1)), yx=np.stack([yy.ravel(), xx.ravel()], 1), shape=(10, 20), names=("f",))
+    on = _on_candidates(truth, feats)
+    assert np.isnan(on[:, 10:]).all() and np.isfinite(on[:, :10]).all()
+    top, threshold = _top_mask(on)  # 100 candidates: n_top = 1, the 7
+    assert threshold == 7.0 and top.sum() == 1 and top[2, 3]
+    run = xr.Dataset({"visited_y": ("step", [0, 2]), "visited_x": ("step", [0, 3])})
+    recall, best = discovery(run, on)
+    np.testing.assert_allclose(recall, [0, 1])
+    np.testing.assert_allclose(best, [0, 7])
+    recall, _ = discovery(run, truth)  # the hole counted: 2 top pixels, both unmeasurable
+    assert recall[-1] == 0
+
+
+PTS = DATA / "eds" / "jeol_View000_0000006.pts"
+
+
+@pytest.mark.skipif(not PTS.is_file(), reason=f"real EDS data not found at {PTS.parent}")
+@pytest.mark.parametrize("isolate", [True, False])
+def test_read_signals_refuses_what_read_spectrum_image_refuses(tmp_path, isolate):
+    """A JEOL .pts cut after a third of its events, its header's data length patched to match: the pre-read check
+    passes, the frames the header declares are missing (the post-read check); both readers refuse it alike."""
+    from xsi_dask.errors import CorruptFileError
+    from xsi_dask.io.readers import read_signals, read_spectrum_image
+
+    raw = bytearray(PTS.read_bytes())
+    data_pos, data_len = (int(v) for v in np.frombuffer(bytes(raw[:36]), "<u4", 2, 28))
+    cut = raw[: data_pos + data_len // 3]
+    cut[32:36] = np.uint32(data_len // 3).tobytes()
+    bad = tmp_path / "cut.pts"
+    bad.write_bytes(bytes(cut))
+    with pytest.raises(CorruptFileError, match="10 of the 15 frames") as a:
+        read_spectrum_image(bad, isolate=isolate)
+    with pytest.raises(CorruptFileError, match="10 of the 15 frames") as b:
+        read_signals(bad, isolate=isolate)
+    assert str(a.value) == str(b.value) and str(bad) in str(b.value)
+
+
+@needs_velox
+def test_read_signals_decoded_in_the_child_equals_in_process():
+    from xsi_dask.io.readers import read_signals
+
+    a, b = read_signals(VELOX, isolate=False), read_signals(VELOX, isolate=True)
+    assert [(s.title, s.shape, s.signal_type) for s in a] == [(s.title, s.shape, s.signal_type) for s in b]
+    for s, t in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(s.data), np.asarray(t.data))
+        assert [{k: v for k, v in ax.items()} for ax in s.axes] == t.axes  # JSON-safe, equal values
+
+
+@needs_eels
+def test_a_spectrum_image_of_another_calibration_is_refused(tmp_path):
+    """The CuZn pair (both 0.921 nm pixels) is one grid; the EELS SI written again with 1.0 nm pixels is not."""
+    hs = pytest.importorskip("hyperspy.api")
+
+    from xsi_dask.active.explore import load_inputs
+
+    assert load_inputs([HAADF, EELS], structure="Gatan HAADF").features.shape == (50, 40)
+    sig = hs.load(EELS)
+    sig.axes_manager.navigation_axes[0].scale = 1.0  # x
+    other = tmp_path / "other_scale.hspy"
+    sig.save(other)
+    with pytest.raises(ParameterError, match=r"other_scale\.hspy.*pixel 0\.921386 x 1 nm.*CuZn_HAADF\.hspy.*"
+                                             r"pixel 0\.921386 x 0\.921386 nm"):
+        load_inputs([HAADF, other], structure="Gatan HAADF")
+    sig.axes_manager.navigation_axes[0].scale = sig.axes_manager.navigation_axes[1].scale
+    for ax in sig.axes_manager.navigation_axes:  # an origin where the HAADF records none (0): taken as the same
+        ax.offset = 5.0
+    sig.save(other, overwrite=True)
+    assert load_inputs([HAADF, other], structure="Gatan HAADF").features.shape == (50, 40)
+
+
+@needs_velox
+def test_a_constant_true_map_is_refused_before_the_runs(tmp_path):
+    """No element line of the Velox test file's EDS SI has counts: a band at 5-6 keV is zero at every pixel."""
+    out = tmp_path / "e.zarr"
+    with pytest.raises(ParameterError, match=r"every one of the 16384 candidate pixels is at or above .*the map is constant"):
+        xsi_dask.active.explore.explore([VELOX], out=out, structure="a", scalarizer="integral:5-6", acquisition="ei",
+                                        budget=8, n_init=5, steps=1)
+    assert not out.exists()
+
+
+def test_channel_energies_are_read_strictly(tmp_path):
+    from xsi_dask.errors import CorruptFileError
+    from xsi_dask.io.readers import Signal, channel_energies
+
+    def sig(**ax):
+        return Signal(path=tmp_path / "f.hspy", title="EELS", data=np.zeros((2, 2, 4)), axes=[{}, {}, ax], signal_type="EELS")
+
+    e, u = channel_energies(sig(units="eV", scale=0.5, offset=700.0, size=4))
+    np.testing.assert_allclose(e, [700, 700.5, 701, 701.5])
+    assert u == "eV"
+    e, u = channel_energies(sig(units="KEV", axis=[1.0, 1.1, 1.3, 1.7], size=4))  # non-uniform: its values
+    np.testing.assert_allclose(e, [1.0, 1.1, 1.3, 1.7])
+    assert u == "keV"
+    with pytest.raises(ParameterError, match=r"f\.hspy: the energy axis of 'EELS' is in 'nm', not eV or keV"):
+        channel_energies(sig(units="nm", scale=1.0, offset=0.0))
+    with pytest.raises(CorruptFileError, match="records no usable scale"):
+        channel_energies(sig(units="eV", offset=0.0))
+    with pytest.raises(CorruptFileError, match="says 5 channels but the data have 4"):
+        channel_energies(sig(units="eV", scale=1.0, offset=0.0, size=5))
+    with pytest.raises(CorruptFileError, match="strictly increasing"):
+        channel_energies(sig(units="eV", axis=[1.0, 1.0, 2.0, 3.0]))
+
+
+def test_the_acquisitions_and_the_steps_default_come_from_the_model_modules():
+    import inspect
+
+    from xsi_dask.active.acquisition import ACQUISITIONS as ALL
+    from xsi_dask.active.explore import ACQUISITIONS
+    from xsi_dask.active.model import dkl_factory
+    from xsi_dask.cli.main import build_parser
+
+    assert ACQUISITIONS == tuple(a for a in ALL if a != "random")
+    explore = build_parser()._subparsers._group_actions[0].choices["explore"]
+    actions = {a.dest: a for a in explore._actions}
+    assert tuple(actions["acquisition"].choices) == ACQUISITIONS
+    assert "the model's" in actions["steps"].help and str(inspect.signature(dkl_factory).parameters["steps"].default) not in actions["steps"].help
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from xsi_dask.plotting.figures import save
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    path = save(fig, tmp_path / "a.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    old = path.read_bytes()
+
+    def fail(self, fname, **kw):  # the disk fills up half-way through the PNG
+        Path(fname).write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", fail)
+    with pytest.raises(OSError, match="No space"):
+        save(fig, path)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["a.png"]  # the old figure, no leftover
+
+
+@needs_eels
+def test_a_full_disk_while_drawing_names_the_cause_and_keeps_the_record(tmp_path, monkeypatch):
+    import errno
+
+    import xsi_dask.plotting.active as active_plots
+    from xsi_dask.errors import OutputWriteError
+    from xsi_dask.pipeline import explore_run
+
+    def full(record, out, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "figures" / "visits.png"))
+
+    monkeypatch.setattr(active_plots, "write_explore_report", full)
+    out = tmp_path / "o"
+    with pytest.raises(OutputWriteError, match=r"o: cannot be written: the disk is full \(.*visits\.png\); the report is "
+                                               r"incomplete \(the record .*explore\.zarr is complete\)"):
+        explore_run([HAADF, EELS], out, structure="Gatan HAADF", scalarizer=CUZN_SPEC, acquisition="ei", budget=12, steps=2)
+    assert (out / "explore.zarr").is_dir()

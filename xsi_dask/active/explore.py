@@ -59,9 +59,12 @@ import numpy as np
 import xarray as xr
 
 from ..errors import NoSpectrumImageError, ParameterError, StoreFormatError
-from ..io.readers import Signal, read_signals
+from ..io.readers import Signal, channel_energies, read_signals
 from ..io.store import EXPLORE_FORMAT, MontageStore, atomic_output, check_output, output_kind
+from .acquisition import ACQUISITIONS as _ALL_ACQUISITIONS
 from .features import Features, combine_features, montage_patches, reduced_features, structure_patches
+from .loop import _check_resources
+from .loop import _count as _int
 from .scalarizers import Scalarizer, parse_scalarizer
 
 __all__ = [
@@ -69,12 +72,11 @@ __all__ = [
     "load_inputs", "open_explore", "random_baseline", "scores",
 ]
 
-ACQUISITIONS = ("ei", "ucb", "max-std", "thompson")
+ACQUISITIONS = tuple(a for a in _ALL_ACQUISITIONS if a != "random")
 """The acquisitions ``explore`` runs the DKL model with ("random" is the baseline it always runs)."""
 EXPLORE_VERSION = 1
 TOP_FRACTION = 0.01
 """The discovery curve's target: the pixels whose true value is in the top 1 %."""
-_ENERGY_UNITS = {"ev": "eV", "kev": "keV"}
 DEFAULT_WINDOW = 5
 """Side of the structural patches (pixels) unless ``window`` says otherwise."""
 _TRUTH_BLOCK_BYTES = 64 * 2**20  # the true map is computed in blocks of pixels of at most this many float64 bytes
@@ -109,10 +111,11 @@ class ExploreInputs:
     energy : ndarray of shape (channels,), float64
         The spectra's energy axis, in ``units``.
     units : {"eV", "keV"}
-    image : ndarray of shape (H, W), float64, or None
-        The structural image (for the figures); None when there is none.
+    image : ndarray of shape (H, W), float64
+        The structural image (the patches' source, or the store's tile image
+        that places the tiles; the figures show it).
     image_name : str
-        Its name ("" without one).
+        Its name.
     spectra_name : str
         What the spectra are (the signal's title and file, or the store).
     true_map : callable
@@ -125,7 +128,7 @@ class ExploreInputs:
     measure: Callable[[int, int], Any]
     energy: np.ndarray
     units: str
-    image: np.ndarray | None
+    image: np.ndarray
     image_name: str
     spectra_name: str
     true_map: Callable[[Scalarizer], np.ndarray]
@@ -133,14 +136,6 @@ class ExploreInputs:
 
 
 # ---- checks of the parameters (before anything is read) ----
-
-
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ParameterError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ParameterError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_parameters(*, structure, features, feature_group, scalarizer, acquisition, budget, n_init, window, seeds,
@@ -220,16 +215,55 @@ def _select_spectra(signals: list[Signal], shape: tuple[int, int], image: str) -
     return hits[0]
 
 
-def _energy(sig: Signal) -> tuple[np.ndarray, str]:
-    ax = sig.axes[-1]
-    raw = str(ax.get("units") or "").strip()
-    units = _ENERGY_UNITS.get(raw.lower())
-    if units is None:
-        raise ParameterError(f"{sig.path}: the energy axis of {sig.title or sig.path.stem!r} is in {raw!r}, "
-                             "not eV or keV: the scalarizer's bands cannot be placed on it")
-    n = sig.shape[-1]
-    offset, scale = float(ax.get("offset") or 0.0), float(ax.get("scale") or 1.0)
-    return offset + scale * np.arange(n, dtype=np.float64), units
+_LENGTH_NM = {"pm": 1e-3, "å": 0.1, "a": 0.1, "angstrom": 0.1, "nm": 1.0, "µm": 1e3, "μm": 1e3, "um": 1e3, "mm": 1e6}
+_CALIBRATION_RTOL = 1e-3  # relative difference of the pixel sizes (and of the origins, in pixels) taken as equal
+
+
+def _calibration(sig: Signal) -> tuple[float, float, float, float, str] | None:
+    """``(scale_y, scale_x, offset_y, offset_x, units)`` of the two spatial axes, or None when they carry none (pixels)."""
+    from ..io.readers import _pixel_axes
+
+    px = _pixel_axes(sig.axes[:2])
+    if px.units == "px":
+        return None
+    return px.scale_y, px.scale_x, px.offset_y, px.offset_x, px.units
+
+
+def _check_calibration(image: Signal, spectra: Signal) -> None:
+    """Refuse a spectrum image whose pixel grid is not the structural image's, where both are calibrated.
+
+    The pixel sizes must agree within 0.1 % (in one length unit when both are
+    lengths, else in the same units), and so must the origins, within 0.1 %
+    of a pixel, where both files record one (a non-zero offset: the readers
+    write 0 when the file records no origin, as for the HAADF image of a Velox
+    file whose spectrum image has one).
+
+    Raises
+    ------
+    ParameterError
+        The calibrations differ; the message names both signals and files and their calibrations.
+    """
+    a, b = _calibration(image), _calibration(spectra)
+    if a is None or b is None:
+        return
+    fa, fb = _LENGTH_NM.get(a[4].lower()), _LENGTH_NM.get(b[4].lower())
+    if fa is None or fb is None:
+        fa = fb = 1.0
+        same = a[4] == b[4]
+    else:
+        same = True
+    scale_a, scale_b = np.array(a[:2]) * fa, np.array(b[:2]) * fb
+    off_a, off_b = np.array(a[2:4]) * fa, np.array(b[2:4]) * fb
+    same = same and bool(np.allclose(scale_a, scale_b, rtol=_CALIBRATION_RTOL, atol=0.0))
+    recorded = (off_a != 0) & (off_b != 0)
+    same = same and bool(np.all(~recorded | (np.abs(off_a - off_b) <= _CALIBRATION_RTOL * np.abs(scale_a))))
+    if not same:
+        def text(c):
+            return f"pixel {c[0]:.6g} x {c[1]:.6g} {c[4]}, origin ({c[2]:.6g}, {c[3]:.6g}) {c[4]}"
+
+        raise ParameterError(f"the spectrum image {_label(spectra)} ({text(b)}) is not on the pixel grid of the structural "
+                             f"image {_label(image)} ({text(a)}): the same shape, another calibration; give the "
+                             "spectrum image acquired with this image")
 
 
 def _block(channels: int) -> int:
@@ -237,14 +271,13 @@ def _block(channels: int) -> int:
     return max(1, _TRUTH_BLOCK_BYTES // (8 * max(1, channels)))
 
 
-def _files_inputs(paths: list[Path], structure: str | None, window: int) -> ExploreInputs:
+def _files_inputs(paths: list[Path], structure: str, window: int) -> ExploreInputs:
     signals = [s for p in paths for s in read_signals(p)]
-    if structure is None:
-        raise ParameterError("--features RESULTS.zarr goes with a montage store input; with files, give --structure NAME")
     img_sig = _select_structure(signals, structure)
     image = np.asarray(img_sig.data, dtype=np.float64)
     si_sig = _select_spectra(signals, image.shape, _label(img_sig))
-    energy, units = _energy(si_sig)
+    _check_calibration(img_sig, si_sig)
+    energy, units = channel_energies(si_sig)
     si = np.asarray(si_sig.data)  # the "instrument": every spectrum, in the file's dtype
     H, W, C = si.shape
     feats = structure_patches(image, window)
@@ -256,8 +289,8 @@ def _files_inputs(paths: list[Path], structure: str | None, window: int) -> Expl
         flat = si.reshape(H * W, C)
         out = np.empty(H * W)
         step = _block(C)
-        for lo in range(0, H * W, step):  # in blocks: a 128 x 128 x 4096 map is 0.5 GB as float64
-            out[lo:lo + step] = np.asarray(scalarizer(flat[lo:lo + step].astype(np.float64)), dtype=np.float64)
+        for lo in range(0, H * W, step):  # in blocks of views, in the file's dtype: the scalarizer casts only its bands
+            out[lo:lo + step] = np.asarray(scalarizer(flat[lo:lo + step]), dtype=np.float64)
         return out.reshape(H, W)
 
     return ExploreInputs(feats, measure, energy, units, image, img_sig.title or img_sig.path.stem,
@@ -278,23 +311,30 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
     if image_name is None:
         raise ParameterError(f"{path}: its tiles hold no structural image, which the measurement needs to place the tiles "
                              "on the mosaic (and the figures to show)")
-    measure = MontageMeasure(store, image=image_name)
     from .features import mosaic_image
 
-    image, tiles = mosaic_image(store, image_name)
+    mosaic = mosaic_image(store, image_name)  # assembled once: the measurement, the patches and the figures
+    image, tiles = mosaic
+    measure = MontageMeasure(store, image=image_name, mosaic=mosaic)
     parts = []
     if structure is not None:
-        parts.append(montage_patches(store, structure, window))
+        parts.append(montage_patches(store, structure, window, mosaic=mosaic))
     if results is not None:
-        from ..io.results import has_group
+        from ..io.results import open_result_groups
 
-        if output_kind(results) != "results":
-            raise StoreFormatError(f"--features {results}: not an xsi_dask results store (decompose, nmf or run write one)")
-        have = [g for g in ("nmf", "svd") if has_group(results, g)]
-        group = feature_group or (have[0] if have else "nmf")
+        groups = open_result_groups(results)
+        have = [g for g in ("nmf", "svd") if g in groups]
+        group = feature_group or have[0]
         if group not in have:
-            raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have) or 'none'})")
-        parts.append(reduced_features(results, group))
+            raise ParameterError(f"--features {results}: no {group} group (it has {', '.join(have)})")
+        ds = groups[group]
+        source = ds.attrs.get("store_uuid")
+        if source != store.uuid:
+            raise ParameterError(f"--features {results}: its {group} results were computed from "
+                                 + (f"the montage store of uuid {source} ({ds.attrs.get('store', 'path not recorded')})"
+                                    if source else "a montage store they do not record (no store_uuid)")
+                                 + f", not from the input {path} (uuid {store.uuid}): give the results of this store")
+        parts.append(reduced_features(ds, group))
     feats = parts[0] if len(parts) == 1 else combine_features(*parts)
     if feats.shape != image.shape:
         raise ParameterError(f"the features of {results} lie on a {feats.shape[0]} x {feats.shape[1]} mosaic, the store "
@@ -311,7 +351,8 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
             vals = np.empty(csr.shape[0])
             step = _block(csr.shape[1])
             for lo in range(0, csr.shape[0], step):
-                vals[lo:lo + step] = np.asarray(scalarizer(m[lo:lo + step].toarray().astype(np.float64)), dtype=np.float64)
+                # in the counts' dtype: the scalarizer casts only the channels of its bands
+                vals[lo:lo + step] = np.asarray(scalarizer(m[lo:lo + step].toarray()), dtype=np.float64)
             out[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = vals.reshape(th, tw)
         return out
 
@@ -321,7 +362,7 @@ def _store_inputs(path: Path, structure: str | None, results: Path | None, featu
 
 
 def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, features: str | Path | None = None,
-                feature_group: str | None = None, window: int = 5) -> ExploreInputs:
+                feature_group: str | None = None, window: int = DEFAULT_WINDOW) -> ExploreInputs:
     """Read the inputs of an exploration: the features, the measurement and the energy axis.
 
     Parameters
@@ -341,13 +382,19 @@ def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, f
     Returns
     -------
     ExploreInputs
+        The candidates' features on the structural image's ``(H, W)`` grid,
+        the measurement (a lookup of the pre-acquired spectrum), the energy
+        axis in its units, the structural image, the true map's function and
+        the input paths.
 
     Raises
     ------
     ParameterError
         No input, a store beside files or several stores, ``features`` with
         files, a structure name that matches no image or several (the
-        message lists the images), an energy axis not in eV or keV.
+        message lists the images), an energy axis not in eV or keV, a
+        spectrum image whose spatial calibration (pixel size, origin, units)
+        is not the structural image's, results of another store.
     NoSpectrumImageError
         No 3-D spectrum image on the structural image's grid (the message names the shapes found).
     InputFileNotFoundError, UnsupportedFormatError, CorruptFileError
@@ -370,6 +417,8 @@ def load_inputs(inputs: Sequence[str | Path], *, structure: str | None = None, f
     if features is not None:
         raise ParameterError("--features RESULTS.zarr places SVD/NMF features on a montage's mosaic: give the montage "
                              "store as the input (not files)")
+    if structure is None:  # explore() has refused this already (_check_parameters); load_inputs is public
+        raise ParameterError("with files as the input, give the structural image (--structure NAME): the model needs features")
     return _files_inputs(paths, structure, window)
 
 
@@ -396,6 +445,15 @@ def random_baseline(features: Features, truth: np.ndarray, start: xr.Dataset, *,
     xarray.Dataset
         ``visited_y``, ``visited_x``, ``value``, ``initial`` on ``step`` and ``order (y, x)``,
         as a run's.
+
+    References
+    ----------
+    Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
+    discovery in nanoplasmonic systems via autonomous experiments in scanning
+    transmission electron microscopy. Adv. Sci. 9, 2203422,
+    https://doi.org/10.1002/advs.202203422 (the protocol: a random start,
+    the model's choices against random sampling, scored on the pre-acquired
+    true map).
     """
     n_init = int(start["initial"].values.sum())
     budget = int(start.sizes["step"])
@@ -416,12 +474,21 @@ def random_baseline(features: Features, truth: np.ndarray, start: xr.Dataset, *,
     )
 
 
+def _on_candidates(truth: np.ndarray, features: Features) -> np.ndarray:
+    """``truth`` with NaN off the candidate pixels (e.g. the holes of a montage): nothing there can be measured,
+    so it is neither in the top fraction nor in the recall's count."""
+    candidate = np.zeros(truth.shape, dtype=bool)
+    candidate[features.yx[:, 0], features.yx[:, 1]] = True
+    return np.where(candidate, truth, np.nan)
+
+
 def _n_top(truth: np.ndarray, fraction: float = TOP_FRACTION) -> int:
     return max(1, math.ceil(fraction * int(np.isfinite(truth).sum())))
 
 
 def _top_mask(truth: np.ndarray, fraction: float = TOP_FRACTION) -> tuple[np.ndarray, float]:
-    """The pixels at or above the ``n_top``-th largest true value (ties included), and that value."""
+    """The pixels at or above the ``n_top``-th largest finite true value (ties included; NaN pixels, off the
+    candidates, are never in it nor counted in ``n_top``), and that value."""
     finite = np.sort(truth[np.isfinite(truth)])
     threshold = float(finite[-_n_top(truth, fraction)])
     return np.isfinite(truth) & (truth >= threshold), threshold
@@ -435,7 +502,8 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
     ds : xarray.Dataset
         A run (``visited_y``, ``visited_x`` on ``step``).
     truth : ndarray of shape (H, W)
-        The true scalar map (NaN off the candidates).
+        The true scalar map, NaN off the candidates (ignored: the top fraction
+        is of the finite values, ``n_top`` counts them).
     fraction : float
         The top fraction of the true values that counts as a discovery (default 1 %).
 
@@ -448,12 +516,21 @@ def discovery(ds: xr.Dataset, truth: np.ndarray, *, fraction: float = TOP_FRACTI
         ``n_top`` (the convention of ``benchmarks/bench_dkl.py``).
     best : ndarray of shape (budget,)
         The largest true value among the first ``k + 1`` measured pixels.
+
+    References
+    ----------
+    Roccapriore, K. M., Kalinin, S. V. & Ziatdinov, M. (2022). Physics
+    discovery in nanoplasmonic systems via autonomous experiments in scanning
+    transmission electron microscopy. Adv. Sci. 9, 2203422,
+    https://doi.org/10.1002/advs.202203422 (the protocol: a random start,
+    the model's choices against random sampling, scored on the pre-acquired
+    true map).
     """
     top, _ = _top_mask(truth, fraction)
     y, x = ds["visited_y"].values, ds["visited_x"].values
     n_top = _n_top(truth, fraction)
     recall = np.minimum(np.cumsum(top[y, x]), n_top) / n_top
-    best = np.maximum.accumulate(truth[y, x])
+    best = np.fmax.accumulate(truth[y, x])  # a NaN (off the candidates) is no value found
     return recall, best
 
 
@@ -465,13 +542,16 @@ def scores(ds: xr.Dataset, truth: np.ndarray) -> dict[str, float]:
     ds : xarray.Dataset
         A run; ``prediction``/``uncertainty`` (the final fit) and the attribute
         ``noise_variance`` when it has a model.
-    truth : ndarray of shape (H, W)
+    truth : ndarray of shape (H, W), float64
+        The true scalar map (the scalarizer on every pixel, in the scalarizer's
+        units), NaN off the candidates (left out of every score).
 
     Returns
     -------
     dict
         ``recall`` (top 1 %), ``best`` (largest true value measured), ``rmse``
-        (of the prediction against the truth over the unmeasured candidates),
+        (of the prediction against the truth over the unmeasured candidates,
+        in the scalarizer's units, as ``truth``),
         ``coverage`` (the fraction of them within the 95 % predictive interval
         ``prediction +- 1.96 sqrt(uncertainty**2 + noise_variance)``, the
         interval a new measurement falls in) and ``coverage_latent`` (within
@@ -500,6 +580,18 @@ def scores(ds: xr.Dataset, truth: np.ndarray) -> dict[str, float]:
 
 def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
     """Check, before any work, that ``out`` may take the record ``explore.zarr``.
+
+    Parameters
+    ----------
+    out : path
+        The record to write (``.../explore.zarr``).
+    overwrite : bool
+        Whether an existing record of ours may be replaced.
+
+    Returns
+    -------
+    Path
+        ``out``, as :func:`xsi_dask.io.store.check_output` returns it.
 
     Raises
     ------
@@ -641,7 +733,8 @@ def explore(
     Raises
     ------
     ParameterError
-        A parameter out of range (budget < 2 or above the candidate pixels,
+        A true map whose every candidate is at or above the top-1 % threshold
+        (a constant map: every pixel ties). A parameter out of range (budget < 2 or above the candidate pixels,
         n_init >= budget, an even or non-positive window or one without
         ``structure``, seeds < 1, steps < 1),
         an unknown acquisition, a bad scalarizer spec or band, and the input
@@ -660,8 +753,7 @@ def explore(
     """
     out = Path(out)
     check_target(out, overwrite=overwrite)
-    if resources is not None and not isinstance(resources, dict):
-        raise ParameterError(f"resources must be None or a dict such as {{'GPU': 1}}, got {resources!r}")
+    resources = _check_resources(resources)
     p = _check_parameters(structure=structure, features=features, feature_group=feature_group, scalarizer=scalarizer,
                           acquisition=acquisition, budget=budget, n_init=n_init, window=window, seeds=seeds, steps=steps)
     from .acquisition import make_acquisition
@@ -688,13 +780,20 @@ def explore(
     gp = plain_gp_factory(feature_bounds(coords.values), **fit_kw) if baseline_gp else None
 
     t0 = time.perf_counter()
-    truth = data.true_map(scal)
+    truth = _on_candidates(data.true_map(scal), data.features)
     truth_seconds = time.perf_counter() - t0
     bad = data.features.yx[~np.isfinite(truth[data.features.yx[:, 0], data.features.yx[:, 1]])]
     if len(bad):
         raise ParameterError(f"scalarizer {scalarizer!r} gives a non-finite value at {len(bad)} pixel(s), first (y, x) = "
                              f"{tuple(int(v) for v in bad[0])}: the experiment could not measure it (choose bands with counts)")
     top, threshold = _top_mask(truth)
+    if top.sum() == n:
+        lo = float(np.nanmin(truth))
+        raise ParameterError(f"scalarizer {scalarizer!r}: every one of the {n} candidate pixels is at or above the top "
+                             f"{TOP_FRACTION:.0%} threshold ({threshold:.6g}; the smallest value is {lo:.6g}"
+                             + (", the map is constant" if lo == float(np.nanmax(truth)) else "")
+                             + "): any measurement is a discovery and the scores would be meaningless; choose bands "
+                             "whose value varies over the pixels")
 
     kw = dict(scalarizer=scal, acquisition=make_acquisition(acquisition), n_init=n_init_, budget=p["budget"],
               resources=resources)
@@ -721,13 +820,12 @@ def explore(
 
     truth_ds = xr.Dataset(
         {"true_value": (("y", "x"), truth, {"description": f"the scalarizer {scalarizer!r} on every pixel"}),
-         "top": (("y", "x"), top, {"description": f"true value in the top {TOP_FRACTION:.0%}"})},
+         "top": (("y", "x"), top, {"description": f"true value in the top {TOP_FRACTION:.0%}"}),
+         "image": (("y", "x"), data.image, {"description": f"structural image {data.image_name!r}"})},
         coords={"y": np.arange(truth.shape[0]), "x": np.arange(truth.shape[1])},
         attrs={"top_fraction": TOP_FRACTION, "top_threshold": threshold, "n_top": _n_top(truth), "n_at_or_above": int(top.sum()),
                "seconds": truth_seconds},
     )
-    if data.image is not None:
-        truth_ds["image"] = (("y", "x"), data.image, {"description": f"structural image {data.image_name!r}"})
     params = {
         "inputs": data.sources, "structure": structure, "features": None if features is None else str(features),
         "feature_group": feature_group, "feature_columns": len(data.features.names), "image": data.image_name,

@@ -278,7 +278,8 @@ def mosaic_image(store: str | Path | MontageStore, name: str) -> tuple[np.ndarra
 
 
 def montage_patches(store: str | Path | MontageStore, name: str, window: int, *,
-                    normalize: Literal["minmax", "zscore"] = "minmax") -> Features:
+                    normalize: Literal["minmax", "zscore"] = "minmax",
+                    mosaic: tuple[np.ndarray, np.ndarray] | None = None) -> Features:
     """:func:`structure_patches` of a montage's structural image, windows crossing tile borders.
 
     The tiles' images are assembled on the layout's grid (:func:`mosaic_image`),
@@ -286,6 +287,20 @@ def montage_patches(store: str | Path | MontageStore, name: str, window: int, *,
     neighbouring tile; only the mosaic's outer edges are reflected.
     ``"minmax"`` normalisation uses the minimum and maximum of the whole
     montage.
+
+    Parameters
+    ----------
+    store : path or MontageStore
+        The montage.
+    name : str
+        Its structural image.
+    window : int
+        Odd side of the patches (pixels).
+    normalize : {"minmax", "zscore"}
+        See :func:`structure_patches`.
+    mosaic : tuple of ndarray, optional
+        ``mosaic_image(store, name)`` when the caller has it already (it is
+        not assembled again); default: assembled here.
 
     Returns
     -------
@@ -298,7 +313,7 @@ def montage_patches(store: str | Path | MontageStore, name: str, window: int, *,
     ParameterError, LayoutError, CorruptStoreError
         See :func:`structure_patches` and :func:`mosaic_image`.
     """
-    image, _ = mosaic_image(store, name)
+    image, _ = mosaic_image(store, name) if mosaic is None else mosaic
     return structure_patches(image, window, normalize=normalize)
 
 

@@ -155,9 +155,11 @@ def train_step(model_factory: ModelFactory, seed: int, X: np.ndarray, train: np.
             "fit_seconds": t1 - t0, "predict_seconds": t2 - t1, "worker": _where(), "model_values": model_values}
 
 
-def _count(value: Any, name: str) -> int:
+def _count(value: Any, name: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ParameterError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ParameterError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 

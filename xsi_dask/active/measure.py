@@ -31,6 +31,9 @@ class MontageMeasure:
     image : str
         A structural image of the tiles, used only to check that the mosaic
         can be assembled (the same check as the patches); default ``"HAADF"``.
+    mosaic : tuple of ndarray, optional
+        ``mosaic_image(store, image)`` when the caller has it already (it is
+        not assembled again); default: assembled here.
 
     Attributes
     ----------
@@ -51,9 +54,10 @@ class MontageMeasure:
     a tile's CSR arrays are read once and cached by the store.
     """
 
-    def __init__(self, store: str | Path | MontageStore, image: str = "HAADF"):
+    def __init__(self, store: str | Path | MontageStore, image: str = "HAADF", *,
+                 mosaic: tuple[np.ndarray, np.ndarray] | None = None):
         self.store = store if isinstance(store, MontageStore) else MontageStore(store)
-        _, self.tiles_ = mosaic_image(self.store, image)
+        _, self.tiles_ = mosaic_image(self.store, image) if mosaic is None else mosaic
         self.calls_: list[tuple[int, int]] = []
         self._energy = self.store.energy
 

@@ -261,14 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scalar learned from each spectrum, in the energy axis' units (eV or keV) unless units= says: "
                         "band:LO-HI, integral:LO-HI, ratio:LO-HI/LO-HI, with :bg=LO-HI for a power-law background, "
                         "max:LO-HI, maxpos:LO-HI (e.g. ratio:1020-1100/924-1004:bg=820-916:units=eV)")
-    e.add_argument("--acquisition", required=True, choices=("ei", "ucb", "max-std", "thompson"),
+    e.add_argument("--acquisition", required=True, choices=_explore_acquisitions(),
                    help="how the DKL model picks the next pixel: expected improvement, upper confidence bound (beta 4), "
                         "largest uncertainty, or a Thompson draw (it seeks high values)")
     e.add_argument("--budget", type=int, required=True, metavar="N", help="measurements per run, the random start included")
     e.add_argument("--n-init", type=int, metavar="N",
                    help="random measurements first (default 0.5 %% of the pixels, at least 5, as the DKL papers)")
     e.add_argument("--seeds", type=int, default=1, metavar="S", help="runs of seeds 0..S-1 of every method (default 1)")
-    e.add_argument("--steps", type=int, metavar="N", help="Adam steps per fit of the model (default the model's, 200)")
+    e.add_argument("--steps", type=int, metavar="N", help="Adam steps per fit of the model (default: the model's, dkl_factory's steps)")
     e.add_argument("--baseline-gp", action="store_true",
                    help="also run the plain GP on the pixel coordinates with the same acquisition (random sampling "
                         "is always run as the baseline, from the same random start)")
@@ -462,11 +462,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore_acquisitions() -> tuple[str, ...]:
+    """The DKL model's acquisitions (random sampling is explore's baseline, always run)."""
+    from ..active.acquisition import ACQUISITIONS
+
+    return tuple(a for a in ACQUISITIONS if a != "random")
+
+
 def _cmd_explore(args: argparse.Namespace) -> int:
     from ..pipeline import explore_run
 
-    if args.structure is None and args.features is None:
-        raise ParameterError("give --structure IMAGE_NAME or --features RESULTS.zarr (or both): the model needs features")
     report = explore_run(
         args.inputs, args.out, overwrite=args.overwrite, title=args.title,
         progress=None if args.quiet else (lambda line: print(line, flush=True)),

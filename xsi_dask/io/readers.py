@@ -56,6 +56,7 @@ __all__ = [
     "SpectrumImage",
     "READERS",
     "Signal",
+    "channel_energies",
     "read_signals",
     "read_spectrum_image",
     "to_json",
@@ -75,6 +76,7 @@ READERS: dict[str, tuple[str, bool, dict[str, Any]]] = {
 }
 
 _ENERGY_UNIT_TO_KEV = {"kev": 1.0, "ev": 1e-3, "mev": 1e3}
+_ENERGY_UNIT_NAMES = {"kev": "keV", "ev": "eV", "mev": "MeV"}
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _axis(ax: dict[str, Any], key: str, default: Any) -> Any:
 
 def _energy_axis(ax: dict[str, Any], path: Path) -> EnergyAxis:
     units = str(_axis(ax, "units", "")).strip()
-    factor = _ENERGY_UNIT_TO_KEV.get(units.lower())
+    factor = _ENERGY_UNIT_TO_KEV.get(units.lower())  # lenient (ingest warns and takes keV); channel_energies is strict
     if factor is None:
         warnings.warn(
             f"{path}: energy axis units {units!r} are not eV or keV; taking the values as keV",
@@ -424,6 +426,23 @@ def read_spectrum_image(
         ``xsi-dask.decode-timeout`` is not a number of seconds, or
         ``reader_kwargs`` cannot be handed to the decoding process.
     """
+    path, module_name, default_lazy, kwargs = _reader_of(path, reader_kwargs)
+    lazy = default_lazy if lazy is None else bool(lazy)
+    if _isolated(lazy, isolate):
+        return _read_isolated(path, kwargs)
+    return _read_in_process(path, module_name, lazy, kwargs)
+
+
+def _reader_of(path: str | Path, reader_kwargs: dict[str, Any]) -> tuple[Path, str, bool, dict[str, Any]]:
+    """The checked path, its RosettaSciIO plug-in, whether it is read lazily, and the reader's keyword arguments.
+
+    Raises
+    ------
+    InputFileNotFoundError
+        ``path`` is not a file.
+    UnsupportedFormatError
+        Its extension is not in ``READERS``.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFoundError(f"input file not found: {path}")
@@ -433,17 +452,44 @@ def read_spectrum_image(
         raise UnsupportedFormatError(
             f"{path}: unsupported format {ext!r}; xsi_dask reads {known} through RosettaSciIO"
         )
-    module_name, default_lazy, default_kwargs = READERS[ext]
-    kwargs = {**default_kwargs, **reader_kwargs}
-    lazy = default_lazy if lazy is None else bool(lazy)
+    module_name, lazy, default_kwargs = READERS[ext]
+    return path, module_name, lazy, {**default_kwargs, **reader_kwargs}
+
+
+def _isolated(lazy: bool, isolate: bool | None) -> bool:
+    """Whether to decode in the child process: ``isolate``, by default ``xsi-dask.isolate-readers`` for eager reads."""
     if isolate is None:
         import dask.config
 
         # the decode server forks a child per file: POSIX only (elsewhere files are read in-process)
-        isolate = not lazy and hasattr(os, "fork") and bool(dask.config.get("xsi-dask.isolate-readers", True))
-    if isolate and not lazy:
-        return _read_isolated(path, kwargs)
-    return _read_in_process(path, module_name, lazy, kwargs)
+        isolate = hasattr(os, "fork") and bool(dask.config.get("xsi-dask.isolate-readers", True))
+    return bool(isolate) and not lazy
+
+
+def _read_checked(path: Path, module_name: str, lazy: bool, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every signal of ``path`` as its plug-in returns it, after the checks every read of the package makes.
+
+    The format's pre-read check (``_PREFLIGHT``), the plug-in, the metadata
+    completed by the reader's mapping (:func:`_apply_mapping`, as HyperSpy's
+    loader does) and the format's post-read check (``_POSTREAD``) of every
+    3-D signal.
+
+    Raises
+    ------
+    CorruptFileError
+        A check or the plug-in refused the file.
+    UnsupportedFormatError
+        The plug-in cannot be imported.
+    """
+    ext = path.suffix.lower()
+    if ext in _PREFLIGHT:
+        _PREFLIGHT[ext](path)
+    signals = [{**s, "metadata": _apply_mapping(s)} for s in _call_reader(path, module_name, lazy, kwargs)]
+    if ext in _POSTREAD:
+        for s in signals:
+            if getattr(s.get("data"), "ndim", 0) == 3:
+                _POSTREAD[ext](path, s)
+    return signals
 
 
 _MISSING = object()
@@ -479,10 +525,7 @@ def _apply_mapping(sig: dict[str, Any]) -> dict[str, Any]:
 
 def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str, Any]) -> SpectrumImage:
     """Read ``path`` with its RosettaSciIO plug-in in this process (the checks of the path are done)."""
-    ext = path.suffix.lower()
-    if ext in _PREFLIGHT:
-        _PREFLIGHT[ext](path)
-    signals = _call_reader(path, module_name, lazy, kwargs)
+    signals = _read_checked(path, module_name, lazy, kwargs)
 
     candidates = [s for s in signals if _is_spectrum_image(s)]
     if not candidates:
@@ -498,8 +541,6 @@ def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str,
 
     eds = [s for s in candidates if _signal_type(s).upper().startswith("EDS")]
     si = (eds or candidates)[0]
-    if ext in _POSTREAD:
-        _POSTREAD[ext](path, si)
     axes = si["axes"]
     data = si["data"]
     energy = _energy_axis(axes[2], path)
@@ -527,7 +568,7 @@ def _read_in_process(path: Path, module_name: str, lazy: bool, kwargs: dict[str,
         pixels=_pixel_axes(axes),
         images=images,
         other_images=other,
-        metadata=to_json(_apply_mapping(si)),
+        metadata=to_json(si["metadata"]),
         original_metadata=to_json(si.get("original_metadata", {})),
         signal_type=_signal_type(si),
     )
@@ -620,7 +661,7 @@ def _write_sparse(f: Any, arr: np.ndarray) -> None:
             f.seek(chunk.size, os.SEEK_CUR)
 
 
-def _data_arrays(data: np.ndarray, out: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+def _data_arrays(data: np.ndarray, out: dict[str, Any], name: str = "data") -> list[tuple[str, np.ndarray]]:
     """The cube to hand back: its CSR arrays where they are under a quarter of its size, else itself.
 
     An XSI cube is mostly zeros (0.03 % non-zero in the JEOL map, yet an event
@@ -632,15 +673,16 @@ def _data_arrays(data: np.ndarray, out: dict[str, Any]) -> list[tuple[str, np.nd
 
         indptr, indices, values = dense_to_csr(data)
         if indptr.nbytes + indices.nbytes + values.nbytes < data.nbytes // 4:
-            out["data"] = {"sparse": True, "dtype": data.dtype.str, "shape": list(data.shape)}
-            return [("data.indptr", indptr), ("data.indices", indices), ("data.values", values)]
-    return [("data", data)]
+            out[name] = {"sparse": True, "dtype": data.dtype.str, "shape": list(data.shape)}
+            return [(f"{name}.indptr", indptr), (f"{name}.indices", indices), (f"{name}.values", values)]
+    return [(name, data)]
 
 
-def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
-    """Rebuild the child's cube from its CSR arrays, after checking them; return it and the CSR arrays."""
+def _dense_from_csr(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                    name: str = "data") -> tuple[np.ndarray, tuple]:
+    """Rebuild the child's cube ``name`` from its CSR arrays, after checking them; return it and the CSR arrays."""
     dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
-    indptr, indices, values = (arrays.pop(f"data.{k}", None) for k in ("indptr", "indices", "values"))
+    indptr, indices, values = (arrays.pop(f"{name}.{k}", None) for k in ("indptr", "indices", "values"))
     npix = shape[0] * shape[1] if len(shape) == 3 else -1
     ok = (
         dtype.kind in "iuf" and npix >= 0 and min(shape) >= 0
@@ -671,11 +713,25 @@ def _decode_request(req: dict[str, Any]) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            si = _read_in_process(path, req["module"], False, req["kwargs"])
+            if req.get("signals"):  # every signal (read_signals)
+                raw = _read_checked(path, req["module"], False, req["kwargs"])
+            else:
+                si = _read_in_process(path, req["module"], False, req["kwargs"])
         out["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
-        arrays = _data_arrays(np.ascontiguousarray(si.data), out)
-        arrays += [(f"images/{k}", np.ascontiguousarray(v)) for k, v in si.images.items() if not v.dtype.hasobject]
-        arrays += [(f"other/{k}", np.ascontiguousarray(v)) for k, v in si.other_images.items() if not v.dtype.hasobject]
+        if req.get("signals"):
+            arrays, described = [], []
+            for k, sig in enumerate(raw):
+                data = np.asarray(sig["data"])
+                if data.dtype.hasobject:
+                    continue
+                arrays += _data_arrays(np.ascontiguousarray(data), out, f"signal{k}")
+                described.append({"name": f"signal{k}", "axes": to_json(list(sig.get("axes", [])), max_list=1 << 40),
+                                  "metadata": to_json(sig.get("metadata", {}))})
+            out["signals"] = described
+        else:
+            arrays = _data_arrays(np.ascontiguousarray(si.data), out)
+            arrays += [(f"images/{k}", np.ascontiguousarray(v)) for k, v in si.images.items() if not v.dtype.hasobject]
+            arrays += [(f"other/{k}", np.ascontiguousarray(v)) for k, v in si.other_images.items() if not v.dtype.hasobject]
         entries, offset = [], 0
         for name, arr in arrays:
             offset = -(-offset // _ALIGN) * _ALIGN
@@ -694,12 +750,10 @@ def _decode_request(req: dict[str, Any]) -> None:
                 f"{path}: the decoded spectrum image ({offset:,} bytes) could not be handed back through "
                 f"{folder} ({exc}); free space there or point TMPDIR elsewhere"
             ) from exc
-        out.update(
-            ok=True, binary=binary, arrays=entries, size=offset,
-            energy=dataclasses.asdict(si.energy), pixels=dataclasses.asdict(si.pixels),
-            metadata=si.metadata, original_metadata=si.original_metadata, signal_type=si.signal_type,
-            imported=sorted(set(sys.modules) - before),
-        )
+        out.update(ok=True, binary=binary, arrays=entries, size=offset, imported=sorted(set(sys.modules) - before))
+        if not req.get("signals"):
+            out.update(energy=dataclasses.asdict(si.energy), pixels=dataclasses.asdict(si.pixels),
+                       metadata=si.metadata, original_metadata=si.original_metadata, signal_type=si.signal_type)
     except MemoryError as exc:
         out.update(error="CorruptFileError", message=(
             f"{path}: RosettaSciIO ran out of memory decoding this file ({exc or 'MemoryError'}); a corrupt header "
@@ -891,6 +945,25 @@ def _decode_timeout(path: Path) -> float:
 
 def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
     """:func:`read_spectrum_image` of an eagerly read format, decoded in a child process."""
+    out, arrays = _decode_isolated(path, kwargs)
+    data, csr = _dense_from_csr(path, out["data"], arrays) if "data" in out else (arrays.pop("data"), None)
+    return SpectrumImage(
+        path=path,
+        data=data,
+        energy=EnergyAxis(**out["energy"]),
+        pixels=PixelAxes(**out["pixels"]),
+        images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("images/")},
+        other_images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("other/")},
+        metadata=out["metadata"],
+        original_metadata=out["original_metadata"],
+        signal_type=out["signal_type"],
+        csr=csr,
+    )
+
+
+def _decode_isolated(path: Path, kwargs: dict[str, Any], *, signals: bool = False
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Decode ``path`` in a child process: its description and arrays (the spectrum image's, or every signal's)."""
     module_name = READERS[path.suffix.lower()][0]
     timeout = _decode_timeout(path)
     dirs = _transfer_dirs()
@@ -901,7 +974,7 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
     try:
         request = pickle.dumps(
             {"path": str(path), "module": module_name, "kwargs": kwargs, "dirs": dirs, "base": base, "result": result,
-             "timeout": timeout}
+             "timeout": timeout, "signals": signals}
         )
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise ParameterError(
@@ -949,19 +1022,7 @@ def _read_isolated(path: Path, kwargs: dict[str, Any]) -> SpectrumImage:
                 proc.wait()
         for name in leftovers:
             _unlink(name)
-    data, csr = _dense_from_csr(path, out["data"], arrays) if "data" in out else (arrays.pop("data"), None)
-    return SpectrumImage(
-        path=path,
-        data=data,
-        energy=EnergyAxis(**out["energy"]),
-        pixels=PixelAxes(**out["pixels"]),
-        images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("images/")},
-        other_images={k.split("/", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("other/")},
-        metadata=out["metadata"],
-        original_metadata=out["original_metadata"],
-        signal_type=out["signal_type"],
-        csr=csr,
-    )
+    return out, arrays
 
 
 # ---- every signal of a file (the active-learning inputs: a structural image and the spectrum image to measure) ----
@@ -993,6 +1054,7 @@ class Signal:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The data's shape as Python ints: ``(H, W)`` for an image, ``(H, W, channels)`` for a spectrum image."""
         return tuple(int(n) for n in self.data.shape)
 
     @property
@@ -1001,7 +1063,57 @@ class Signal:
         return _is_spectrum_image({"data": self.data, "axes": self.axes})
 
 
-def read_signals(path: str | Path, **reader_kwargs: Any) -> list[Signal]:
+def channel_energies(sig: Signal, units: tuple[str, ...] = ("eV", "keV")) -> tuple[np.ndarray, str]:
+    """The channel energies of a spectrum image's last (signal) axis, in its own units, read strictly.
+
+    Parameters
+    ----------
+    sig : Signal
+        A signal whose last axis is the energy axis.
+    units : tuple of str
+        The units accepted (default eV and keV).
+
+    Returns
+    -------
+    energy : ndarray of shape (channels,), float64
+        Channel centres: RosettaSciIO's ``axis`` values where the axis is
+        non-uniform, else ``offset + scale * arange(channels)``.
+    units : str
+        One of ``units``, spelled as there.
+
+    Raises
+    ------
+    ParameterError
+        The axis' units are not among ``units`` (the message names the file and the signal).
+    CorruptFileError
+        The axis records no scale (or a non-finite or zero one), a non-finite
+        offset, a size other than the data's channel count, or non-uniform
+        values that are not finite and strictly increasing, one per channel.
+    """
+    where = f"{sig.path}: the energy axis of {sig.title or sig.path.stem!r}"
+    ax = sig.axes[-1] if sig.axes else {}
+    raw = str(ax.get("units") or "").strip()
+    name = _ENERGY_UNIT_NAMES.get(raw.lower())
+    if name not in units:
+        raise ParameterError(f"{where} is in {raw!r}, not {' or '.join(units)}: energies cannot be placed on it")
+    n = sig.shape[-1]
+    if ax.get("size") is not None and int(ax["size"]) != n:
+        raise CorruptFileError(f"{where} says {int(ax['size'])} channels but the data have {n}")
+    if ax.get("axis") is not None:  # a non-uniform axis: its values
+        energy = np.asarray(ax["axis"], dtype=np.float64).reshape(-1)
+        if energy.size != n or not np.isfinite(energy).all() or (n > 1 and not (np.diff(energy) > 0).all()):
+            raise CorruptFileError(f"{where} has {energy.size} values for {n} channels, or values that are not finite "
+                                   "and strictly increasing")
+        return energy, name
+    scale, offset = ax.get("scale"), ax.get("offset", 0.0)
+    if scale is None or not math.isfinite(float(scale)) or float(scale) == 0:
+        raise CorruptFileError(f"{where} records no usable scale ({scale!r}): the channels' energies are unknown")
+    if offset is None or not math.isfinite(float(offset)):
+        raise CorruptFileError(f"{where} records no usable offset ({offset!r}): the channels' energies are unknown")
+    return float(offset) + float(scale) * np.arange(n, dtype=np.float64), name
+
+
+def read_signals(path: str | Path, *, isolate: bool | None = None, **reader_kwargs: Any) -> list[Signal]:
     """Every signal of one file, read with its RosettaSciIO plug-in (images and spectrum images alike).
 
     :func:`read_spectrum_image` keeps one spectrum image per file and the
@@ -1012,6 +1124,8 @@ def read_signals(path: str | Path, **reader_kwargs: Any) -> list[Signal]:
     ----------
     path : str or Path
         A file of an extension in ``READERS``.
+    isolate : bool, optional
+        As :func:`read_spectrum_image` (default: a child process for bcf, pts, emd).
     **reader_kwargs
         Passed to RosettaSciIO's ``file_reader``.
 
@@ -1022,29 +1136,28 @@ def read_signals(path: str | Path, **reader_kwargs: Any) -> list[Signal]:
 
     Raises
     ------
-    InputFileNotFoundError, UnsupportedFormatError, CorruptFileError
+    InputFileNotFoundError, UnsupportedFormatError, CorruptFileError, ParameterError
         As :func:`read_spectrum_image`.
 
     Notes
     -----
-    The file is decoded in this process, not in the isolated child of
-    :func:`read_spectrum_image` (which returns the spectrum image only): a
-    crash of a compiled decoder on a corrupt file ends the process.
+    The file goes through the checks, the isolation (eagerly read formats are
+    decoded in the child process of :func:`read_spectrum_image`, by default)
+    and the metadata mapping of :func:`read_spectrum_image`; the format's
+    post-read check applies to every 3-D signal.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileNotFoundError(f"input file not found: {path}")
-    ext = path.suffix.lower()
-    if ext not in READERS:
-        raise UnsupportedFormatError(
-            f"{path}: unsupported format {ext!r}; xsi_dask reads {', '.join(sorted(READERS))} through RosettaSciIO"
-        )
-    module_name, lazy, default_kwargs = READERS[ext]
-    if ext in _PREFLIGHT:
-        _PREFLIGHT[ext](path)
-    signals = _call_reader(path, module_name, lazy, {**default_kwargs, **reader_kwargs})
+    path, module_name, lazy, kwargs = _reader_of(path, reader_kwargs)
+    if _isolated(lazy, isolate):
+        out, arrays = _decode_isolated(path, kwargs, signals=True)
+        raw = []
+        for d in out.get("signals", []):
+            name = d["name"]
+            data = _dense_from_csr(path, out[name], arrays, name)[0] if name in out else arrays.pop(name)
+            raw.append({"data": data, "axes": d["axes"], "metadata": d["metadata"]})
+    else:
+        raw = _read_checked(path, module_name, lazy, kwargs)
     return [
         Signal(path=path, title=str(s.get("metadata", {}).get("General", {}).get("title", "") or ""), data=s["data"],
                axes=list(s.get("axes", [])), signal_type=str(s.get("metadata", {}).get("Signal", {}).get("signal_type", "") or ""))
-        for s in signals
+        for s in raw
     ]

@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 
 from .._dask import compute
-from ..errors import NotOurOutputError, StoreExistsError
+from ..errors import InputFileNotFoundError, NotOurOutputError, StoreExistsError, StoreFormatError
 from ..progress import Progress
 from .readers import to_json
 from .store import (
@@ -40,7 +40,7 @@ from .store import (
 )
 
 __all__ = [
-    "RESULTS_FORMAT", "RESULTS_VERSION", "check_results_target", "has_group", "open_results", "results_update",
+    "RESULTS_FORMAT", "RESULTS_VERSION", "check_results_target", "has_group", "open_result_groups", "open_results", "results_update",
     "write_results",
 ]
 
@@ -252,6 +252,38 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
             for name, ds in groups.items():
                 _write_group(ds, stage, name, bar)
     return out
+
+
+def open_result_groups(path: str | Path) -> dict[str, xr.Dataset]:
+    """The ``svd`` and ``nmf`` groups of a results store (those it has), lazily, after checking it is one.
+
+    Parameters
+    ----------
+    path : path
+        A results store (the ``--out`` of decompose, nmf or run).
+
+    Returns
+    -------
+    dict
+        ``{"svd": Dataset, "nmf": Dataset}``, the groups present (at least one).
+
+    Raises
+    ------
+    InputFileNotFoundError
+        Nothing at ``path``.
+    StoreFormatError
+        ``path`` is not an xsi_dask results store, or one with neither group.
+    """
+    p = Path(path)
+    if not (p.is_symlink() or p.exists()):
+        raise InputFileNotFoundError(f"{p}: no such results store (the --out of decompose, nmf or run)")
+    if output_kind(p) != "results":
+        raise StoreFormatError(f"{p} is {describe_path(p)}, not an xsi_dask results store "
+                               "(written by xsi-dask decompose, nmf or run)")
+    groups = {g: open_results(p, g) for g in ("svd", "nmf") if has_group(p, g)}
+    if not groups:
+        raise StoreFormatError(f"{p}: a results store with neither an svd nor an nmf group")
+    return groups
 
 
 def has_group(path: str | Path, group: str) -> bool:

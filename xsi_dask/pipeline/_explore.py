@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotOurOutputError, OutputWriteError
+from ..errors import NotOurOutputError, XSIError
 
 __all__ = ["EXPLORE_RECORD", "explore_run"]
 
@@ -22,25 +22,19 @@ EXPLORE_RECORD = "explore.zarr"
 def _check_folder(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, a folder whose report, figures or record are not ours to replace."""
     from ..active.explore import check_target
-    from ..io.store import describe_path, output_kind
+    from ..io.store import output_kind
     from ..plotting.active import EXPLORE_FIGURES
-    from ..plotting.report import is_our_report
+    from ..plotting.build import check_report_folder
 
-    if (out.is_symlink() or out.exists()) and not out.is_dir():
-        raise NotOurOutputError(f"{out} is {describe_path(out)}: the --out of explore is a folder; choose another --out")
+    check_report_folder(out)  # a folder; report.html ours or absent; figures a folder or absent
     record = out / EXPLORE_RECORD
     check_target(record, overwrite=overwrite)  # ours without --overwrite: StoreExistsError; not ours: NotOurOutputError
     report = out / "report.html"
-    if report.is_symlink() or report.exists():
-        if not is_our_report(report) or report.is_symlink():
-            raise NotOurOutputError(f"{report} is not a report of xsi_dask; it is left as it is: choose another --out")
-        if output_kind(record) != "explore":
-            raise NotOurOutputError(f"{report} is the report of another xsi_dask command (no {EXPLORE_RECORD} beside it); "
-                                    "it is left as it is: choose another --out")
+    if report.exists() and output_kind(record) != "explore":
+        raise NotOurOutputError(f"{report} is the report of another xsi_dask command (no {EXPLORE_RECORD} beside it); "
+                                "it is left as it is: choose another --out")
     figures = out / "figures"
-    if figures.is_symlink() or figures.exists():
-        if figures.is_symlink() or not figures.is_dir():
-            raise NotOurOutputError(f"{figures} is {describe_path(figures)}, where explore writes its figures; choose another --out")
+    if figures.is_dir():
         other = sorted(p.name for p in figures.iterdir() if p.name not in EXPLORE_FIGURES)
         if other:
             raise NotOurOutputError(f"{figures} holds files explore does not write ({', '.join(other[:5])}); "
@@ -88,6 +82,7 @@ def explore_run(inputs: Sequence[str | Path], out: str | Path, *, overwrite: boo
     """
     from ..active.explore import explore
     from ..plotting.active import write_explore_report
+    from ..plotting.build import report_write_error
 
     out = Path(out)
     _check_folder(out, overwrite)
@@ -95,5 +90,6 @@ def explore_run(inputs: Sequence[str | Path], out: str | Path, *, overwrite: boo
     try:
         return write_explore_report(record, out, title=title)
     except OSError as exc:
-        raise OutputWriteError(f"{out}: the figures or report.html cannot be written ({exc.strerror or exc}); "
-                               f"the record {record} is complete") from exc
+        if isinstance(exc, XSIError):
+            raise
+        raise report_write_error(out, exc, kept=f"the record {record} is complete") from exc

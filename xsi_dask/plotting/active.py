@@ -23,12 +23,12 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..active.explore import open_explore
-from .figures import save
+from .figures import colour_limits, save
 from .formatting import format_number, format_seconds
 from .report import write_report
 
-__all__ = ["EXPLORE_FIGURES", "METHOD_LABELS", "draw_discovery", "draw_final_maps", "draw_visits", "summary_rows",
-           "write_explore_report"]
+__all__ = ["EXPLORE_FIGURES", "METHOD_LABELS", "draw_discovery", "draw_final_maps", "draw_visits", "random_expected_recall",
+           "summary_rows", "write_explore_report"]
 
 METHOD_LABELS = {"dkl": "DKL", "random": "random", "gp": "GP(y, x)"}
 _COLOURS = {"dkl": "C0", "random": "0.4", "gp": "C1"}
@@ -58,8 +58,8 @@ def draw_visits(image: np.ndarray, run: xr.Dataset, *, title: str = "") -> Figur
     H, W = image.shape
     fig = Figure(figsize=(6.4, 0.6 + 5.2 * min(2.0, max(0.5, H / W))))
     ax = fig.add_subplot()
-    lo, hi = np.nanpercentile(image, [0.5, 99.5])
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    lo, hi = colour_limits(image)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     y, x, init = run["visited_y"].values, run["visited_x"].values, run["initial"].values.astype(bool)
     steps = np.arange(1, y.size + 1)  # the n-th measurement
     ax.scatter(x[init], y[init], marker="x", s=36, c="white", linewidths=1.5, label=f"random start ({int(init.sum())})")
@@ -78,9 +78,8 @@ def draw_visits(image: np.ndarray, run: xr.Dataset, *, title: str = "") -> Figur
 
 
 def _panel(fig: Figure, ax, img: np.ndarray, title: str, cmap: str, run: xr.Dataset | None = None) -> None:
-    finite = img[np.isfinite(img)]
-    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    lo, hi = colour_limits(img)
+    im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     if run is not None:
         ax.scatter(run["visited_x"].values, run["visited_y"].values, s=6, c="red", marker=".", linewidths=0)
     ax.set_title(title, fontsize=9)
@@ -171,6 +170,31 @@ def draw_discovery(runs: Mapping[str, Mapping[int, xr.Dataset]], *, acquisition:
     return fig
 
 
+def random_expected_recall(budget: int, n_pixels: int, n_at_or_above: int, n_top: int) -> float:
+    """Random sampling's expected top-1 % recall after ``budget`` measurements.
+
+    Parameters
+    ----------
+    budget : int
+        Measurements.
+    n_pixels : int
+        Candidate pixels.
+    n_at_or_above : int
+        Candidates at or above the top-fraction threshold (ties included).
+    n_top : int
+        The top fraction's size, the most the recall counts.
+
+    Returns
+    -------
+    float
+        ``min(budget * n_at_or_above / n_pixels, n_top) / n_top``: the expected
+        number of those pixels among ``budget`` uniform draws without
+        replacement, capped at ``n_top`` as :func:`~xsi_dask.active.explore.discovery`
+        caps it (the cap makes it an upper bound of the expectation of the capped count).
+    """
+    return min(budget * n_at_or_above / n_pixels, n_top) / n_top
+
+
 def _pm(values: list[float], unit: str = "") -> str:
     v = np.asarray(values, dtype=np.float64)
     if not np.isfinite(v).any():
@@ -182,6 +206,15 @@ def _pm(values: list[float], unit: str = "") -> str:
 
 def summary_rows(runs: Mapping[str, Mapping[int, xr.Dataset]], *, acquisition: str) -> tuple[dict, dict]:
     """The report's tables: final scores and per-step timing, one row per method.
+
+    Parameters
+    ----------
+    runs : mapping
+        ``runs[method][seed]`` -> a run of the record (:func:`~xsi_dask.active.explore.open_explore`),
+        with the ``final_*`` and ``run_seconds`` attributes and, for a model's run,
+        ``fit_seconds``, ``predict_seconds``, ``acquire_seconds`` on ``step``.
+    acquisition : str
+        The acquisition's name (for the row labels).
 
     Returns
     -------
@@ -244,10 +277,9 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
     true = truth["true_value"].values
     main = runs["dkl"][min(runs["dkl"])]
     written = []
-    if "image" in truth:
-        written.append(save(draw_visits(truth["image"].values, main,
-                                        title=f"{params['image']}: pixels measured by DKL + {acq}, seed {main.attrs['seed']}"),
-                            figs / EXPLORE_FIGURES[0]))
+    written.append(save(draw_visits(truth["image"].values, main,
+                                    title=f"{params['image']}: pixels measured by DKL + {acq}, seed {main.attrs['seed']}"),
+                        figs / EXPLORE_FIGURES[0]))
     written.append(save(draw_final_maps(main, true, title=f"final fit on {params['budget']} measurements "
                                                          f"(seed {main.attrs['seed']}); {params['scalarizer']}"),
                         figs / EXPLORE_FIGURES[1]))
@@ -257,7 +289,7 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
     scores, timing = summary_rows(runs, acquisition=acq)
     parameters = {
         "inputs": ", ".join(params["inputs"]),
-        "structural image": params["image"] or "none",
+        "structural image": params["image"],
         "features": (f"{params['window']} x {params['window']} patches of {params['structure']!r}" if params["structure"] else "")
                     + (" + " if params["structure"] and params["features"] else "")
                     + (f"{params['feature_group'] or 'reduced'} features of {params['features']}" if params["features"] else "")
@@ -272,9 +304,15 @@ def write_explore_report(record: str | Path, out: str | Path, *, title: str | No
         "model": params["model"],
         "Adam steps per fit": params["steps"] if params["steps"] is not None else "dkl_factory's default",
         "methods": ", ".join(_label(m, acq) for m in params["methods"]),
-        "true top 1 %": f"{truth.attrs['n_top']} pixels, value >= {format_number(truth.attrs['top_threshold'])}; "
+        "true top 1 %": f"{truth.attrs['n_top']} pixels, value >= {format_number(truth.attrs['top_threshold'])} "
+                        f"({truth.attrs['n_at_or_above']} pixels at or above it, ties included); "
                         f"largest {format_number(float(np.nanmax(true)))}",
     }
+    n_top, n_at, n_cand = int(truth.attrs["n_top"]), int(truth.attrs["n_at_or_above"]), int(params["n_candidates"])
+    expected = random_expected_recall(params["budget"], n_cand, n_at, n_top)
+    scores["random sampling, expected"] = (f"top-1 % recall {format_number(expected)} at the budget of {params['budget']} "
+                                           f"(min(budget x {n_at} at or above the threshold / {n_cand} pixels, {n_top}) "
+                                           f"/ {n_top})")
     notes = ["the random baseline starts from the same random pixels as the model's run of each seed; "
              "RMSE and coverage are over the pixels the run did not measure"]
     report = out / "report.html"

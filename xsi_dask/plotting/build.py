@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputFileNotFoundError, NotOurOutputError, OutputWriteError, ParameterError, StoreFormatError, XSIError
+from ..errors import NotOurOutputError, OutputWriteError, ParameterError, XSIError
 from . import report as _report
 from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
 from .formatting import as_number, format_number, format_seconds
 from .lines import label_options, parse_elements
 
-__all__ = ["acquisition_rows", "calibration_rows", "make_report", "source_elements"]
+__all__ = ["acquisition_rows", "calibration_rows", "check_report_folder", "make_report", "report_write_error", "source_elements"]
 
 _SOURCE = {"given": "given", "n_significant": "from the data: the SVD's n_significant", "default": "the default"}
 _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}
@@ -35,22 +35,28 @@ _WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is excee
 # ---- inputs ----
 
 def _open(results: Path) -> dict[str, xr.Dataset]:
-    from ..io.results import has_group, open_results
-    from ..io.store import describe_path, output_kind
+    from ..io.results import open_result_groups
 
-    if not (results.is_symlink() or results.exists()):
-        raise InputFileNotFoundError(f"{results}: no such results store (the --out of decompose, nmf or run)")
-    if output_kind(results) != "results":
-        raise StoreFormatError(f"{results} is {describe_path(results)}, not an xsi_dask results store "
-                               "(written by xsi-dask decompose, nmf or run)")
-    groups = {g: open_results(results, g) for g in ("svd", "nmf") if has_group(results, g)}
-    if not groups:
-        raise StoreFormatError(f"{results}: a results store with neither an svd nor an nmf group: nothing to report")
-    return groups
+    return open_result_groups(results)
 
 
-def _check_target(out_dir: Path) -> None:
-    """Refuse, before drawing, a folder the report may not write into (nothing that is not ours is replaced)."""
+def check_report_folder(out_dir: Path) -> None:
+    """Refuse, before drawing, a folder a report may not write into (nothing that is not ours is replaced).
+
+    Shared by every command that writes ``report.html`` and ``figures/``
+    (:func:`make_report`, ``xsi-dask explore``).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The report's folder (``report.html``, ``figures/``); it need not exist.
+
+    Raises
+    ------
+    NotOurOutputError
+        ``out_dir`` is not a folder, its ``report.html`` is not an xsi_dask
+        report (or a link), or its ``figures`` is not a folder.
+    """
     from ..io.store import describe_path
 
     if (out_dir.is_symlink() or out_dir.exists()) and not out_dir.is_dir():
@@ -398,7 +404,7 @@ def make_report(
     results = Path(os.path.abspath(results))
     groups = _open(results)
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else results.parent
-    _check_target(out_dir)
+    check_report_folder(out_dir)
     given = parse_elements(elements)
     store, why_no_store = _store_of(groups)
     any_ds = next(iter(groups.values()))
@@ -423,10 +429,30 @@ def make_report(
     except OSError as exc:
         if isinstance(exc, XSIError):
             raise
-        why = _WHY.get(exc.errno, exc.strerror or str(exc))
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise OutputWriteError(f"{out_dir}: cannot be written: {why}{where}; the report is incomplete. "
-                               "Free space or choose another --out") from exc
+        raise report_write_error(out_dir, exc) from exc
+
+
+def report_write_error(out_dir: Path, exc: OSError, kept: str = "") -> OutputWriteError:
+    """The package's error for a report or figure that cannot be written, saying why (disk full, quota, read-only).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The report's folder.
+    exc : OSError
+        What writing raised.
+    kept : str
+        What is complete nonetheless (e.g. the record of ``explore``), added to the message.
+
+    Returns
+    -------
+    OutputWriteError
+        To be raised ``from exc``.
+    """
+    why = _WHY.get(exc.errno, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputWriteError(f"{out_dir}: cannot be written: {why}{where}; the report is incomplete"
+                            + (f" ({kept})" if kept else "") + ". Free space or choose another --out")
 
 
 def _performance_links(results: Path, groups: Mapping[str, xr.Dataset]) -> list[tuple[str, Path]]:

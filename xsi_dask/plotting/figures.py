@@ -12,7 +12,9 @@ terabyte montage needs only a few tiles in memory at a time.
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,9 +103,25 @@ def _of(idx: range, n: int) -> str:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``; the path."""
+    """Write ``fig`` as a PNG at ``path``, atomically; the path.
+
+    The image is written to a temporary sibling (``.NAME.tmp-XXXXXXXX``) and
+    renamed over ``path`` when complete, so an interrupted or failed write
+    (disk full) never leaves a truncated figure under the final name; the
+    temporary file is removed on failure.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (the callers map it to the package's errors).
+    """
     path = Path(path)
-    fig.savefig(path, dpi=_DPI)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fig.savefig(tmp, dpi=_DPI, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -341,6 +359,28 @@ def mosaic(maps: xr.DataArray, *, max_px: int = 1600) -> np.ndarray:
     return out
 
 
+def colour_limits(img: np.ndarray, *, diverging: bool = False) -> tuple[float, float]:
+    """The colour scale of a map: its 0.5-99.5 % percentiles over the finite pixels.
+
+    Parameters
+    ----------
+    img : ndarray
+        The map (any units); NaN and inf are left out.
+    diverging : bool
+        Centre the scale on zero (``-m, m`` with ``m`` the larger magnitude).
+
+    Returns
+    -------
+    (vmin, vmax) : tuple of float
+        ``vmax > vmin`` always (``vmin + 1`` for a flat map; ``(0, 1)`` without a finite pixel).
+    """
+    finite = np.asarray(img)[np.isfinite(img)]
+    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
+    if diverging:
+        lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def draw_maps(mos: np.ndarray, *, title: str, cmap: str = "viridis", labels: Sequence[str] | None = None,
               units: str = "", ncol: int = 4) -> Figure:
     """One panel per component of a mosaic (Y, X, component), ``ncol`` to a row, titled by ``labels``."""
@@ -355,11 +395,8 @@ def draw_maps(mos: np.ndarray, *, title: str, cmap: str = "viridis", labels: Seq
         if i >= k:
             continue
         img = mos[:, :, i]
-        finite = img[np.isfinite(img)]
-        lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0, 1))
-        if cmap in ("RdBu_r", "coolwarm", "seismic"):  # diverging: centre on zero
-            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        lo, hi = colour_limits(img, diverging=cmap in ("RdBu_r", "coolwarm", "seismic"))  # diverging: centred on zero
+        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(labels[i] if labels else f"#{i}", fontsize=9)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.ax.tick_params(labelsize=7)
