@@ -558,7 +558,8 @@ def test_cuzn_haadf_patches_steer_the_eels_measurements():
     assert ds["prediction"].shape == (50, 40) and truth.shape == (50, 40)
     visited = list(zip(ds["visited_y"].values.tolist(), ds["visited_x"].values.tolist(), strict=True))
     assert calls == visited and len(set(visited)) == 30
-    np.testing.assert_allclose(ds["value"].values, [truth[p] for p in visited], rtol=1e-9)  # the power-law fit of one spectrum and of the batch differ in rounding (1.6e-12 seen)
+    # the power-law fit of one spectrum and of the batch differ in rounding (1.6e-12 seen)
+    np.testing.assert_allclose(ds["value"].values, [truth[p] for p in visited], rtol=1e-9)
     assert np.isfinite(ds["prediction"].values).all() and (ds["uncertainty"].values > 0).all()
     # seen (seeds 0, 1, 2): Spearman rho of the prediction and the true ratio over the 1,970 unmeasured pixels
     # 0.256, -0.002, 0.039: not reliably positive (the HAADF hardly predicts this noisy ratio; rank correlation
