@@ -431,14 +431,14 @@ def test_a_dkl_experiment_with_expected_improvement_end_to_end():
     def measure(y, x):
         return np.array([truth[y, x]])
 
-    factory = dkl_factory(feature_bounds(feats.values), steps=50, lr=0.01)
+    factory = dkl_factory(feature_bounds(feats.values), steps=30, lr=0.01)
 
     def run(name, seed):
         return run_experiment(feats, measure, scalarizer=lambda s: np.asarray(s)[..., 0], acquisition=make_acquisition(name),
                               model_factory=factory, n_init=5, budget=30, seed=seed)
 
     found = {"ei": [], "random": []}
-    for seed in range(3):
+    for seed in range(2):
         for name in found:
             ds = run(name, seed)
             visited = list(zip(ds["visited_y"].values.tolist(), ds["visited_x"].values.tolist(), strict=True))
@@ -455,7 +455,7 @@ def test_a_dkl_experiment_with_expected_improvement_end_to_end():
                 assert "acquisition ei" in ds.attrs["acquisition_function"]
                 # the final fit's noise, in the scalar's units squared (ModelState.noise_variance), kept in the attrs
                 assert 0 < ds.attrs["noise_variance"] == again.attrs["noise_variance"] < np.var(ds["value"].values)
-    # seen: ei 20, 20, 16 and random 2, 0, 3 of the 20 top pixels (random's expectation: 30/400 * 20 = 1.5)
+    # seen: ei 19, 19 and random 2, 0 of the 20 top pixels (random's expectation: 30/400 * 20 = 1.5)
     assert np.mean(found["ei"]) >= 2 * max(np.mean(found["random"]), 1.5), found
 
 
@@ -545,7 +545,7 @@ def cuzn_experiment(seed: int):
         return si[y, x]
 
     ds = run_experiment(feats, measure, scalarizer=scalarizer, acquisition=make_acquisition("ei"),
-                        model_factory=dkl_factory(feature_bounds(feats.values), steps=50), n_init=5, budget=30, seed=seed)
+                        model_factory=dkl_factory(feature_bounds(feats.values), steps=20), n_init=5, budget=30, seed=seed)
     unmeasured = ds["order"].values < 0
     rho = spearmanr(ds["prediction"].values[unmeasured], truth[unmeasured]).statistic
     return ds, truth, calls, float(rho)
