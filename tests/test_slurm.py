@@ -203,6 +203,7 @@ def test_print_job_script_makes_no_folder(tmp_path, monkeypatch, capsys):
     ({"cluster": "slurm", "gpu_jobs": -1}, "gpu_jobs must be a whole number"),
     ({"cluster": "slurm", "gpus_per_job": 0}, "gpus_per_job must be a whole number"),
     ({"cluster": "slurm", "dashboard_address": "localhost"}, "HOST:PORT"),
+    ({"cluster": "slurm", "gpus_per_job": 2}, "asks for none"),
     ({"adapt": "1:2"}, "need cluster='slurm'"),
     ({"gpu_jobs": 1}, "need cluster='slurm'"),
     ({"performance_report": "yes"}, "must be true or false"),

@@ -83,7 +83,8 @@ def _add_slurm_options(c, *, cluster_flag: bool) -> None:
                        help="local: a LocalCluster on this machine (default); slurm: Dask workers as SLURM jobs "
                             "(dask-jobqueue; settings from jobqueue.slurm.* in ~/.config/dask/jobqueue.yaml, "
                             "overridden by the flags below)")
-    c.add_argument("--jobs", type=int, metavar="N", help="SLURM worker jobs (default 1)")
+    if cluster_flag:  # how many jobs the run submits, not what a job script says
+        c.add_argument("--jobs", type=int, metavar="N", help="SLURM worker jobs (default 1)")
     c.add_argument("--cores", type=int, metavar="C", help="cores per SLURM job, one single-threaded worker each "
                                                           "(default jobqueue.slurm.cores)")
     c.add_argument("--memory", metavar="SIZE", help="memory per SLURM job, e.g. 16GiB (default jobqueue.slurm.memory, else sized "
@@ -444,13 +445,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from ..cluster.slurm import SlurmSpec, job_script
+    from ..cluster.slurm import job_script
+    from ..pipeline import ClusterParams
 
-    g = {k: getattr(args, k, None) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "gpu_jobs",
-                                             "gpus_per_job")}
-    defaults = {"jobs": 1, "gpu_jobs": 0, "gpus_per_job": 1}
-    spec = SlurmSpec(**{k: defaults[k] if v is None and k in defaults else v for k, v in g.items()})
-    print(job_script(spec))
+    g = {k: getattr(args, k) for k in ("cores", "memory", "walltime", "queue", "account", "gpu_jobs", "gpus_per_job")}
+    print(job_script(ClusterParams(cluster="slurm", **g).slurm))  # the run's own checks and defaults
     return 0
 
 

@@ -24,7 +24,7 @@ from dask.utils import parse_bytes, parse_timedelta
 
 from ..errors import ClusterUnavailableError, ParameterError
 
-__all__ = ["SlurmSpec", "slurm_cluster_kwargs", "gpu_job_kwargs", "job_script", "slurm_cluster"]
+__all__ = ["SlurmSpec", "job_shape", "slurm_cluster_kwargs", "gpu_job_kwargs", "job_script", "slurm_cluster"]
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -119,6 +119,29 @@ class SlurmSpec:
             raise ParameterError(f"the dashboard address must be HOST:PORT or :PORT; got {self.dashboard_address!r}")
 
 
+def job_shape(spec: SlurmSpec) -> tuple[int, int] | None:
+    """(cores, worker processes) of one CPU job: ``spec.cores`` else ``jobqueue.slurm.cores``, split into
+    ``jobqueue.slurm.processes`` processes, by default one single-threaded process per core; None when neither
+    gives the cores.
+
+    Raises
+    ------
+    ParameterError
+        ``jobqueue.slurm.processes`` does not divide the cores (worker processes of whole threads).
+    """
+    cfg = dask.config.get("jobqueue.slurm", {}) or {}
+    cores = spec.cores if spec.cores is not None else cfg.get("cores")
+    if cores is None:
+        return None
+    cores = int(cores)
+    processes = cfg.get("processes")
+    if processes is not None and (not isinstance(processes, int) or not 1 <= processes <= cores or cores % processes):
+        raise ParameterError(f"jobqueue.slurm.processes = {processes!r} cannot split a job of {cores} cores into worker "
+                             "processes of whole threads: set it to a divisor of the cores, or to null for one "
+                             "single-threaded worker process per core")
+    return cores, int(processes or cores)
+
+
 def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
     """The ``SLURMCluster`` arguments of ``spec``: the given values, then ``jobqueue.slurm.*``, then the package's.
 
@@ -129,21 +152,14 @@ def slurm_cluster_kwargs(spec: SlurmSpec) -> dict[str, Any]:
         (dask-jobqueue needs both).
     """
     cfg = dask.config.get("jobqueue.slurm", {}) or {}
-    cores = spec.cores if spec.cores is not None else cfg.get("cores")
     memory = spec.memory if spec.memory is not None else cfg.get("memory")
-    if cores is None or memory is None:
+    shape = job_shape(spec)
+    if shape is None or memory is None:
         raise ParameterError("a SLURM job needs its cores and memory: give --cores and --memory, or set jobqueue.slurm.cores "
                              "and jobqueue.slurm.memory in ~/.config/dask/jobqueue.yaml (deploy/slurm/jobqueue.yaml); "
                              "on a montage store already ingested, the memory comes from its tile size when not given")
-    processes = cfg.get("processes")
-    if processes is not None and (not isinstance(processes, int) or not 1 <= processes <= int(cores)
-                                  or int(cores) % processes):
-        raise ParameterError(f"jobqueue.slurm.processes = {processes!r} cannot split a job of {cores} cores into worker "
-                             "processes of whole threads: set it to a divisor of the cores, or to null for one "
-                             "single-threaded worker process per core")
-    kwargs: dict[str, Any] = {"cores": int(cores), "memory": str(memory),
-                              # one single-threaded worker process per core unless the config says otherwise
-                              "processes": int(processes or cores)}
+    cores, processes = shape
+    kwargs: dict[str, Any] = {"cores": cores, "memory": str(memory), "processes": processes}
     for key, value in (("walltime", spec.walltime), ("queue", spec.queue), ("account", spec.account)):
         if value is not None:
             kwargs[key] = value

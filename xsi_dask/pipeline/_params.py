@@ -219,6 +219,9 @@ class ClusterParams(_Params):
                                      "of worker jobs; give one (--jobs N for a fixed number, --adapt MIN:MAX to follow "
                                      "the load)")
             self.slurm  # noqa: B018 - checks jobs, cores, memory and walltime now, before anything starts
+            if self.gpus_per_job is not None and not self.gpu_jobs:
+                raise ParameterError(f"{o}: gpus_per_job={self.gpus_per_job} sizes GPU jobs, and gpu_jobs asks for none; "
+                                     "give gpu_jobs (--gpu-jobs N)")
         if self.scheduler is not None:
             try:
                 _set(self, "scheduler", check_scheduler_address(self.scheduler))

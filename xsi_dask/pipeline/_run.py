@@ -289,16 +289,18 @@ def _with_slurm_memory(cluster: ClusterParams, montage, ks: tuple[int | None, ..
     import dask.config
 
     from .. import config
+    from ..cluster.slurm import job_shape
     from ..engine.plan import make_plan
 
     spec = cluster.slurm
-    cfg = dask.config.get("jobqueue.slurm", {}) or {}
-    cores = spec.cores if spec is not None and spec.cores is not None else cfg.get("cores")
-    if spec is None or montage is None or spec.memory is not None or cfg.get("memory") is not None or cores is None:
+    if spec is None or montage is None or spec.memory is not None or dask.config.get("jobqueue.slurm.memory", None):
+        return cluster
+    shape = job_shape(spec)
+    if shape is None:  # no cores either: the cluster refuses it, naming both
         return cluster
     k = max(int(config.get("nmf-components-max")) if v is None else int(v) for v in ks)
-    processes = int(cfg.get("processes") or cores)
-    threads = max(1, int(cores) // processes)
+    processes = shape[1]
+    threads = shape[0] // processes
     need = make_plan(montage).worker_memory(k, threads=threads, solver=solver)["limit"]
     per_worker = max(need, config.get_bytes("slurm-min-worker-memory"))
     memory = f"{-(-processes * per_worker // 2**30)}GiB"
