@@ -562,8 +562,9 @@ def test_cuzn_haadf_patches_steer_the_eels_measurements():
     np.testing.assert_allclose(ds["value"].values, [truth[p] for p in visited], rtol=1e-9)
     assert np.isfinite(ds["prediction"].values).all() and (ds["uncertainty"].values > 0).all()
     # seen (seed 0, 20 Adam steps per fit): Spearman rho of the prediction and the true ratio over the 1,970
-    # unmeasured pixels 0.191; with other settings 0.256, -0.002, 0.039 for seeds 0-2: not reliably positive (the HAADF hardly predicts this noisy ratio; rank correlation
-    # of HAADF and ratio 0.03), so no bound is asserted; the value is a finite number
+    # unmeasured pixels 0.191; with other settings 0.256, -0.002, 0.039 for seeds 0-2: not reliably positive (the
+    # HAADF hardly predicts this noisy ratio; rank correlation of HAADF and ratio 0.03), so no bound is asserted;
+    # the value is a finite number
     assert np.isfinite(rho)
     print(f"CuZn seed 0: Spearman rho(prediction, true ratio) over the unmeasured pixels = {rho:.3f}")
 
