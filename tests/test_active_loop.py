@@ -431,7 +431,7 @@ def test_a_dkl_experiment_with_expected_improvement_end_to_end():
     def measure(y, x):
         return np.array([truth[y, x]])
 
-    factory = dkl_factory(feature_bounds(feats.values), steps=30, lr=0.01)
+    factory = dkl_factory(feature_bounds(feats.values), steps=20, lr=0.01)
 
     def run(name, seed):
         return run_experiment(feats, measure, scalarizer=lambda s: np.asarray(s)[..., 0], acquisition=make_acquisition(name),

@@ -8,7 +8,6 @@ problem, exact equality of seeded fits on CPU.
 from __future__ import annotations
 
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_five_point_fit_predicts_finite(fitted):
     X5[4] = X5[3]  # a repeated pixel: a singular kernel matrix without the noise bound
     for model in (DKLModel(feature_bounds(F), seed=0), DKLModel(feature_bounds(F), kernel="matern52", seed=0),
                   PlainGP(feature_bounds(F))):
-        state = model.fit(X5, y5, steps=200, lr=0.05)
+        state = model.fit(X5, y5, steps=60, lr=0.05)
         mean, std = model.predict(F[:500])
         assert mean.shape == std.shape == (500,)
         assert np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()
@@ -252,25 +251,7 @@ def test_next_candidate_excludes_measured():
         next_candidate(np.array([0.0, np.nan]))
 
 
-# ---- a step at the issue's size (timed, printed; the 1 s target is the benchmark's) ----
-
-def test_step_200_measured_5000_candidates_timed():
-    rng = np.random.default_rng(2)
-    F = rng.normal(size=(5000, 10))
-    y = np.sin(2 * F[:, 0]) + 0.5 * F[:, 1] ** 2
-    measured = rng.choice(5000, size=200, replace=False)
-    m = DKLModel(feature_bounds(F), seed=0)
-    prev = m.fit(F[measured[:199]], y[measured[:199]], steps=100)
-    t0 = time.perf_counter()
-    m.fit(F[measured], y[measured], steps=50, warm_start=prev)
-    t1 = time.perf_counter()
-    mean, std = m.predict(F)
-    i = next_candidate(expected_improvement(mean, std, y[measured].max()), measured)
-    t2 = time.perf_counter()
-    print(f"\nstep with 200 measured, 5000 candidates, torch threads {torch.get_num_threads()}: "
-          f"fit (warm start, 50 Adam steps) {t1 - t0:.3f} s, predict + EI + choice {t2 - t1:.3f} s, total {t2 - t0:.3f} s")
-    assert i not in set(measured.tolist()) and np.isfinite(mean).all()
-
+# ---- priors, the fitted noise, the factories (the 1 s step target is the benchmark's, make bench-dkl) ----
 
 def test_priors_add_their_log_density_to_the_training_loss():
     """priors=True adds log p(length scales) + log p(noise) (the documented log-normals) to the marginal likelihood.
