@@ -7,8 +7,10 @@ alike:
 * ``model_factory(seed=int) -> model``, a picklable callable (a class, a
   module-level function, a ``functools.partial``); ``model.fit(X, y, *,
   warm_start=None) -> state`` trains on ``X (n_train, n_features)``,
-  ``y (n_train,)`` starting from a previous ``state`` (or from scratch with
-  None) and returns a picklable state; ``model.predict(Xc) -> (mean, std)``,
+  ``y (n_train,)``, given the previous step's ``state`` (None at the first
+  fit; the model decides whether to start from it: the package's factories
+  refit from their seeded start unless built with ``warm_steps``) and returns
+  a picklable state; ``model.predict(Xc) -> (mean, std)``,
   each of shape ``(n_candidates,)``, after ``fit``.
 * ``acquisition(mean, std, measured, rng) -> (index, values)``: ``mean``,
   ``std`` of shape ``(n_pixels,)`` (every candidate, measured ones included),
@@ -260,8 +262,8 @@ def run_experiment(
 ) -> xr.Dataset:
     """Run an automated experiment: measure ``n_init`` random pixels, then let the model choose until ``budget``.
 
-    Each step fits the model on the pixels measured so far (warm-started from
-    the previous step's state), predicts every candidate, lets ``acquisition``
+    Each step fits the model on the pixels measured so far (given the previous
+    step's state, which the model may start from), predicts every candidate, lets ``acquisition``
     choose an unmeasured pixel, measures it and scalarizes the signal. After
     the last measurement the model is fitted once more, on all of them, for
     the final maps.
