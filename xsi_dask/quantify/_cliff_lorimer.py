@@ -18,6 +18,8 @@ __all__ = ["Absorption", "kfactor_array", "quantify"]
 # exspy EDSTEMSpectrum.quantification's defaults for the absorption iteration
 CONVERGENCE_WT_PERCENT = 0.5
 MAX_ITERATIONS = 30
+EXSPY_MIN_INTENSITY = 0.1  # quantification_cliff_lorimer's threshold for a reference line (counts)
+RELATIVE_MIN_INTENSITY = 1e-9  # the threshold for intensities not in counts, relative to the point's largest
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,14 @@ def kfactor_array(kfactors, lines: Sequence[str], elements: Sequence[str]) -> np
 
 
 def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str, ...], lines: tuple[str, ...],
-              absorption: Absorption | None) -> np.ndarray:
-    """(..., line) net intensities -> (..., 2, line): weight and atomic percent, exspy's routines."""
+              absorption: Absorption | None, min_intensity: float | None) -> np.ndarray:
+    """(..., line) net intensities -> (..., 2, line): weight and atomic percent, exspy's routines.
+
+    exspy uses a line as the reference of a point only above 0.1 (counts); the
+    intensities are scaled so that this is ``min_intensity`` in their units
+    (None: 1e-9 of each point's largest |intensity|). Cliff-Lorimer depends on
+    intensity ratios only, so the scaling changes nothing else.
+    """
     utils = import_exspy("exspy._misc.eds.utils")
     material = import_exspy("exspy.material")
     intens = np.moveaxis(np.asarray(intensities, dtype=np.float64), -1, 0)
@@ -107,6 +115,11 @@ def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str
         intens = intens[:, None]
     if intens.shape[1] == 0 or intens.size == 0:
         return np.zeros((*shape[1:], 2, shape[0]))
+    if min_intensity is None:
+        top = np.max(np.abs(intens), axis=0)
+        intens = intens * np.divide(EXSPY_MIN_INTENSITY / RELATIVE_MIN_INTENSITY, top, out=np.zeros_like(top), where=top > 0)
+    elif min_intensity != EXSPY_MIN_INTENSITY:
+        intens = intens * (EXSPY_MIN_INTENSITY / min_intensity)
     k = list(kfactors)
     wt = utils.quantification_cliff_lorimer(intens, k)  # fractions
     if absorption is not None:
@@ -135,7 +148,7 @@ def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str
     return np.moveaxis(np.moveaxis(out, 1, -1), 0, -2)
 
 
-def quantify(intensities, kfactors, *, absorption=None) -> xr.Dataset:
+def quantify(intensities, kfactors, *, absorption=None, lines=None, min_intensity: float | None = None) -> xr.Dataset:
     """Weight and atomic percent from net X-ray line intensities: Cliff-Lorimer with exspy's routine.
 
     C_A = k_A I_A / sum_B k_B I_B (weight fractions; the k-factor ratio form
@@ -165,6 +178,16 @@ def quantify(intensities, kfactors, *, absorption=None) -> xr.Dataset:
         it (factor x / (1 - exp(-x)), x = (mu/rho)_mixture rho t csc(TOA),
         iterated to 0.5 wt.%), with the mass thickness from the density
         given. Default None: no absorption correction.
+    lines : sequence of str, optional
+        The line names of a plain ndarray ``intensities`` (..., line) (e.g.
+        ``LineTable.lines``); not used with a DataArray.
+    min_intensity : float, optional
+        exspy's threshold: a line is a point's reference only above it, and a
+        point with fewer than two lines above it gets 100 % of its one line or
+        0 %. Default: exspy's 0.1 for counts (intensities whose ``units``
+        attribute is "counts": :func:`element_maps`, :func:`net_intensities`
+        of a montage), else (normalised endmember spectra, which sum to 1 and
+        would all fall below 0.1) 1e-9 of each point's largest |intensity|.
 
     Returns
     -------
@@ -194,9 +217,21 @@ def quantify(intensities, kfactors, *, absorption=None) -> xr.Dataset:
             raise ParameterError(f"the Dataset has no 'intensity' variable (it has {list(intensities.data_vars)}): "
                                  "pass element_maps(...) or its intensity")
         intensities = intensities["intensity"]
+    if isinstance(intensities, np.ndarray) and lines is not None:
+        names = [str(v) for v in lines]
+        if intensities.ndim < 1 or intensities.shape[-1] != len(names):
+            raise ParameterError(f"intensities of shape {intensities.shape} for {len(names)} lines {names}: the last axis "
+                                 "must be the lines")
+        dims = tuple(f"dim_{i}" for i in range(intensities.ndim - 1)) + ("line",)
+        intensities = xr.DataArray(intensities, dims=dims, coords={"line": names})
     if not isinstance(intensities, xr.DataArray) or "line" not in intensities.dims:
         raise ParameterError("intensities must be an xarray.DataArray with a 'line' dim (from net_intensities on a "
-                             "DataArray, or element_maps)")
+                             "DataArray, or element_maps), or an ndarray (..., line) with lines=")
+    if min_intensity is None and intensities.attrs.get("units") == "counts":
+        min_intensity = EXSPY_MIN_INTENSITY
+    if min_intensity is not None and (isinstance(min_intensity, bool) or not isinstance(min_intensity, (int, float))
+                                      or not (math.isfinite(min_intensity) and min_intensity > 0)):
+        raise ParameterError(f"min_intensity must be a positive number (in the intensities' units) or None; got {min_intensity!r}")
     lines = [str(v) for v in intensities["line"].values]
     if "element" in intensities.coords:
         elements = [str(v) for v in intensities["element"].values]
@@ -209,7 +244,8 @@ def quantify(intensities, kfactors, *, absorption=None) -> xr.Dataset:
     x = intensities.transpose(..., "line").drop_vars([c for c in ("element", "line_energy") if c in intensities.coords])
     x = x.rename(line="element").assign_coords(element=elements)
     out = xr.apply_ufunc(
-        functools.partial(_cl_block, kfactors=k, elements=tuple(elements), lines=tuple(lines), absorption=absorption), x,
+        functools.partial(_cl_block, kfactors=k, elements=tuple(elements), lines=tuple(lines), absorption=absorption,
+                          min_intensity=None if min_intensity is None else float(min_intensity)), x,
         input_core_dims=[["element"]],
         output_core_dims=[["kind", "element"]],
         dask="parallelized", output_dtypes=[np.float64],
@@ -221,6 +257,7 @@ def quantify(intensities, kfactors, *, absorption=None) -> xr.Dataset:
     ds["atomic_percent"].attrs.update(units="at.%")
     ds.attrs.update(method="Cliff-Lorimer (exspy quantification_cliff_lorimer)", kfactors=[float(v) for v in k],
                     lines=lines, absorption_correction=int(absorption is not None),
+                    min_intensity="relative 1e-9" if min_intensity is None else float(min_intensity),
                     **({} if absorption is None else {"thickness_nm": absorption.thickness_nm,
                                                        "density_g_cm3": absorption.density_g_cm3,
                                                        "take_off_angle_deg": absorption.take_off_angle_deg}))

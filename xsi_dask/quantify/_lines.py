@@ -11,6 +11,7 @@ merges them), and the window edges are mapped to channels with HyperSpy's own
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import warnings
@@ -203,6 +204,12 @@ def _check_number(value, name: str) -> float:
     return v
 
 
+@functools.lru_cache(maxsize=1)
+def _elements_db() -> dict:
+    """exspy's element database (``exspy.material.elements``) as a plain dict."""
+    return import_exspy("exspy.material").elements.as_dictionary()
+
+
 def _probe_signal(offset: float, scale: float, size: int, beam_energy: float, resolution: float):
     """A zero EDS spectrum with the axis and microscope parameters: the object exspy's line rules work on."""
     exspy = import_exspy()
@@ -216,7 +223,7 @@ def _probe_signal(offset: float, scale: float, size: int, beam_energy: float, re
 
 def _choose_lines(s, elements: list[str], lines: list[str]) -> list[str]:
     """exspy's lines: ``lines`` as given, plus for every other element exspy's ``add_lines`` choice."""
-    db = import_exspy("exspy.material").elements
+    db = _elements_db()
     for el in elements:
         if el not in db:
             raise XrayLineError(f"unknown element {el!r}: not a chemical symbol in exspy's element database "

@@ -52,8 +52,10 @@ def net_intensities(spectra, table: LineTable, *, net: bool = True):
     Returns
     -------
     ndarray or xarray.DataArray, shape (..., line)
-        float64 counts; a DataArray gets dim ``line`` with coords ``line``,
-        ``element`` and ``line_energy`` (keV). A dask-backed DataArray stays lazy.
+        float64, in the spectra's units (counts for counts); a DataArray gets
+        dim ``line`` with coords ``line``, ``element`` and ``line_energy``
+        (keV), the spectra's ``units`` attribute and the windows in its
+        attributes. A dask-backed DataArray stays lazy.
 
     Raises
     ------
@@ -67,7 +69,8 @@ def net_intensities(spectra, table: LineTable, *, net: bool = True):
         w = xr.DataArray(W, dims=(dim, "line"))
         out = xr.dot(spectra.astype(np.float64), w, dim=dim)
         coords = _line_coords(table)
-        return out.assign_coords(coords).assign_attrs(units="counts", **_window_attrs(table, net))
+        units = {"units": spectra.attrs["units"]} if "units" in spectra.attrs else {}
+        return out.assign_coords(coords).assign_attrs(**units, **_window_attrs(table, net))
     S = np.asarray(spectra)
     _check_axis(table, S.shape[-1])
     return S.astype(np.float64, copy=False) @ W
@@ -201,8 +204,8 @@ def element_maps(
     ds = xr.Dataset(
         data_vars,
         coords={**_line_coords(table), **map_coords(montage)},
-        attrs={"method": "net X-ray line intensities (exspy windows)", **_window_attrs(table, True),
-               **run_attrs(plan, started, montage)},
+        attrs={"method": "net X-ray line intensities (exspy windows)", **run_attrs(plan, started, montage),
+               **_window_attrs(table, True)},
     )
     ds["intensity"].attrs.update(units="counts", description="net counts: integration window minus the background "
                                  "of the two background windows (exspy get_lines_intensity)")
