@@ -121,7 +121,8 @@ def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str
     elif min_intensity != EXSPY_MIN_INTENSITY:
         intens = intens * (EXSPY_MIN_INTENSITY / min_intensity)
     k = list(kfactors)
-    wt = utils.quantification_cliff_lorimer(intens, k)  # fractions
+    with np.errstate(divide="ignore", invalid="ignore"):  # exspy divides by lines with 0 counts (their share is 0)
+        wt = utils.quantification_cliff_lorimer(intens, k)  # fractions
     if absorption is not None:
         csc = 1.0 / np.sin(np.radians(absorption.take_off_angle_deg))
         old = wt * 100.0
@@ -132,7 +133,7 @@ def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str
                                                        elements=list(elements), energies=list(lines)) * 0.1
                 expo = mac * absorption.mass_thickness * csc
                 acf = np.where(expo > 0, expo / -np.expm1(-expo), 1.0)
-            wt = utils.quantification_cliff_lorimer(intens, k, absorption_correction=acf)
+                wt = utils.quantification_cliff_lorimer(intens, k, absorption_correction=acf)
             new = wt * 100.0
             done = not np.any(np.abs(new - old) >= CONVERGENCE_WT_PERCENT)
             old = new
