@@ -244,6 +244,8 @@ def quantify(intensities, kfactors, *, absorption=None, lines=None, min_intensit
     absorption = _absorption(absorption)
     x = intensities.transpose(..., "line").drop_vars([c for c in ("element", "line_energy") if c in intensities.coords])
     x = x.rename(line="element").assign_coords(element=elements)
+    if x.chunks is not None:
+        x = x.chunk({"element": -1})  # every line of a point in one block
     out = xr.apply_ufunc(
         functools.partial(_cl_block, kfactors=k, elements=tuple(elements), lines=tuple(lines), absorption=absorption,
                           min_intensity=None if min_intensity is None else float(min_intensity)), x,

@@ -42,8 +42,8 @@ def net_intensities(spectra, table: LineTable, *, net: bool = True):
     ----------
     spectra : array-like or xarray.DataArray, shape (..., channels)
         Counts (or any spectra: NMF/MCR endmembers) on the axis ``table`` was
-        made for; a DataArray must have its channels on the last dim
-        ``energy`` (keV) and is checked against the table's axis.
+        made for; an ndarray has its channels last, a DataArray on its dim
+        ``energy`` (keV; else its last dim), checked against the table's axis.
     table : LineTable
         From :func:`element_lines`.
     net : bool
@@ -64,7 +64,7 @@ def net_intensities(spectra, table: LineTable, *, net: bool = True):
     """
     W = table.weights(net=net)
     if isinstance(spectra, xr.DataArray):
-        dim = spectra.dims[-1]
+        dim = "energy" if "energy" in spectra.dims else spectra.dims[-1]
         _check_axis(table, spectra.sizes[dim], spectra[dim].values if dim in spectra.coords else None)
         w = xr.DataArray(W, dims=(dim, "line"))
         out = xr.dot(spectra.astype(np.float64), w, dim=dim)
@@ -179,7 +179,7 @@ def element_maps(
     started = time.perf_counter()
     plan = make_plan(montage)
     attrs = montage.attrs
-    els = list(elements) if elements is not None else ([] if lines else _view_elements(montage))
+    els = elements if elements is not None else ([] if lines else _view_elements(montage))
     if elements is None and not lines and not els:
         raise XrayLineError(
             f"no elements given and none recorded in the source files of {attrs.get('store')}: pass elements=['Fe', ...] "
