@@ -130,8 +130,12 @@ def test_element_maps_elements_default_and_errors(sim_store):
     recorded = element_maps(m.assign_attrs(elements=["Fe", "Cr"]))  # as the source files' Sample.elements
     assert list(recorded["line"].values) == ["Cr_Ka", "Fe_Ka"]
     view = analysis_view(m)
-    with pytest.raises(XrayLineError, match="C_Ka.*(outside the energy axis|zero-peak cutoff)"):
-        element_maps(view, ["C", "Fe"])  # C Ka's windows lie in the excluded zero peak
+    with pytest.raises(XrayLineError, match="C_Ka.*outside the energy axis"):
+        element_maps(view, ["C", "Fe"])  # C Ka's left background lies in the excluded zero peak, off the view
+    with pytest.raises(XrayLineError, match="C_Ka.*below the zero-peak cutoff 0.186 keV"):
+        element_maps(m, ["C", "Fe"])  # the whole axis: the detector's cutoff still applies (EDS_TEM)
+    kept = element_maps(analysis_view(m, keep_zero_peak=True), ["C", "Fe"])  # kept on purpose: no cutoff
+    assert kept.attrs["zero_peak_cutoff"] is None and list(kept["line"].values) == ["C_Ka", "Fe_Ka"]
 
 
 # ---- Cliff-Lorimer on the simulator's true phase spectra ----
@@ -267,6 +271,9 @@ def test_element_lines_errors():
     with pytest.raises(XrayLineError, match="narrower than one channel"):
         element_lines(["Fe"], AXIS, beam_energy=200.0, background_width=0.01)
     table = element_lines(["Fe"], AXIS, beam_energy=200.0)
+    tds = table.to_dataset()
+    assert tds["integration_channels"].sel(line="Fe_Ka").values.tolist() == table.integration_channels[0].tolist()
+    assert float(tds["line_energy"].sel(line="Fe_Ka")) == 6.4039  # exspy's database
     with pytest.raises(XrayLineError, match="2047 channels"):
         net_intensities(np.zeros((3, 2047)), table)
     assert isinstance(XrayLineError("x"), ParameterError)

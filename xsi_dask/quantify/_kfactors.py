@@ -114,6 +114,11 @@ def read_kfactors(path, *, lines=None) -> dict[str, float]:
         that is neither an element nor a line, a repeated key, a value that is
         not a positive finite number, a line of ``lines`` without k-factor;
         the file and line number are named.
+
+    References
+    ----------
+    Cliff, G. & Lorimer, G. W. (1975). J. Microsc. 103, 203-207,
+    doi:10.1111/j.1365-2818.1975.tb03895.x.
     """
     p = Path(path)
     if not p.is_file():

@@ -61,6 +61,10 @@ def net_intensities(spectra, table: LineTable, *, net: bool = True):
     ------
     XrayLineError
         The channels (or the DataArray's energies) differ from the table's axis.
+
+    References
+    ----------
+    exspy, ``EDSSpectrum.get_lines_intensity``, https://hyperspy.org/exspy.
     """
     W = table.weights(net=net)
     if isinstance(spectra, xr.DataArray):
@@ -107,6 +111,19 @@ def _scalar(value, name: str):
     return value
 
 
+def _cutoff(montage: xr.DataArray, value, resolution_mnka: float) -> float | None:
+    if not (isinstance(value, str) and value == "auto"):
+        return None if value is None else float(value)
+    if "zero_peak_cutoff" in montage.attrs:
+        cut = montage.attrs["zero_peak_cutoff"]
+        return None if cut is None else float(cut)
+    if str(montage.attrs.get("signal_type") or "").startswith("EDS"):
+        from ..montage.prepare import zero_peak_cutoff
+
+        return float(zero_peak_cutoff(montage, resolution_mnka))
+    return None
+
+
 def element_maps(
     montage: xr.DataArray,
     elements=None,
@@ -118,6 +135,7 @@ def element_maps(
     background_offset: tuple[float, float] = (2.0, 2.0),
     background_width: float = 1.0,
     gross: bool = False,
+    zero_peak_cutoff: float | None | str = "auto",
 ) -> xr.Dataset:
     """Net X-ray line intensity maps of a montage, one engine map pass (a CSR x dense product per tile).
 
@@ -149,6 +167,12 @@ def element_maps(
         Window geometry in FWHM, exspy's defaults (see :func:`element_lines`).
     gross : bool
         Also return ``integrated``, the gross counts in the integration windows.
+    zero_peak_cutoff : float, None or "auto"
+        keV below which no window may reach (the detector's zero peak).
+        "auto": the view's ``zero_peak_cutoff`` attribute where it has one
+        (:func:`~xsi_dask.montage.prepare.analysis_view`; None there when the
+        zero peak was kept on purpose), else for EDS signals the detector's
+        cutoff :func:`~xsi_dask.montage.prepare.zero_peak_cutoff`, else none.
 
     Returns
     -------
@@ -191,7 +215,7 @@ def element_maps(
     energy = np.asarray(montage["energy"].values, dtype=np.float64)
     table = element_lines(els, energy, beam_energy=beam_energy, lines=lines, resolution_mnka=resolution_mnka, width=width,
                           background_offset=background_offset, background_width=background_width,
-                          zero_peak_cutoff=attrs.get("zero_peak_cutoff"))
+                          zero_peak_cutoff=_cutoff(montage, zero_peak_cutoff, resolution_mnka))
     W = table.weights(net=True)
     if gross:
         W = np.hstack([W, table.weights(net=False)])

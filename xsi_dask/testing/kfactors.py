@@ -46,6 +46,12 @@ def simulator_kfactors(lines_table: LineTable, *, beam_kev: float, detector: Det
     XrayLineError
         The axis differs from the table's, or a pure element gives no positive
         net intensity in its window.
+
+    References
+    ----------
+    Cliff, G. & Lorimer, G. W. (1975). J. Microsc. 103, 203-207,
+    doi:10.1111/j.1365-2818.1975.tb03895.x.
+    exspy ``quantification_cliff_lorimer``, https://hyperspy.org/exspy.
     """
     e = np.asarray(energy_axis, dtype=np.float64)
     if e.shape != (lines_table.axis_size,) or not np.allclose(e, lines_table.axis, rtol=0, atol=1e-6 * lines_table.axis_scale):
