@@ -44,7 +44,7 @@ def import_exspy(module: str = "exspy"):
             f"exspy is not installed: {QUANTIFY_EXTRA}  ({exc})") from exc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare tables by their fields
 class LineTable:
     """The X-ray lines of an analysis and their windows on one energy axis.
 
