@@ -354,3 +354,38 @@ def test_kfactor_errors_in_quantify(tmp_path):
         quantify(I, [1.0])
     with pytest.raises(ParameterError, match="one line per element"):
         quantify(I.assign_coords(line=["Fe_Ka", "Fe_Kb"], element=("line", ["Fe", "Fe"])), [1.0, 1.0])
+
+
+# ---- the pipeline's entry points: a montage view as the axis, a results store's endmembers ----
+
+
+def test_montage_defaults_and_quantify_results(sim_store, truths, tmp_path):
+    from xsi_dask.io.results import write_results
+    from xsi_dask.quantify import quantify_results
+
+    view = analysis_view(xsi_dask.open_montage(sim_store))
+    table = element_lines(["Cr", "Fe", "Mo"], view)  # beam energy, resolution and zero-peak cutoff from the view
+    assert table.beam_energy == 200.0 and table.zero_peak_cutoff == view.attrs["zero_peak_cutoff"]
+    assert table.axis_size == view.sizes["energy"]
+    explicit = simulator_kfactors(table, beam_kev=200.0, detector=Detector(), energy_axis=view["energy"].values)
+    assert simulator_kfactors(table, store=sim_store) == pytest.approx(explicit, rel=1e-12)  # axis rebuilt from offset/scale
+    maps = element_maps(view, table=table)
+    np.testing.assert_array_equal(maps["line"].values, list(table.lines))
+    with pytest.raises(XrayLineError, match="not the one the line table was made for|channels"):
+        element_maps(xsi_dask.open_montage(sim_store), table=table)  # the table is on the view's axis, not the store's
+    # endmember spectra (here the true phase spectra, summing to 1 as NMF's) of a results group
+    spectra = truths["grade91_replica"]["spectra"].rename(phase="component")
+    full_table = element_lines(["Cr", "Fe", "Mo"], spectra["energy"].values, beam_energy=200.0)
+    k = simulator_kfactors(full_table, beam_kev=200.0)
+    nmf = xr.Dataset({"spectra": spectra.assign_coords(component=np.arange(spectra.sizes["component"]))})
+    q = quantify_results(nmf, k, table=full_table, k_factor_source="the simulator's physics")
+    ref = quantify(net_intensities(nmf["spectra"], full_table), k)
+    np.testing.assert_array_equal(q["atomic_percent"].values, ref["atomic_percent"].values)
+    assert q["atomic_percent"].dims == ("component", "element") and q["intensity"].dims == ("component", "line")
+    assert q.attrs["k_factor_source"] == "the simulator's physics" and q.attrs["absorption"] == "off"
+    out = write_results(tmp_path / "results", {"nmf": nmf})
+    q2 = quantify_results(out, k, table=full_table)
+    np.testing.assert_array_equal(q2["atomic_percent"].values, ref["atomic_percent"].values)
+    assert q2.attrs["group"] == "nmf"
+    with pytest.raises(ParameterError, match="no mcr group"):
+        quantify_results(out, k, table=full_table, group="mcr")

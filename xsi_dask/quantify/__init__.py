@@ -8,6 +8,7 @@
   pass (a CSR x dense product per tile);
 - :func:`quantify`: weight and atomic percent, Cliff-Lorimer with exspy's
   ``quantification_cliff_lorimer``, lazily per tile for maps;
+- :func:`quantify_results`: the same for the endmembers of a results store;
 - :func:`read_kfactors`: k-factors from YAML or CSV.
 
 Needs exspy (``pip install xsi-dask[quantify]``).
@@ -17,5 +18,7 @@ from ._cliff_lorimer import Absorption, quantify
 from ._kfactors import read_kfactors
 from ._lines import LineTable, element_lines
 from ._maps import element_maps, net_intensities
+from ._results import quantify_results
 
-__all__ = ["Absorption", "LineTable", "element_lines", "element_maps", "net_intensities", "quantify", "read_kfactors"]
+__all__ = ["Absorption", "LineTable", "element_lines", "element_maps", "net_intensities", "quantify", "quantify_results",
+           "read_kfactors"]

@@ -260,6 +260,9 @@ def quantify(intensities, kfactors, *, absorption=None, lines=None, min_intensit
     ds["atomic_percent"].attrs.update(units="at.%")
     ds.attrs.update(method="Cliff-Lorimer (exspy quantification_cliff_lorimer)", kfactors=[float(v) for v in k],
                     lines=lines, absorption_correction=int(absorption is not None),
+                    absorption="off" if absorption is None else (
+                        f"thin film: {absorption.thickness_nm:g} nm, {absorption.density_g_cm3:g} g/cm^3, "
+                        f"take-off {absorption.take_off_angle_deg:g} deg"),
                     min_intensity="relative 1e-9" if min_intensity is None else float(min_intensity),
                     **({} if absorption is None else {"thickness_nm": absorption.thickness_nm,
                                                        "density_g_cm3": absorption.density_g_cm3,

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import MissingDependencyError, XrayLineError
+from ..io.metadata import DEFAULT_RESOLUTION_MNKA_EV
 
 __all__ = ["LineTable", "element_lines", "import_exspy"]
 
@@ -264,11 +265,11 @@ def element_lines(
     *,
     beam_energy: float | None = None,
     lines: Sequence[str] | None = None,
-    resolution_mnka: float = 130.0,
+    resolution_mnka: float | None = None,
     width: float = INTEGRATION_WIDTH,
     background_offset: tuple[float, float] = BACKGROUND_OFFSET,
     background_width: float = BACKGROUND_WIDTH,
-    zero_peak_cutoff: float | None = None,
+    zero_peak_cutoff: float | None | str = "auto",
 ) -> LineTable:
     """The X-ray line of each element and its integration and background windows, exspy's way.
 
@@ -287,26 +288,38 @@ def element_lines(
     Parameters
     ----------
     elements : sequence of str or None
-        Chemical symbols ("Fe"). None or empty: only the ``lines`` given.
-    energy_axis : array-like, shape (channels,)
+        Chemical symbols ("Fe"). None or empty: only the ``lines`` given (for
+        a montage: the elements its source files recorded, when no lines).
+    energy_axis : array-like of shape (channels,), or a montage view
         Channel energies, keV, uniform and increasing (the view's ``energy``
-        coordinate; a view without the zero peak is fine).
+        coordinate; a view without the zero peak is fine). A montage view
+        (an ``xarray.DataArray`` with more dims than ``energy``, from
+        :func:`xsi_dask.open_montage` or
+        :func:`~xsi_dask.montage.prepare.analysis_view`) gives its energy axis
+        and the defaults of ``elements``, ``beam_energy``,
+        ``resolution_mnka`` and ``zero_peak_cutoff`` from its attributes.
     beam_energy : float, optional
-        keV. Default: the axis' last energy (exspy's fallback without one).
+        keV. Default: the montage's recorded beam energy, else the axis' last
+        energy (exspy's fallback without one).
     lines : sequence of str, optional
         Lines to use instead of exspy's choice for their elements ("Cr_Kb");
         the other elements keep exspy's choice.
-    resolution_mnka : float
-        Detector FWHM at Mn Ka, eV (exspy's default 130).
+    resolution_mnka : float, optional
+        Detector FWHM at Mn Ka, eV. Default: the montage's recorded
+        ``energy_resolution_MnKa``, else exspy's 130.
     width : float
         Integration window width in FWHM (exspy's default 2).
     background_offset : (float, float)
         Left and right background window distance from the line, FWHM (exspy's 2, 2).
     background_width : float
         Background window width, FWHM (exspy's 1).
-    zero_peak_cutoff : float, optional
-        keV: refuse windows reaching below it (the detector's zero peak;
-        ``montage.attrs["zero_peak_cutoff"]`` of an analysis view).
+    zero_peak_cutoff : float, None or "auto"
+        keV: refuse windows reaching below it (the detector's zero peak).
+        "auto" (default): none for an array axis; for a montage view its
+        ``zero_peak_cutoff`` attribute where it has one (``analysis_view``;
+        None there when the zero peak was kept on purpose), else for EDS
+        signals the detector's cutoff
+        (:func:`~xsi_dask.montage.prepare.zero_peak_cutoff`).
 
     Returns
     -------
@@ -331,6 +344,22 @@ def element_lines(
     https://hyperspy.org/exspy.
     Fiori, C. E. & Newbury, D. E. (1978). SEM 1978/I, 401-422.
     """
+    if _is_montage(energy_axis):
+        montage = energy_axis
+        if elements is None and not lines:
+            elements = _recorded_elements(montage)
+        if beam_energy is None:
+            beam_energy = _scalar(montage.attrs.get("beam_energy"), "beam_energy")
+        if resolution_mnka is None:
+            resolution_mnka = _scalar(montage.attrs.get("energy_resolution_MnKa"), "resolution_mnka")
+        zero_peak_cutoff = _cutoff(montage, zero_peak_cutoff, resolution_mnka)
+        energy_axis = montage["energy"].values
+    elif isinstance(zero_peak_cutoff, str):
+        if zero_peak_cutoff != "auto":
+            raise XrayLineError(f"zero_peak_cutoff must be a number (keV), None or 'auto'; got {zero_peak_cutoff!r}")
+        zero_peak_cutoff = None
+    if resolution_mnka is None:
+        resolution_mnka = DEFAULT_RESOLUTION_MNKA_EV
     offset, scale, size = _uniform_axis(energy_axis)
     high = offset + scale * (size - 1)
     elements = _as_list(elements, "elements") or []
@@ -338,7 +367,8 @@ def element_lines(
     if len(set(elements)) != len(elements):
         raise XrayLineError(f"elements are repeated: {elements}")
     if not elements and not lines:
-        raise XrayLineError("no elements and no lines given: name the elements (e.g. ['Fe', 'Cr']) or lines ('Fe_Ka')")
+        raise XrayLineError("no elements and no lines given (and none recorded in the source files): name the elements "
+                            "(e.g. ['Fe', 'Cr']) or lines ('Fe_Ka')")
     beam = high if beam_energy is None else _check_number(beam_energy, "beam_energy (keV)")
     resolution = _check_number(resolution_mnka, "resolution_mnka (eV)")
     width = _check_number(width, "width (FWHM)")
@@ -390,6 +420,46 @@ def element_lines(
         axis_offset=offset, axis_scale=scale, axis_size=size, beam_energy=beam, resolution_mnka=resolution,
         zero_peak_cutoff=cut,
     )
+
+
+def _is_montage(value) -> bool:
+    """A montage view (dims include ``energy`` and more), not an energy axis."""
+    return isinstance(value, xr.DataArray) and "energy" in value.dims and value.ndim > 1
+
+
+def _recorded_elements(montage: xr.DataArray) -> list[str]:
+    found = montage.attrs.get("elements")
+    if isinstance(found, (list, tuple)) and found and all(isinstance(e, str) for e in found):
+        return list(found)
+    raise XrayLineError(
+        f"no elements given and none recorded in the source files of {montage.attrs.get('store')}: pass "
+        "elements=['Fe', ...] (or lines=['Fe_Ka', ...])")
+
+
+def _scalar(value, name: str):
+    """A value recorded per source file: the one value, or an error where the files disagree."""
+    if isinstance(value, (list, tuple)):
+        values = {v for v in value if v is not None}
+        if len(values) > 1:
+            raise XrayLineError(f"the montage's source files disagree on {name} ({list(value)}): pass {name} explicitly")
+        return values.pop() if values else None
+    return value
+
+
+def _cutoff(montage: xr.DataArray, value, resolution_mnka) -> float | None:
+    """The zero-peak cutoff of a montage view (see ``element_lines``'s ``zero_peak_cutoff``)."""
+    if not isinstance(value, str):
+        return None if value is None else float(value)
+    if value != "auto":
+        raise XrayLineError(f"zero_peak_cutoff must be a number (keV), None or 'auto'; got {value!r}")
+    if "zero_peak_cutoff" in montage.attrs:
+        cut = montage.attrs["zero_peak_cutoff"]
+        return None if cut is None else float(cut)
+    if str(montage.attrs.get("signal_type") or "").startswith("EDS"):
+        from ..montage.prepare import zero_peak_cutoff
+
+        return float(zero_peak_cutoff(montage, resolution_mnka))
+    return None
 
 
 def _fmt(edges) -> str:

@@ -10,7 +10,6 @@ import xarray as xr
 from ..decomposition._svd import map_coords, run_attrs
 from ..engine import Block, make_plan
 from ..errors import XrayLineError
-from ..io.metadata import DEFAULT_RESOLUTION_MNKA_EV
 from ._lines import LineTable, element_lines
 
 __all__ = ["element_maps", "net_intensities"]
@@ -95,35 +94,6 @@ def _maps_task(blocks: list[Block], W: np.ndarray) -> np.ndarray:
     return out.reshape(1, *blocks[0].tile_shape, W.shape[1])
 
 
-def _view_elements(montage: xr.DataArray) -> list[str]:
-    found = montage.attrs.get("elements")
-    if isinstance(found, (list, tuple)) and found and all(isinstance(e, str) for e in found):
-        return list(found)
-    return []
-
-
-def _scalar(value, name: str):
-    if isinstance(value, (list, tuple)):
-        values = {v for v in value if v is not None}
-        if len(values) > 1:
-            raise XrayLineError(f"the montage's source files disagree on {name} ({list(value)}): pass {name} explicitly")
-        return values.pop() if values else None
-    return value
-
-
-def _cutoff(montage: xr.DataArray, value, resolution_mnka: float) -> float | None:
-    if not (isinstance(value, str) and value == "auto"):
-        return None if value is None else float(value)
-    if "zero_peak_cutoff" in montage.attrs:
-        cut = montage.attrs["zero_peak_cutoff"]
-        return None if cut is None else float(cut)
-    if str(montage.attrs.get("signal_type") or "").startswith("EDS"):
-        from ..montage.prepare import zero_peak_cutoff
-
-        return float(zero_peak_cutoff(montage, resolution_mnka))
-    return None
-
-
 def element_maps(
     montage: xr.DataArray,
     elements=None,
@@ -136,6 +106,7 @@ def element_maps(
     background_width: float = 1.0,
     gross: bool = False,
     zero_peak_cutoff: float | None | str = "auto",
+    table: LineTable | None = None,
 ) -> xr.Dataset:
     """Net X-ray line intensity maps of a montage, one engine map pass (a CSR x dense product per tile).
 
@@ -173,6 +144,10 @@ def element_maps(
         (:func:`~xsi_dask.montage.prepare.analysis_view`; None there when the
         zero peak was kept on purpose), else for EDS signals the detector's
         cutoff :func:`~xsi_dask.montage.prepare.zero_peak_cutoff`, else none.
+    table : LineTable, optional
+        Lines and windows made beforehand (``element_lines(elements,
+        montage)``), on this view's energy axis; the line arguments above are
+        then not used.
 
     Returns
     -------
@@ -202,20 +177,13 @@ def element_maps(
     """
     started = time.perf_counter()
     plan = make_plan(montage)
-    attrs = montage.attrs
-    els = elements if elements is not None else ([] if lines else _view_elements(montage))
-    if elements is None and not lines and not els:
-        raise XrayLineError(
-            f"no elements given and none recorded in the source files of {attrs.get('store')}: pass elements=['Fe', ...] "
-            "(or lines=['Fe_Ka', ...])")
-    if beam_energy is None:
-        beam_energy = _scalar(attrs.get("beam_energy"), "beam_energy")
-    if resolution_mnka is None:
-        resolution_mnka = _scalar(attrs.get("energy_resolution_MnKa"), "resolution_mnka") or DEFAULT_RESOLUTION_MNKA_EV
     energy = np.asarray(montage["energy"].values, dtype=np.float64)
-    table = element_lines(els, energy, beam_energy=beam_energy, lines=lines, resolution_mnka=resolution_mnka, width=width,
-                          background_offset=background_offset, background_width=background_width,
-                          zero_peak_cutoff=_cutoff(montage, zero_peak_cutoff, resolution_mnka))
+    if table is None:
+        table = element_lines(elements, montage, beam_energy=beam_energy, lines=lines, resolution_mnka=resolution_mnka,
+                              width=width, background_offset=background_offset, background_width=background_width,
+                              zero_peak_cutoff=zero_peak_cutoff)
+    else:
+        _check_axis(table, energy.size, energy)
     W = table.weights(net=True)
     if gross:
         W = np.hstack([W, table.weights(net=False)])

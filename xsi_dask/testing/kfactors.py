@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import XrayLineError
+from ..errors import XrayLineError, XSIError
+from ..io.metadata import acquisition
+from ..io.store import MontageStore
 from ..quantify import LineTable, net_intensities
 from .physics import Detector, phase_spectrum
 
 __all__ = ["simulator_kfactors"]
 
 
-def simulator_kfactors(lines_table: LineTable, *, beam_kev: float, detector: Detector = Detector(),  # noqa: B008
-                       energy_axis) -> dict[str, float]:
+def simulator_kfactors(lines_table: LineTable, *, beam_kev: float | None = None, detector: Detector | None = None,
+                       energy_axis=None, store=None) -> dict[str, float]:
     """k-factors of the table's lines for spectra simulated by :func:`~xsi_dask.testing.physics.phase_spectrum`.
 
     The simulator's line intensities are linear in the weight fractions
@@ -29,12 +31,16 @@ def simulator_kfactors(lines_table: LineTable, *, beam_kev: float, detector: Det
     ----------
     lines_table : LineTable
         From :func:`xsi_dask.quantify.element_lines` on ``energy_axis``.
-    beam_kev : float
-        Beam energy, keV (the preset's ``beam_kev``).
-    detector : Detector
-        The simulated detector (resolution, efficiency, escape peaks).
-    energy_axis : ndarray, shape (channels,)
-        keV, the simulated axis (the table's).
+    beam_kev : float, optional
+        Beam energy, keV (the preset's ``beam_kev``); default the store's.
+    detector : Detector, optional
+        The simulated detector (resolution, efficiency, escape peaks); default
+        the store's, else ``Detector()``.
+    energy_axis : ndarray of shape (channels,), optional
+        keV, the table's axis (default: the table's own).
+    store : path or MontageStore, optional
+        A store written by :func:`~xsi_dask.testing.simulate.simulate`: the
+        beam energy and detector it was simulated with.
 
     Returns
     -------
@@ -46,6 +52,9 @@ def simulator_kfactors(lines_table: LineTable, *, beam_kev: float, detector: Det
     XrayLineError
         The axis differs from the table's, or a pure element gives no positive
         net intensity in its window.
+    XSIError
+        No beam energy (neither given nor from a store), or ``store`` is not a
+        simulated store.
 
     References
     ----------
@@ -53,7 +62,19 @@ def simulator_kfactors(lines_table: LineTable, *, beam_kev: float, detector: Det
     doi:10.1111/j.1365-2818.1975.tb03895.x.
     exspy ``quantification_cliff_lorimer``, https://hyperspy.org/exspy.
     """
-    e = np.asarray(energy_axis, dtype=np.float64)
+    if store is not None:
+        st = store if isinstance(store, MontageStore) else MontageStore(store)
+        sim = st.attrs.get("simulation")
+        if not sim:
+            raise XSIError(f"{st.path} is not a simulated store (no 'simulation' record): its k-factors are not the simulator's")
+        if detector is None:
+            detector = Detector(**sim["detector"])
+        if beam_kev is None:
+            beam_kev = acquisition(st).get("beam_energy")
+    if beam_kev is None:
+        raise XSIError("simulator_kfactors needs the beam energy: give beam_kev= or the simulated store=")
+    detector = Detector() if detector is None else detector
+    e = lines_table.axis if energy_axis is None else np.asarray(energy_axis, dtype=np.float64)
     if e.shape != (lines_table.axis_size,) or not np.allclose(e, lines_table.axis, rtol=0, atol=1e-6 * lines_table.axis_scale):
         raise XrayLineError("energy_axis is not the axis the line table was made for; make the table on this axis")
     pure = []
