@@ -19,7 +19,9 @@ __all__ = [
     "DecompositionError",
     "InputFileNotFoundError",
     "InsufficientMemoryError",
+    "KFactorError",
     "LayoutError",
+    "MissingDependencyError",
     "NoSpectrumImageError",
     "NotOurOutputError",
     "OutputWriteError",
@@ -33,6 +35,7 @@ __all__ = [
     "WorkerLostError",
     "XSIError",
     "XSIWarning",
+    "XrayLineError",
 ]
 
 
@@ -148,3 +151,17 @@ class WorkerLostError(XSIError, RuntimeError):
 
 class InsufficientMemoryError(XSIError, MemoryError):
     """The workers' memory limit is below what one task of the plan needs (checked before the first pass)."""
+
+
+class XrayLineError(ParameterError):
+    """An X-ray line request that cannot be honoured: an unknown element or line, no line of an element on the
+    energy axis, or an integration/background window outside the axis or inside the excluded zero peak."""
+
+
+class KFactorError(ParameterError):
+    """Cliff-Lorimer k-factors that cannot be used: a malformed k-factor file (the file and line are named), a
+    missing line, or a value that is not a positive finite number."""
+
+
+class MissingDependencyError(XSIError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install (e.g. ``xsi-dask[quantify]``)."""
