@@ -245,7 +245,10 @@ def decompose(
         ``loadings (component, energy)``: H^1/2 V, the spectra unweighted like
         HyperSpy's factors; ``scores (tile, y, x, component)``: G^1/2 U S, lazy
         (one dask chunk per tile, computed tile by tile on write), so that
-        D ~ scores @ loadings; ``eigenvalues (rank)`` with ``solver="gram"``,
+        D ~ scores @ loadings; ``pixel_counts (tile, y, x)``: g, the counts
+        of each (binned) pixel over the view's channels, from the same pass
+        (the Poisson weights, so that the analyses of the scores, such as the
+        rotation and MCR, never read the counts again); ``eigenvalues (rank)`` with ``solver="gram"``,
         every one of the channels, those at round-off (at most M eps
         lambda_max) set to 0 so that a rank-deficient map's scree stops there
         (``attrs["eigenvalues_roundoff_rank"]``: how many are above it);
@@ -292,11 +295,13 @@ def decompose(
     k = S.size
     loadings = (np.sqrt(op.h)[:, None] * V if poisson else V).T
     comp = np.arange(k)
+    scores, pixel_counts = op.scores(V, with_counts=True)
     data_vars = {
         "singular_values": ("component", S),
         "explained_variance_ratio": ("component", S**2 / op.frob2 if op.frob2 else np.full(k, np.nan)),
         "loadings": (("component", "energy"), loadings),
-        "scores": (("tile", "y", "x", "component"), op.scores(V)),
+        "scores": (("tile", "y", "x", "component"), scores),
+        "pixel_counts": (("tile", "y", "x"), pixel_counts),
     }
     rank_attrs = {}
     if eigenvalues is not None:  # the scree stops at round-off: a rank-deficient map's tail is eigh's noise, set to 0
@@ -328,4 +333,5 @@ def decompose(
     )
     ds["loadings"].attrs["description"] = "component spectra, unweighted (H^1/2 V)"
     ds["scores"].attrs["description"] = "component maps, unweighted (G^1/2 U S)"
+    ds["pixel_counts"].attrs.update(units="counts", description="counts per (binned) pixel over the view's channels (g)")
     return ds

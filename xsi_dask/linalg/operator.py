@@ -54,13 +54,16 @@ def _gram_task(b: Block, poisson: bool, channels: int):
     return b.kernels.gram_block(*b.csr, s, channels), (b.kernels.colsum_frob(*b.csr, s, channels), _totals_histogram(b))
 
 
-def _scores_task(blocks: list[Block], poisson: bool, Vh: np.ndarray, shift: np.ndarray | None):
-    """Unweighted scores of one tile: D_t Vh - sqrt(g) shift, shape (1, y, x, k)."""
+def _scores_task(blocks: list[Block], poisson: bool, Vh: np.ndarray, shift: np.ndarray | None, with_counts: bool = False):
+    """Unweighted scores of one tile: D_t Vh - sqrt(g) shift, shape (1, y, x, k); with ``with_counts`` the pixel
+    totals g over the view's channels as one more column, (1, y, x, k + 1)."""
     out = np.concatenate([b.kernels.csr_dense(*b.csr, Vh) for b in blocks])
     if shift is not None:
         g = np.concatenate([b.counts_per_pixel() if poisson else np.ones(b.rows) for b in blocks])
         out -= np.sqrt(g)[:, None] * shift[None, :]
-    return out.reshape(1, *blocks[0].tile_shape, Vh.shape[1])
+    if with_counts:
+        out = np.concatenate([out, np.concatenate([b.counts_per_pixel() for b in blocks])[:, None]], axis=1)
+    return out.reshape(1, *blocks[0].tile_shape, out.shape[1])
 
 
 @dataclass
@@ -149,9 +152,17 @@ class PoissonOperator:
             A -= self.n_pixels * np.outer(mu, mu)
         return A
 
-    def scores(self, V: np.ndarray) -> da.Array:
-        """Lazy unweighted scores G^1/2 D~c V, dims (tile, y, x, k), one chunk per tile (a map pass)."""
+    def scores(self, V: np.ndarray, *, with_counts: bool = False) -> da.Array | tuple[da.Array, da.Array]:
+        """Lazy unweighted scores G^1/2 D~c V, dims (tile, y, x, k), one chunk per tile (a map pass).
+
+        With ``with_counts`` also the pixel totals g (tile, y, x) over the view's
+        channels, from the same tasks (each tile is read once for both).
+        """
         Vh = np.ascontiguousarray(self.wh[:, None] * V)
         mu = self.mean
         shift = None if mu is None else mu @ V
-        return self.plan.map(_scores_task, self.poisson, Vh, shift, tail=(V.shape[1],), name="scores")
+        k = V.shape[1]
+        if not with_counts:
+            return self.plan.map(_scores_task, self.poisson, Vh, shift, tail=(k,), name="scores")
+        both = self.plan.map(_scores_task, self.poisson, Vh, shift, True, tail=(k + 1,), name="scores")
+        return both[..., :k], both[..., k]
