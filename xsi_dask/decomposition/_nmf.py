@@ -7,7 +7,9 @@ unit, W_u is updated with H fixed, then W_u^T (D_u / W_u H) and the column
 sums of W_u are accumulated (one reduction pass, the backend's
 ``kl_mu_step``); the reduced sums update H (:func:`update_h_kl`). WH is
 evaluated only at the non-zeros of D, so an iteration is one pass and
-O(nnz k). The driver, :func:`nmf`, loops over these pure steps.
+O(nnz k). The driver, :func:`nmf`, loops over these pure steps. Known
+spectra (``fixed_spectra``) are rows of H that the H update leaves as they are
+(:mod:`._fixed` checks and places them).
 
 References
 ----------
