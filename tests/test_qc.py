@@ -74,6 +74,7 @@ def test_deviance_per_tile_equals_a_dense_computation(montages):
     want = 2 * (term - dense + model).sum((1, 2, 3))
     np.testing.assert_allclose(q["deviance"].values, want, rtol=1e-9)
     np.testing.assert_allclose(q["deviance_per_pixel"].values, want / 256, rtol=1e-9)
+    assert q.attrs["passes"] == 1
     np.testing.assert_array_equal(q["counts"].values, dense.sum((1, 2, 3)))  # from the stored sum spectra
     np.testing.assert_allclose(q["counts_per_pixel"].values, dense.sum((1, 2, 3)) / 256, rtol=1e-15)
 
@@ -103,7 +104,7 @@ def test_channel_selection_and_tiles_of_a_view(montages):
     want = [st.tile_csr(t).to_scipy(np.float64).toarray()[:, 10:400].sum() for t in [2, 0, 1, 3, 4]]
     np.testing.assert_array_equal(q["counts"].values, want)
     assert q["tile"].values.tolist() == [2, 0, 1, 3, 4] and q["flagged"].values.tolist() == [True] + [False] * 4
-    assert "deviance" not in q
+    assert "deviance" not in q and q.attrs["passes"] == 0
     with pytest.raises(ViewError, match="the montage view 390"):  # a model of other channels than the view's
         tile_qc(view, results=res)
 

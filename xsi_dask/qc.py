@@ -194,8 +194,9 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
         (of log counts per pixel per s), ``z_residual`` (of the log deviance
         per pixel); the flags ``low_dose`` (z_dose < -threshold), ``low_rate``
         (z_rate < -threshold), ``high_residual`` (z_residual > threshold) and
-        ``flagged`` (any). ``attrs``: the threshold, the method, the results
-        store and group.
+        ``flagged`` (any). ``attrs``: ``threshold``, ``min_spread``,
+        ``method``, ``live_time_reason``, ``passes`` (over the counts: 1 with
+        ``results``, else 0), ``results`` and ``group``.
 
     Raises
     ------
@@ -271,7 +272,7 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
              "min_spread": float(min_spread),
              "method": "modified z-score (Iglewicz & Hoaglin 1993): (x - median) / max(1.4826 MAD, min_spread) of log "
                        "values; low dose and low rate one-sided low, the deviance per pixel one-sided high",
-             "live_time_reason": why_live}
+             "live_time_reason": why_live, "passes": 0}
     if results is not None:
         res = open_results(results, group)
         S = _check_spectra(res, montage, results, group)
@@ -284,7 +285,7 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
         data.update(deviance=("tile", d), deviance_per_pixel=("tile", d / pixels),
                     deviance_per_count=("tile", per_count), z_residual=("tile", z_res))
         flags["high_residual"] = z_res > threshold
-        attrs.update(results=str(Path(results).resolve()), group=group)
+        attrs.update(results=str(Path(results).resolve()), group=group, passes=1)
     flagged = np.zeros(tiles.size, dtype=bool)
     for name, f in flags.items():
         data[name] = ("tile", np.asarray(f, dtype=bool))  # NaN scores compare False: never flagged
