@@ -46,6 +46,9 @@ def test_units_read_their_rows_of_a_stored_map_without_reading_counts(sim):
     got = plan.reduce(total, src, label="scores sum", reads_counts=False, literal=(type(src),))
     np.testing.assert_allclose(got, (scores**2).sum((0, 1, 2)), rtol=1e-12)
     assert plan.passes == 0 and plan.log[-1].nnz == 0
+    top = map_source(d / "r.zarr", "svd", "scores", plan, columns=2)
+    got = plan.reduce(total, top, label="top-2 scores sum", reads_counts=False, literal=(type(src),))
+    np.testing.assert_allclose(got, (scores[..., :2] ** 2).sum((0, 1, 2)), rtol=1e-12)
 
 
 def test_tile_deviance_equals_dense_poisson_deviance(sim):

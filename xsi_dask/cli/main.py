@@ -63,6 +63,28 @@ def _add_nmf_options(p: argparse.ArgumentParser) -> None:
                         "(default 10, xsi-dask.nmf-checkpoint-every; 0: none); removed when the NMF completes")
 
 
+def _add_analyses_options(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("analyses after the NMF (each its own results group)")
+    a.add_argument("--rotate", choices=("varimax",),
+                   help="spatial-simplicity rotation of the top-k Poisson-scaled scores (group rotation; k = the NMF's endmembers)")
+    a.add_argument("--mcr", action="store_true", help="factored MCR-ALS started from the rotation (group mcr; implies --rotate varimax)")
+    a.add_argument("--ica", action="store_true", help="FastICA of the whitened scores (group ica)")
+    a.add_argument("--segments", type=int, metavar="K", help="k-means segmentation into K classes (group segments)")
+    a.add_argument("--segment-on", choices=("nmf", "mcr", "svd"),
+                   help="the maps k-means segments: NMF or MCR abundance fractions, or Poisson-scaled SVD scores (default nmf)")
+    a.add_argument("--quantify", action="store_true",
+                   help="net X-ray line maps of the elements (--elements, else the files') and Cliff-Lorimer compositions "
+                        "of every endmember (groups elements, quantification)")
+    a.add_argument("--k-factors", metavar="FILE", help="Cliff-Lorimer k-factors, YAML or CSV of line,k-factor "
+                                                       "(a simulated store may leave it out: the simulator's own)")
+    a.add_argument("--no-qc", dest="qc", action="store_false", help="no tile quality control (default: group qc)")
+    a.add_argument("--qc-threshold", type=float, metavar="Z",
+                   help="robust z-score above which a tile's dose or residual is flagged (default 3.5)")
+
+
+_ANALYSES_FLAGS = ("rotate", "mcr", "ica", "segments", "segment_on", "quantify", "k_factors", "qc", "qc_threshold")
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("where it runs")
     c.add_argument("--scheduler", metavar="ADDRESS",
@@ -108,6 +130,7 @@ _EXAMPLES = {
     "ingest": "xsi-dask ingest ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --out jeol.zarr\n"
               "  xsi-dask ingest tile_*.bcf --grid 2x3 --out montage.zarr",
     "run": "xsi-dask run ../shared/data/eds/jeol_View000_0000006.pts --split 4x4 --bin 16 --out jeol_run\n"
+           "  xsi-dask run g91.zarr --mcr --segments 6 --quantify --out g91_run\n"
            "  xsi-dask run montage.zarr --energy-range 0.2:10 --elements Fe,Cr,Mn --nmf-components 5 --out run2\n"
            "  xsi-dask run --config jeol_run/run.yaml --out jeol_run2",
     "decompose": "xsi-dask decompose jeol.zarr --out results.zarr --solver gram --components 20 --bin 16",
@@ -118,6 +141,12 @@ _EXAMPLES = {
     "clean": "xsi-dask clean jeol.zarr",
     "verify": "xsi-dask verify jeol.zarr",
     "report": "xsi-dask report results.zarr --out results_report --elements Ag,Al,Cu",
+    "rotate": "xsi-dask rotate jeol_run/results.zarr --components 4",
+    "mcr": "xsi-dask mcr jeol_run/results.zarr",
+    "ica": "xsi-dask ica jeol_run/results.zarr --components 4",
+    "segment": "xsi-dask segment jeol_run/results.zarr --segments 5 --on nmf",
+    "quantify": "xsi-dask quantify bruker_run/results.zarr --k-factors kfactors.yaml --elements Al,Ag",
+    "qc": "xsi-dask qc jeol_run/results.zarr --threshold 3.5",
     "cluster": "xsi-dask cluster slurm --print-job-script --cores 8 --memory 32GiB --walltime 02:00:00 --queue compute",
     "explore": "xsi-dask explore ../shared/data/eels/CuZn_HAADF.hspy ../shared/data/eels/CuZn_EELS_mapping_tutorial.hspy "
                "--structure CuZn_HAADF --scalarizer ratio:1020-1100/924-1004:bg=820-916:units=eV --acquisition ei "
@@ -169,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NMF endmembers (default: from the data, the SVD's n_significant, at least 2 and at most 12: "
                         "xsi-dask.nmf-components-min/-max)")
     _add_nmf_options(p)
+    _add_analyses_options(p)
     _add_cluster_options(p)
     p.add_argument("--resume", action="store_true",
                    help="after an interrupted run into DIR: reuse its store, compute the SVD again and continue the NMF "
@@ -198,6 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing nmf group of RESULTS.zarr")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    for name, helptext in _ANALYSIS_COMMANDS.items():
+        p = _sub(sub, name, helptext, argument_default=quiet)
+        p.add_argument("results", metavar="RESULTS.zarr", help="a results store (from run or decompose)")
+        if name in ("rotate", "mcr", "ica"):
+            p.add_argument("--components", type=int, metavar="K",
+                           help="components (default: the NMF's endmembers, else the SVD's n_significant)")
+        if name == "segment":
+            p.add_argument("--segments", type=int, required=True, metavar="K", help="classes of the k-means")
+            p.add_argument("--on", dest="segment_on", choices=("nmf", "mcr", "svd"),
+                           help="the maps segmented (default nmf: the abundance fractions)")
+        if name == "quantify":
+            p.add_argument("--k-factors", metavar="FILE", help="YAML or CSV of line,k-factor (a simulated store may "
+                                                               "leave it out)")
+            p.add_argument("--elements", metavar="EL,EL,...", help="elements to map and quantify (default the files')")
+        if name == "qc":
+            p.add_argument("--threshold", dest="qc_threshold", type=float, metavar="Z",
+                           help="robust z-score above which a tile is flagged (default 3.5)")
+        _add_cluster_options(p)
+        p.add_argument("--overwrite", action="store_true", help="replace the group if RESULTS.zarr has it")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = _sub(sub, "simulate", "simulate an EDS montage with ground truth into a sparse store")
     p.add_argument("--out", required=True, metavar="STORE.zarr", help="the montage store to write")
@@ -363,6 +414,45 @@ def _cluster_params(g: dict):
     return ClusterParams(**{k: g[k] for k in _CLUSTER_FLAGS if k in g})
 
 
+def _analyses_params(g: dict):
+    from ..pipeline import AnalysesParams
+
+    return AnalysesParams(**{k: g[k] for k in _ANALYSES_FLAGS if k in g})
+
+
+_ANALYSIS_COMMANDS = {
+    "rotate": "spatial-simplicity (varimax) rotation of the SVD in RESULTS.zarr (group rotation)",
+    "mcr": "factored MCR-ALS of the SVD in RESULTS.zarr, from its varimax rotation (groups rotation, mcr)",
+    "ica": "FastICA of the SVD scores in RESULTS.zarr (group ica)",
+    "segment": "k-means segmentation of the maps in RESULTS.zarr and the segments' mean spectra (group segments)",
+    "quantify": "element maps and Cliff-Lorimer compositions of the endmembers in RESULTS.zarr (groups elements, "
+                "quantification)",
+    "qc": "tile quality control of the montage behind RESULTS.zarr: dose and model residual per tile (group qc)",
+}
+
+
+def _cmd_analysis(args: argparse.Namespace) -> int:
+    from ..pipeline import AnalysesParams, analyse_results
+    from ..pipeline._params import parse_elements
+
+    g = _given(args)
+    kw = {k: g[k] for k in _ANALYSES_FLAGS if k in g}
+    kw["qc"] = args.command == "qc"
+    if args.command == "rotate":
+        kw["rotate"] = "varimax"
+    elif args.command in ("mcr", "ica", "quantify"):
+        kw[args.command] = True
+    params = AnalysesParams(**kw)
+    elements = parse_elements(g["elements"]) if "elements" in g else None
+    done = analyse_results(g["results"], params, components=g.get("components"), elements=elements,
+                           cluster=_cluster_params(g), overwrite=g.get("overwrite", False), progress=not g.get("quiet", False))
+    for line in done.lines.values():
+        print(line)
+    print(f"written to {g['results']} (group{'s' if len(done.groups) > 1 else ''} {', '.join(done.groups)}); "
+          f"xsi-dask report {g['results']} draws them")
+    return 0
+
+
 def _flag(dest: str) -> str:
     return "INPUT" if dest == "inputs" else "--" + dest.replace("_", "-")
 
@@ -387,7 +477,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         layout = pipeline.LayoutParams(grid=g.get("grid"), split=g.get("split"), manifest=g.get("manifest"))
         view, svd, nmf, cluster = _view_params(g), _svd_params(g), _nmf_params(g, "nmf_components"), _cluster_params(g)
         result = pipeline.run(
-            g.get("inputs", []), g["out"], layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster,
+            g.get("inputs", []), g["out"], layout=layout, view=view, svd=svd, nmf=nmf, analyses=_analyses_params(g),
+            cluster=cluster,
             overwrite=overwrite, progress=progress,
         )
     print(f"report: {result.report}")
@@ -494,6 +585,7 @@ COMMANDS = {
     "report": _cmd_report,
     "cluster": _cmd_cluster,
     "explore": _cmd_explore,
+    **dict.fromkeys(_ANALYSIS_COMMANDS, _cmd_analysis),
 }
 
 

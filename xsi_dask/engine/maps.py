@@ -52,6 +52,9 @@ class MapSource:
         The store's committed version (the cache key: a rewritten store is read again).
     index : tuple of (int, int)
         ``(store tile number, position along the map's tile axis)`` of every tile.
+    columns : int or None
+        Only the first ``columns`` entries of the last axis are kept (and
+        cached): the top-k scores of an SVD that stored more. None: all.
     """
 
     path: str
@@ -59,6 +62,7 @@ class MapSource:
     name: str
     token: tuple
     index: tuple[tuple[int, int], ...]
+    columns: int | None = None
 
     def tile(self, tile: int) -> np.ndarray:
         """The whole map of store tile ``tile``, float64 (pixels, k) or (pixels,); cached per process."""
@@ -66,17 +70,17 @@ class MapSource:
 
         def load():
             arr = zarr.open_array(store=self.path, path=f"{self.group}/{self.name}", mode="r")
-            a = np.asarray(arr[pos], dtype=np.float64)
-            return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+            a = np.asarray(arr[pos] if self.columns is None else arr[pos, ..., : self.columns], dtype=np.float64)
+            return np.ascontiguousarray(a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]))
 
-        return tile_cache.get((self.path, self.token, self.group, self.name, tile), load)
+        return tile_cache.get((self.path, self.token, self.group, self.name, self.columns, tile), load)
 
     def rows(self, unit: Unit) -> np.ndarray:
         """The unit's rows of the map: (rows, k) or (rows,) float64 (a view of the cached tile)."""
         return self.tile(unit.tile)[unit.start : unit.stop]
 
 
-def map_source(results: str | Path, group: str, name: str, plan: Plan) -> MapSource:
+def map_source(results: str | Path, group: str, name: str, plan: Plan, *, columns: int | None = None) -> MapSource:
     """The map ``group/name`` of the results store ``results``, checked against the tiles of ``plan``.
 
     Parameters
@@ -87,6 +91,9 @@ def map_source(results: str | Path, group: str, name: str, plan: Plan) -> MapSou
         E.g. ``("svd", "scores")``, ``("nmf", "abundances")``.
     plan : Plan
         The plan whose units will read the map.
+    columns : int, optional
+        Read and cache only the first ``columns`` entries of the map's last
+        axis (e.g. the top k of the stored scores).
 
     Returns
     -------
@@ -95,7 +102,8 @@ def map_source(results: str | Path, group: str, name: str, plan: Plan) -> MapSou
     Raises
     ------
     StoreFormatError
-        No such group or variable, or it is not a per-tile map (dims ``tile, y, x, ...``).
+        No such group or variable, or it is not a per-tile map (dims ``tile, y, x, ...``), or it has
+        fewer than ``columns`` entries along its last axis.
     ViewError
         The map was computed on another store (id), or lacks a tile of the
         plan, or its tiles are not the plan's size (another bin factor).
@@ -121,8 +129,12 @@ def map_source(results: str | Path, group: str, name: str, plan: Plan) -> MapSou
     if (var.sizes["y"], var.sizes["x"]) != tuple(plan.tile_shape):
         raise ViewError(f"{path}: {group}/{name} has tiles of {var.sizes['y']} x {var.sizes['x']} pixels, the view "
                         f"{plan.tile_shape[0]} x {plan.tile_shape[1]} (another bin factor)")
+    if columns is not None and (var.ndim < 4 or not 1 <= int(columns) <= var.shape[-1]):
+        raise StoreFormatError(f"{path}: {group}/{name} has {var.shape[-1] if var.ndim >= 4 else 'no'} entries along its "
+                               f"last axis; {columns} were asked for")
     pos = {t: i for i, t in enumerate(tiles)}
-    return MapSource(str(path), group, name, _token(path), tuple((t, pos[t]) for t in plan.tiles))
+    return MapSource(str(path), group, name, _token(path), tuple((t, pos[t]) for t in plan.tiles),
+                     None if columns is None else int(columns))
 
 
 def results_view(ds: xr.Dataset) -> xr.DataArray:

@@ -40,11 +40,13 @@ from .store import (
 )
 
 __all__ = [
-    "RESULTS_FORMAT", "RESULTS_VERSION", "check_results_target", "has_group", "open_result_groups", "open_results", "results_update",
+    "RESULTS_FORMAT", "RESULTS_VERSION", "RESULT_GROUPS", "check_results_target", "has_group", "open_result_groups", "open_results", "results_update",
     "write_results",
 ]
 
 RESULTS_VERSION = 1
+#: the groups a results store may hold, in the order reports show them
+RESULT_GROUPS = ("svd", "nmf", "rotation", "mcr", "ica", "segments", "elements", "quantification", "qc")
 
 
 def _consolidate(out: Path) -> None:
@@ -255,7 +257,7 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
 
 
 def open_result_groups(path: str | Path) -> dict[str, xr.Dataset]:
-    """The ``svd`` and ``nmf`` groups of a results store (those it has), lazily, after checking it is one.
+    """The groups of a results store (those of :data:`RESULT_GROUPS` it has), lazily, after checking it is one.
 
     Parameters
     ----------
@@ -265,7 +267,7 @@ def open_result_groups(path: str | Path) -> dict[str, xr.Dataset]:
     Returns
     -------
     dict
-        ``{"svd": Dataset, "nmf": Dataset}``, the groups present (at least one).
+        ``{"svd": Dataset, "nmf": Dataset, ...}``, the groups present (at least ``svd`` or ``nmf``).
 
     Raises
     ------
@@ -280,8 +282,8 @@ def open_result_groups(path: str | Path) -> dict[str, xr.Dataset]:
     if output_kind(p) != "results":
         raise StoreFormatError(f"{p} is {describe_path(p)}, not an xsi_dask results store "
                                "(written by xsi-dask decompose, nmf or run)")
-    groups = {g: open_results(p, g) for g in ("svd", "nmf") if has_group(p, g)}
-    if not groups:
+    groups = {g: open_results(p, g) for g in RESULT_GROUPS if has_group(p, g)}
+    if not {"svd", "nmf"} & set(groups):
         raise StoreFormatError(f"{p}: a results store with neither an svd nor an nmf group")
     return groups
 

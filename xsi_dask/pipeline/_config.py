@@ -10,19 +10,21 @@ import yaml
 
 from .._version import __version__
 from ..errors import InputFileNotFoundError, ParameterError
-from ._params import ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
+from ._params import AnalysesParams, ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
 
 __all__ = ["RunConfig", "load_run_config", "save_run_config"]
 
-_SECTIONS = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
+_SECTIONS = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "analyses": AnalysesParams,
+             "cluster": ClusterParams}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The parameters of one run: absolute input paths, the output folder, and the five parameter objects.
+    """The parameters of one run: absolute input paths, the output folder, and the six parameter objects.
 
     A run.yaml written before ``view`` existed has no ``view`` section: it reads back as ``ViewParams()``
-    (today's defaults: the zero peak excluded for EDS).
+    (today's defaults: the zero peak excluded for EDS); one without ``analyses`` reads back as
+    ``AnalysesParams()`` (the tile QC only).
     """
 
     inputs: tuple[Path, ...]
@@ -31,6 +33,7 @@ class RunConfig:
     view: ViewParams = field(default_factory=ViewParams)
     svd: SVDParams = field(default_factory=SVDParams)
     nmf: NMFParams = field(default_factory=NMFParams)
+    analyses: AnalysesParams = field(default_factory=AnalysesParams)
     cluster: ClusterParams = field(default_factory=ClusterParams)
     xsi_dask_version: str = __version__
 
@@ -48,7 +51,7 @@ class RunConfig:
 
         return run(
             list(self.inputs), self.out if out is None else out, layout=self.layout, view=self.view, svd=self.svd, nmf=self.nmf,
-            cluster=self.cluster, overwrite=overwrite, progress=progress,
+            analyses=self.analyses, cluster=self.cluster, overwrite=overwrite, progress=progress,
         )
 
 

@@ -12,7 +12,8 @@ from typing import Any
 from ..errors import LayoutError, ParameterError
 from ..io.layout import parse_grid
 
-__all__ = ["ClusterParams", "LayoutParams", "NMFParams", "SVDParams", "ViewParams", "parse_elements", "parse_energy_range"]
+__all__ = ["AnalysesParams", "ClusterParams", "LayoutParams", "NMFParams", "SVDParams", "ViewParams", "parse_elements",
+           "parse_energy_range"]
 
 SOLVERS = ("randomized", "gram")
 LOSSES = ("kl", "frobenius")
@@ -133,6 +134,74 @@ class NMFParams(_Params):
         _int(o, "seed", self.seed, 0)
         _int(o, "checkpoint_every", self.checkpoint_every, 0, optional=True)
         _bool(o, "resume", self.resume)
+
+
+ROTATIONS = ("varimax",)
+SEGMENT_FEATURES = ("nmf", "mcr", "svd")
+
+
+@dataclass(frozen=True)
+class AnalysesParams(_Params):
+    """The analyses a run adds after its SVD and NMF (issue #13), each written as its own results group.
+
+    ``rotate`` ("varimax" or None): the spatial-simplicity rotation of the top-k Poisson-scaled scores
+    (group ``rotation``); ``mcr``: factored MCR-ALS started from it (group ``mcr``; implies the rotation);
+    ``ica``: FastICA of the whitened scores (group ``ica``); ``segments`` K: k-means of the ``segment_on``
+    group's maps into K classes (group ``segments``); ``quantify``: net X-ray line maps of the run's elements
+    (group ``elements``) and Cliff-Lorimer compositions of every endmember spectrum (group
+    ``quantification``), with the k-factors of ``k_factors`` (a YAML or CSV file; a simulated store may leave
+    it out: the simulator's own k-factors are used); ``qc`` (default on): per-tile dose and model residual,
+    tiles flagged above the robust z-score ``qc_threshold`` (group ``qc``). The rotation, MCR and ICA use as
+    many components as the NMF has endmembers.
+    """
+
+    rotate: str | None = None
+    mcr: bool = False
+    ica: bool = False
+    segments: int | None = None
+    segment_on: str = "nmf"
+    quantify: bool = False
+    k_factors: Path | None = None
+    qc: bool = True
+    qc_threshold: float = 3.5
+
+    def __post_init__(self) -> None:
+        o = "AnalysesParams"
+        if self.rotate is not None:
+            _choice(o, "rotate", self.rotate, ROTATIONS)
+        _bool(o, "mcr", self.mcr)
+        if self.mcr and self.rotate is None:  # MCR starts from the spatial-simplicity rotation
+            _set(self, "rotate", "varimax")
+        _bool(o, "ica", self.ica)
+        _int(o, "segments", self.segments, 2, optional=True)
+        _choice(o, "segment_on", self.segment_on, SEGMENT_FEATURES)
+        _bool(o, "quantify", self.quantify)
+        if self.k_factors is not None:
+            if not isinstance(self.k_factors, (str, Path)) or not str(self.k_factors):
+                raise ParameterError(f"{o}.k_factors must be a path; got {self.k_factors!r}")
+            if not self.quantify:
+                raise ParameterError(f"{o}: k_factors ({self.k_factors}) are for the quantification; ask for it too "
+                                     "(--quantify)")
+            _set(self, "k_factors", Path(self.k_factors).resolve())
+        _bool(o, "qc", self.qc)
+        _set(self, "qc_threshold", _float(o, "qc_threshold", self.qc_threshold, 0.5))
+
+    def describe(self) -> str:
+        """One line for the run's printout and report."""
+        parts = []
+        if self.rotate:
+            parts.append(f"{self.rotate} rotation")
+        if self.mcr:
+            parts.append("MCR-ALS")
+        if self.ica:
+            parts.append("ICA")
+        if self.segments:
+            parts.append(f"k-means into {self.segments} segments of the {self.segment_on} maps")
+        if self.quantify:
+            parts.append("element maps and Cliff-Lorimer" + (f" (k-factors {self.k_factors})" if self.k_factors else ""))
+        if self.qc:
+            parts.append(f"tile QC (|z| > {self.qc_threshold:g})")
+        return ", ".join(parts) or "none"
 
 
 def _adapt_range(value) -> tuple[int, int]:

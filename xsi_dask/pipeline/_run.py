@@ -20,7 +20,7 @@ from ..errors import (
     StoreExistsError,
     XSIError,
 )
-from ._params import DEFAULT_NMF_COMPONENTS, ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
+from ._params import DEFAULT_NMF_COMPONENTS, AnalysesParams, ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams
 
 __all__ = ["RunResult", "decompose_store", "format_info", "nmf_components", "nmf_store", "resolve_inputs", "run"]
 
@@ -123,7 +123,8 @@ def _is_store(path: str | Path) -> bool:
 
 def _defaults(**objs: Any) -> list[Any]:
     """The parameter objects given, their defaults for None; a ParameterError for anything else."""
-    kinds = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "cluster": ClusterParams}
+    kinds = {"layout": LayoutParams, "view": ViewParams, "svd": SVDParams, "nmf": NMFParams, "analyses": AnalysesParams,
+             "cluster": ClusterParams}
     out = []
     for name, obj in objs.items():
         obj = kinds[name]() if obj is None else obj
@@ -501,6 +502,7 @@ def run(
     view: ViewParams | None = None,
     svd: SVDParams | None = None,
     nmf: NMFParams | None = None,
+    analyses: AnalysesParams | None = None,
     cluster: ClusterParams | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -521,7 +523,10 @@ def run(
     ``n_significant``, at least 2 and at most 12 by default), printed, in
     :attr:`RunResult.nmf_components` and the ``nmf`` group's attribute
     ``n_components_source``. Every run writes its parameters to
-    ``out/run.yaml`` (:func:`load_run_config` reads them back). With
+    ``out/run.yaml`` (:func:`load_run_config` reads them back). The analyses
+    of ``analyses`` (:class:`AnalysesParams`: rotation, MCR, ICA, segments,
+    element maps and quantification, and by default the tile QC) follow the
+    NMF, each its own group of the same results store. With
     ``cluster.performance_report`` (``--performance-report``) Dask's
     performance report of the ingest, SVD and NMF is written as
     ``out/dask-performance-report.html``, recorded in the results' attribute
@@ -567,9 +572,11 @@ def run(
     closes and renamed into place complete once the results are committed;
     a run whose analysis fails writes none.
     """
+    from ._analyses import check_analyses
     from ._config import RunConfig, save_run_config
 
-    layout, view, svd, nmf, cluster = _defaults(layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster)
+    layout, view, svd, nmf, analyses, cluster = _defaults(layout=layout, view=view, svd=svd, nmf=nmf, analyses=analyses,
+                                                          cluster=cluster)
     sources, given_store = resolve_inputs(inputs, layout)
     out = Path(out).resolve()
     target = sources[0] if given_store else out / "montage.zarr"
@@ -583,6 +590,8 @@ def run(
         store = _reusable(target, sources, layout)
     # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
     montage = None if store is None else _view(store, view)
+    if montage is not None:  # the analyses' own refusals (no elements or k-factors to quantify), before any work
+        check_analyses(analyses, montage, view.elements)
     cluster = _with_slurm_memory(cluster, montage, (svd.components, nmf.components), svd.solver)
 
     created = _make_folder(out)
@@ -590,9 +599,10 @@ def run(
     try:
         config = save_run_config(
             out / "run.yaml",
-            RunConfig(inputs=tuple(sources), out=out, layout=layout, view=view, svd=svd, nmf=nmf, cluster=cluster),
+            RunConfig(inputs=tuple(sources), out=out, layout=layout, view=view, svd=svd, nmf=nmf, analyses=analyses,
+                      cluster=cluster),
         )
-        return _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster,
+        return _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, analyses, cluster,
                        overwrite, progress)
     except OSError as exc:
         _unmake_folder(created, config)
@@ -606,8 +616,8 @@ def run(
         raise
 
 
-def _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, cluster, overwrite,
-            progress) -> RunResult:
+def _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, analyses, cluster,
+            overwrite, progress) -> RunResult:
     """:func:`run` once its outputs are checked and its folder made (``montage``: the view of a known ``store``)."""
     import dataclasses
 
@@ -618,6 +628,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
     from ..io.store import atomic_output
     from ..plotting.build import make_report
     from ..plotting.formatting import format_seconds
+    from ._analyses import check_analyses, run_analyses
 
     results = out / "results.zarr"
     timings: dict[str, float] = {}
@@ -644,6 +655,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         print(format_info(info))
         if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
             montage = _view(store, view)
+            check_analyses(analyses, montage, view.elements)
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
@@ -664,9 +676,14 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         _nmf(montage, nmf, init, staged, progress)
         _annotate(staged, "nmf", {**recorded, "n_components_source": k_source}, consolidate=True)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
+        done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress,
+                            write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True, progress=progress))
+        for line in done.lines.values():
+            print(line)
+        timings.update({f"{name} (written)": v for name, v in done.timings.items()})
         n_workers = len(worker_addresses())  # scheduler_info() lists only a few workers in some releases
     nmf_r = open_results(results, "nmf")
-    passes = {"svd": int(svd_ds.attrs["passes"]), "nmf": int(nmf_r.attrs["passes"])}
+    passes = {"svd": int(svd_ds.attrs["passes"]), "nmf": int(nmf_r.attrs["passes"]), **done.passes}
 
     names = [str(p) for p in sources] or [str(layout.manifest)]
     a = svd_ds.attrs
@@ -682,8 +699,10 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         "NMF": f"k={nmf.components}, loss={nmf.loss}, max_iter={nmf.max_iter}, tol={nmf.tol}, sparsity={nmf.sparsity}, "
                f"seed={nmf.seed}, iterations run={nmf_r.attrs['n_iter']}",
         "NMF init": init_text,
+        "analyses": analyses.describe(),
         "passes: SVD": str(passes["svd"]),
         "passes: NMF": f"{passes['nmf']} ({nmf_r.attrs['n_iter']} iterations)",
+        **{f"passes: {name}": str(n) for name, n in done.passes.items()},
         "cluster": cluster.scheduler or f"LocalCluster, {n_workers} workers",
         "parameters": str(config),
         "xsi_dask": __version__,

@@ -22,6 +22,7 @@ import xarray as xr
 
 from ..errors import NotOurOutputError, OutputWriteError, ParameterError, XSIError
 from . import report as _report
+from .analyses import analyses_sections, save_analyses
 from .figures import PER_PAGE, _save_all, loss_curve, nmf_converged, scree_values
 from .formatting import as_number, format_number, format_seconds
 from .lines import label_options, parse_elements
@@ -418,6 +419,9 @@ def make_report(
         t = time.perf_counter()
         figs, titles = _save_all(out_dir / "figures", svd, nmf, per_page=int(max_per_page), elements=label_elements,
                                  resolution_mnka_ev=resolution)
+        more, more_titles = save_analyses(out_dir / "figures", groups, per_page=int(max_per_page), elements=label_elements,
+                                          resolution_mnka_ev=resolution)
+        figs, titles = figs + more, {**titles, **more_titles}
         drawn = time.perf_counter() - t
         sections = _sections(results, store, why_no_store, groups, figs, titles, run_info, label_elements, elements_source,
                              resolution, drawn)
@@ -485,7 +489,7 @@ def _sections(results, store, why_no_store, groups, figs, titles, run_info, labe
     uuids = {str(ds.attrs.get("store_uuid")) for ds in groups.values() if ds.attrs.get("store_uuid")}
     res_notes = []
     if len(uuids) > 1:
-        res_notes.append("The svd and nmf groups were computed from different montage stores (their store_uuid differ).")
+        res_notes.append("The groups were computed from different montage stores (their store_uuid differ).")
     if store is not None and uuids and store.uuid not in uuids:
         res_notes.append(f"The montage store at {store.path} is not the one these results were computed from "
                          "(another store_uuid): its metadata may not describe them.")
@@ -508,4 +512,5 @@ def _sections(results, store, why_no_store, groups, figs, titles, run_info, labe
         rows, notes = _nmf_rows(groups["nmf"], titles["nmf"])
         sections.append(("NMF", rows, [p for n in ("nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss")
                                        for p in by_name.get(n, [])], notes))
+    sections += analyses_sections(groups, by_name, titles)
     return sections

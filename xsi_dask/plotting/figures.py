@@ -55,8 +55,11 @@ PER_PAGE = 8
 """Components per figure (spectra stacked, maps on a grid of 4 columns)."""
 SCREE_MAX_RANKS = 200
 """At most this many gram eigenvalues are drawn on the scree (the caption says how many there are)."""
-FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf_rgb|nmf_loss)(_page\d+)?\.png")
-"""Names of the figure files :func:`save_all` writes (first page ``loadings.png``, then ``loadings_page2.png``, ...)."""
+FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf_rgb|nmf_loss|rotation_loadings|rotation_scores"
+                         r"|mcr_spectra|mcr_abundances|mcr_loss|ica_loadings|ica_scores|segments|segment_spectra|element_maps"
+                         r"|qc)(_page\d+)?\.png")
+"""Names of the figure files of a report (first page ``loadings.png``, then ``loadings_page2.png``, ...): those
+:func:`save_all` writes and those of the analysis groups (:mod:`xsi_dask.plotting.analyses`)."""
 
 
 # ---- the one labelling of components ----

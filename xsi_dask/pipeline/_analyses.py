@@ -1,0 +1,197 @@
+"""The analyses after the SVD and NMF (issue #13): rotation, MCR, ICA, segments, element maps and quantification, QC.
+
+:func:`run_analyses` runs those an :class:`AnalysesParams` asks for on a results
+store being written (``run``'s staged store, or a staged update of an existing
+store for the ``xsi-dask rotate|mcr|ica|segment|quantify|qc`` commands), each
+written as its own group. The rotation, MCR and ICA read the stored scores, not
+the counts; k-means, the element maps, the MCR residual and QC's residual read
+the counts once each.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParameterError
+from ._params import AnalysesParams, ClusterParams, NMFParams
+
+__all__ = ["AnalysesDone", "analyse_results", "analyses_groups", "check_analyses", "run_analyses"]
+
+
+@dataclass
+class AnalysesDone:
+    """What :func:`run_analyses` wrote: the groups, seconds and passes over the counts of each step, summary lines."""
+
+    groups: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)
+
+
+def analyses_groups(params: AnalysesParams) -> list[str]:
+    """The results groups ``params`` writes, in order."""
+    out = []
+    if params.rotate:
+        out.append("rotation")
+    if params.mcr:
+        out.append("mcr")
+    if params.ica:
+        out.append("ica")
+    if params.segments:
+        out.append("segments")
+    if params.quantify:
+        out += ["elements", "quantification"]
+    if params.qc:
+        out.append("qc")
+    return out
+
+
+def _kfactors(params: AnalysesParams, montage, table):
+    """The k-factors of the quantification: the user's file, else the simulator's for a simulated store."""
+    from ..montage.view import montage_store
+    from ..quantify import read_kfactors
+
+    if params.k_factors is not None:
+        return read_kfactors(params.k_factors), f"file {params.k_factors}"
+    st = montage_store(montage)
+    sim = st.attrs.get("simulation")
+    if not sim:
+        raise ParameterError("the quantification needs k-factors: give --k-factors FILE (a YAML or CSV of line,k-factor); "
+                             f"only a simulated store ({st.path} is not one) has its own")
+    from ..testing.kfactors import simulator_kfactors
+
+    return simulator_kfactors(table, store=st), "the simulator's physics"
+
+
+def check_analyses(params: AnalysesParams, montage, elements, available=("svd", "nmf")) -> None:
+    """Refuse, before any pass, what the analyses cannot do: segments of a group that will not be there, a
+    quantification without elements or k-factors. ``available``: the groups there before the analyses run."""
+    there = set(available) | set(analyses_groups(params))
+    if params.segments and params.segment_on not in there:
+        raise ParameterError(f"the segments are of the {params.segment_on} group's maps, which the results do not hold"
+                             + (" (ask for --mcr too)" if params.segment_on == "mcr" else ""))
+    if params.quantify and not ({"nmf", "mcr"} & there):
+        raise ParameterError("the quantification is of endmember spectra: the results hold no nmf or mcr group")
+    if not params.quantify:
+        return
+    from ..quantify import element_lines
+
+    table = element_lines(elements, montage)
+    _kfactors(params, montage, table)
+
+
+def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elements=None, progress: bool = True,
+                 write) -> AnalysesDone:
+    """Run the analyses ``params`` asks for on the results store ``results``; each group written by ``write``.
+
+    Parameters
+    ----------
+    results : Path
+        The results store being written (holding ``svd`` and, for most, ``nmf``).
+    montage : xarray.DataArray
+        The analysis view the results were computed on (for the passes over the counts).
+    params : AnalysesParams
+    k : int
+        Components of the rotation, MCR and ICA (the NMF's endmembers).
+    elements : sequence of str, optional
+        Elements of the element maps (default: the files').
+    write : callable
+        ``write(name, dataset)`` writes one group into ``results``.
+
+    Returns
+    -------
+    AnalysesDone
+    """
+    from ..decomposition import ica, mcr, rotate, segment
+
+    done = AnalysesDone()
+
+    def step(name: str, fn, *args, **kw):
+        t = time.perf_counter()
+        ds = fn(*args, **kw)
+        write(name, ds)
+        done.groups.append(name)
+        done.timings[name] = time.perf_counter() - t
+        done.passes[name] = int(ds.attrs.get("passes", 0))
+        return ds
+
+    if params.rotate:
+        ds = step("rotation", rotate, results, k, progress=progress)
+        done.lines["rotation"] = (f"{params.rotate} rotation of {k} components: {ds.attrs.get('n_iter')} iterations, "
+                                  f"{ds.attrs.get('map_passes', '?')} passes over the scores, none over the counts")
+    if params.mcr:
+        ds = step("mcr", mcr, results, k, progress=progress)
+        done.lines["mcr"] = (f"MCR-ALS of {k} components: {ds.attrs.get('n_iter')} iterations (no pass over the counts), "
+                             f"{ds.attrs.get('passes', '?')} pass(es) for the residual")
+    if params.ica:
+        ds = step("ica", ica, results, k)
+        done.lines["ica"] = f"ICA of {k} components on a sample of {ds.attrs.get('sample_size', '?')} pixels"
+    if params.segments:
+        ds = step("segments", segment, results, params.segments, group=params.segment_on)
+        done.lines["segments"] = f"k-means of the {params.segment_on} maps into {params.segments} segments"
+    if params.quantify:
+        from ..quantify import element_lines, element_maps, quantify_results
+
+        table = element_lines(elements, montage)
+        kf, kf_source = _kfactors(params, montage, table)
+        step("elements", element_maps, montage, table=table)
+        step("quantification", quantify_results, results, kf, table=table, k_factor_source=kf_source)
+        done.lines["quantification"] = f"Cliff-Lorimer with k-factors from {kf_source}"
+    if params.qc:
+        from ..qc import tile_qc
+
+        group = "mcr" if params.mcr else "nmf"
+        ds = step("qc", tile_qc, montage, results=results, group=group, threshold=params.qc_threshold)
+        flagged = [int(t) for t in ds["tile"].values[ds["flagged"].values]]
+        done.lines["qc"] = f"tile QC: {len(flagged)} tile(s) flagged" + (f": {flagged}" if flagged else "")
+    return done
+
+
+def _default_k(groups: dict[str, Any]) -> int:
+    """The components of a rotation, MCR or ICA on a results store: the NMF's endmembers, else from the SVD."""
+    if "nmf" in groups:
+        return int(groups["nmf"].sizes["component"])
+    from ._run import nmf_components
+
+    return nmf_components(groups["svd"], NMFParams())[0]
+
+
+def analyse_results(results: str | Path, params: AnalysesParams, *, components: int | None = None,
+                    elements=None, cluster: ClusterParams | None = None, overwrite: bool = False,
+                    progress: bool = True) -> AnalysesDone:
+    """The ``xsi-dask rotate|mcr|ica|segment|quantify|qc`` commands: analyses added to an existing results store.
+
+    The new groups are written into a staged copy of the store that replaces it
+    in one rename when all are complete (:func:`xsi_dask.io.results.results_update`).
+
+    Raises
+    ------
+    StoreExistsError
+        A group to write is there already and ``overwrite`` is false (before any work).
+    StoreFormatError
+        ``results`` is not a results store, or lacks the ``svd`` group these analyses start from.
+    """
+    from ..engine.maps import results_view
+    from ..io.results import check_results_target, open_result_groups, results_update, write_results
+    from ._run import _client, _defaults
+
+    (cluster,) = _defaults(cluster=cluster)
+    groups = open_result_groups(results)
+    if "svd" not in groups and (params.rotate or params.ica or params.segment_on == "svd" and params.segments):
+        raise ParameterError(f"{results}: no svd group: the rotation, MCR and ICA start from the SVD's scores "
+                             "(xsi-dask decompose, or run)")
+    base = groups.get("svd", groups.get("nmf"))
+    k = _default_k(groups) if components is None else int(components)
+    names = analyses_groups(params)
+    out = check_results_target(results, names, overwrite=overwrite)
+    montage = results_view(base)
+    if elements is None and base.attrs.get("elements"):
+        elements = list(base.attrs["elements"])
+    check_analyses(params, montage, elements, available=tuple(groups))
+    with results_update(out, names, overwrite=overwrite) as staged, _client(cluster):
+        return run_analyses(staged, montage, params, k, elements=elements, progress=progress,
+                            write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True))
+
