@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import dask.array as da
 import numpy as np
 import pytest
+import sparse
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
@@ -168,11 +170,12 @@ def test_bad_references_are_refused_naming_the_fault(sim):
 def test_references_from_a_region_and_from_another_run(sim, runs):
     store, truth, m, X = sim
     free, _ = runs
-    # a region of the raw counts, summed lazily over the view (a pure-phase area of the montage)
-    raw = m.isel(tile=0, y=slice(0, 4), x=slice(0, 4)).sum(("y", "x"))
-    r = reference_spectra(raw, m["energy"], 3)
+    # a region of the raw counts (a pure-phase area of the montage), lazy (dask) or sparse as the view's blocks are;
+    # m.isel(tile=0, y=..., x=...).sum(("y", "x")) is such an array (not built here: pydata-sparse compiles for seconds)
     dense = X[npix_rows(store, 0, 4, 4)].sum(0)
-    np.testing.assert_allclose(r[0], dense / dense.sum(), rtol=1e-12)
+    for data in (da.from_array(dense, chunks=-1), sparse.COO.from_numpy(dense)):
+        raw = xr.DataArray(data, dims=("energy",), coords={"energy": m["energy"]})
+        np.testing.assert_allclose(reference_spectra(raw, m["energy"], 3)[0], dense / dense.sum(), rtol=1e-12)
     # the denoised spectrum of a region of another result, and another run's spectra (component, energy)
     reg = region_spectrum(free, tile=0, y=slice(0, 4), x=slice(0, 4))
     assert reference_spectra(reg, m["energy"], 3).shape == (1, 1024)
