@@ -7,7 +7,9 @@ unit, W_u is updated with H fixed, then W_u^T (D_u / W_u H) and the column
 sums of W_u are accumulated (one reduction pass, the backend's
 ``kl_mu_step``); the reduced sums update H (:func:`update_h_kl`). WH is
 evaluated only at the non-zeros of D, so an iteration is one pass and
-O(nnz k). The driver, :func:`nmf`, loops over these pure steps.
+O(nnz k). The driver, :func:`nmf`, loops over these pure steps. Known
+spectra (``fixed_spectra``) are rows of H that the H update leaves as they are
+(:mod:`._fixed` checks and places them).
 
 References
 ----------
@@ -42,6 +44,7 @@ from ..errors import ConvergenceWarning, DecompositionError, StoreExistsError
 from ..io.results import has_group, open_results, write_results
 from ..progress import Progress
 from ._checkpoint import SigtermStop, Terminated, checkpoint_every_of, digest, link_or_copy, open_checkpoint
+from ._fixed import place_references, reference_spectra
 from ._svd import count_arg, map_coords, poisson_svd, run_attrs, svd_passes
 
 __all__ = ["nmf", "update_h_kl", "update_h_fro", "objective", "nndsvda_factors"]
@@ -54,28 +57,38 @@ log = logging.getLogger(__name__)
 # ---- pure steps: the H updates and the objective (each tested against dense NumPy) ----
 
 def update_h_kl(H: np.ndarray, num_ht: np.ndarray, w_sum: np.ndarray, w_root: np.ndarray | None = None,
-                lam: float = 0.0) -> np.ndarray:
+                lam: float = 0.0, fixed: np.ndarray | None = None) -> np.ndarray:
     """KL multiplicative update of H (k, channels) from the reduced sums of the W step.
 
     H <- H * (W^T (D / WH))^T / (sum_i W_ic [+ lam/2 sum_i sqrt(W_ic) / sqrt(s_c)]),
     s = the row sums of H on entry; zero column sums of W are replaced by 1,
     and entries below float64 eps set to 0 (scikit-learn's MU solver).
-    ``num_ht`` (channels, k), ``w_sum`` and ``w_root`` (k,).
+    ``num_ht`` (channels, k), ``w_sum`` and ``w_root`` (k,); ``fixed``: row
+    numbers (or a (k,) boolean mask) of H kept as they are (known spectra).
     """
+    H0 = H
     s_h = H.sum(1)
     den = np.where(w_sum == 0, 1.0, w_sum)
     if lam > 0:  # the H gradient of lam sum_c sqrt(s_c) sum_i sqrt(W_ic)
         den = den + 0.5 * lam * w_root / np.sqrt(np.where(s_h > 0, s_h, 1.0))
     H = H * (num_ht.T / den[:, None])
     H[H < _EPS64] = 0.0
+    if fixed is not None:
+        H[fixed] = H0[fixed]
     return H
 
 
-def update_h_fro(H: np.ndarray, num_ht: np.ndarray, wtw: np.ndarray) -> np.ndarray:
-    """Frobenius multiplicative update of H: H * (W^T D) / (W^T W H), zero denominators -> float32 eps."""
+def update_h_fro(H: np.ndarray, num_ht: np.ndarray, wtw: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+    """Frobenius multiplicative update of H: H * (W^T D) / (W^T W H), zero denominators -> float32 eps.
+
+    ``fixed``: row numbers (or a (k,) boolean mask) of H kept as they are (known spectra).
+    """
     den = wtw @ H
     den[den == 0] = EPSILON
-    return H * (num_ht.T / den)
+    Hn = H * (num_ht.T / den)
+    if fixed is not None:
+        Hn[fixed] = H[fixed]
+    return Hn
 
 
 def objective(loss: str, data_term: float, w_sum: np.ndarray, wtw: np.ndarray, w_root: np.ndarray, H: np.ndarray, *,
@@ -232,7 +245,7 @@ def _svd_init(init: xr.Dataset, plan: Plan, k: int) -> tuple[np.ndarray, np.ndar
 # ---- the identity of a run (what a checkpoint must match to be resumed) ----
 
 def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every: int, init, seed: int,
-              power_iters: int | None) -> dict:
+              power_iters: int | None, refs: np.ndarray | None = None) -> dict:
     """Everything that decides the iterates and the loss history of a run (a checkpoint must match it to be resumed)."""
     if isinstance(init, xr.Dataset):
         S, L, poisson = _svd_init(init, plan, k)
@@ -251,6 +264,8 @@ def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every:
         "channel_runs": [list(r) for r in (plan.source.runs or ())], "bin": int(plan.bin),
         "backend": plan.backend, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
         "loss_every": int(loss_every), "init": start,
+        # None when no spectrum is fixed, so checkpoints of earlier versions stay resumable
+        "fixed_spectra": None if refs is None else f"{refs.shape[0]} references ({digest(refs)})",
     }
 
 
@@ -300,6 +315,7 @@ def nmf(
     loss_every: int = 10,
     sparsity: float = 0.0,
     refit_iter: int = 20,
+    fixed_spectra: np.ndarray | xr.DataArray | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     checkpoint_every: int | None = None,
@@ -363,6 +379,20 @@ def nmf(
         counts with the spectra fixed and no penalty (default 20), because the
         term shrinks every abundance; the sparsity shapes the spectra, and the
         abundances stay in counts.
+    fixed_spectra : array-like (n_fixed, channels) or xarray.DataArray (component, energy), optional
+        Known endmember spectra, n_fixed <= ``n_components``: these rows of H
+        stay equal to the references (each normalised to sum 1) and only the
+        other k - n_fixed spectra are fitted; the abundances (W) of every
+        component are fitted as usual, in the same multiplicative updates
+        (the H update leaves the fixed rows out). A DataArray's ``energy``
+        coordinate must equal the view's (e.g. another run's ``spectra``,
+        :func:`~xsi_dask.io.readers.read_reference_spectrum` of a spectrum
+        file, or a region's spectrum, :func:`region_spectrum` or
+        ``montage.isel(...).sum(("y", "x"))``); a plain array is taken to be
+        over the view's channels. Start: each reference replaces the
+        ``init`` component most like it (Hungarian assignment on the cosine)
+        at that component's scale, keeping its abundance map; the other
+        components start from ``init`` (see :func:`place_references`).
     out : str or Path, optional
         A results Zarr store: the result is written there as group ``nmf``
         (abundances tile by tile; the store is created if needed) and the
@@ -400,12 +430,18 @@ def nmf(
         term) after 0, ``loss_every``, 2 ``loss_every``, ... iterations and
         after the last; ``attrs["divergence"]``: the loss of the returned
         factors without the sparsity term. Components are ordered by total counts, largest first.
+        With ``fixed_spectra``: the fixed components come first, in the
+        references' order (``spectra`` equal to the normalised references
+        exactly), then the free ones by total counts; ``fixed (component)``
+        marks them and ``attrs["fixed_components"]`` lists their numbers.
 
     Raises
     ------
     DecompositionError
         Bad ``n_components``, ``loss``, ``init``, ``sparsity``, ``max_iter``,
-        ``tol``, ``checkpoint_every`` or array shapes; an init SVD of another
+        ``tol``, ``checkpoint_every`` or array shapes; ``fixed_spectra`` with
+        more references than ``n_components``, or a reference negative,
+        non-finite or all zero (:func:`reference_spectra`); an init SVD of another
         montage view; the scratch folder cannot be created; in-memory
         abundances too large; ``resume`` with a checkpoint of other
         parameters; another live process checkpointing the same NMF.
@@ -417,7 +453,8 @@ def nmf(
         ``out`` already has an ``nmf`` group and ``overwrite`` is false
         (checked before any pass).
     ViewError
-        A montage view the engine cannot honour.
+        A montage view the engine cannot honour; ``fixed_spectra`` on another
+        energy axis than the view's.
 
     Notes
     -----
@@ -455,6 +492,8 @@ def nmf(
     k, lam = n_components, float(sparsity)
     _check_request(plan, k, loss, lam, init, max_iter, tol, out, overwrite, power_iters)
     k, max_iter = int(k), int(max_iter)
+    refs = None if fixed_spectra is None else reference_spectra(fixed_spectra, montage["energy"], k)
+    fixed_pos: np.ndarray | None = None  # the rows of H that hold the references
     plan.check_memory(k)  # refuse workers too small, before any pass
     loss_every = count_arg(loss_every, "loss_every", 1)
     refit_iter = count_arg(refit_iter, "refit_iter", 0)
@@ -469,7 +508,7 @@ def nmf(
     ckpt = found = None
     superseded = False
     if every or resume:
-        identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters)
+        identity = _identity(plan, k, loss, lam, tol, loss_every, init, seed, power_iters, refs)
         ckpt, found, superseded = open_checkpoint(plan, identity, resume=resume, max_iter=max_iter, on_cluster=on_cluster)
     sweep_scratch(plan.store, plan.store_uuid)  # folders of killed runs on this store
     n_init = 0 if found is not None else 1 + svd_passes("randomized", power_iters) \
@@ -506,7 +545,8 @@ def nmf(
                 nonlocal committed, last_commit
                 last_commit = time.perf_counter()
                 ckpt.commit(
-                    {"kind": "nmf", "n_iter": n, "init_name": init_name, "identity": identity},
+                    {"kind": "nmf", "n_iter": n, "init_name": init_name, "identity": identity,
+                     "fixed_rows": None if fixed_pos is None else [int(i) for i in fixed_pos]},
                     {"H": H, "history": np.asarray(history, dtype=np.float64), "recorded": np.asarray(recorded),
                      "w_sum": w_sum, "wtw": wtw, "w_root": w_root, "sum_sq": np.float64(sum_sq)},
                     {_w(u, "ckpt"): scratch.path / f"{_w(u, n % 2)}.npy" for u in plan.units},
@@ -521,6 +561,8 @@ def nmf(
                 w_sum, wtw, w_root = (ckpt.load(found, n) for n in ("w_sum", "wtw", "w_root"))
                 sum_sq = float(ckpt.load(found, "sum_sq"))
                 init_name = str(found["init_name"])
+                if refs is not None:
+                    fixed_pos = np.asarray(found["fixed_rows"], dtype=np.int64)
                 saved = [Unit(*u) for u in found["identity"]["units"]]
                 if saved == list(plan.units):
                     for u in plan.units:
@@ -579,6 +621,8 @@ def nmf(
                             scratch.save(_w(u, 0), w[u.start : u.stop])
                     init_name = "custom"
                 H = np.ascontiguousarray(H, dtype=np.float64)
+                if refs is not None:  # the known spectra replace the start's components most like them
+                    H, fixed_pos = place_references(H, refs)
                 terms, w_sum, wtw, w_root = loss_pass(0, H, "initial")
                 sum_sq = float(terms[2])
                 history = [value(terms, w_sum, wtw, w_root, H)]
@@ -608,10 +652,10 @@ def nmf(
                 w_root = new_root
                 if loss == "kl":
                     w_sum = stat
-                    H = update_h_kl(H, num_ht, stat, w_root, lam)
+                    H = update_h_kl(H, num_ht, stat, w_root, lam, fixed_pos)
                 else:
                     wtw = stat
-                    H = update_h_fro(H, num_ht, wtw)
+                    H = update_h_fro(H, num_ht, wtw, fixed_pos)
                 bar.update(iteration=n_iter, loss=history[-1])
                 if tol > 0 and recorded[-1] == n_iter - 1 and len(history) > 1 and \
                         abs(history[-2] - history[-1]) < tol * abs(history[0]):
@@ -653,12 +697,18 @@ def nmf(
             scale = H.sum(1)
             spectra = H / np.where(scale > 0, scale, 1.0)[:, None]
             order = np.argsort(-(w_sum * scale), kind="stable")
+            fixed = np.zeros(k, dtype=bool)
+            if fixed_pos is not None:  # the fixed first, in the references' order, exactly the references
+                spectra[fixed_pos] = refs
+                order = np.concatenate([fixed_pos, order[~np.isin(order, fixed_pos)]])
+                fixed[: fixed_pos.size] = True
             abundances = plan.map(_abundance, scratch, slot, scale[order], order, tail=(k,), name="abundances", **tasks)
             ds = xr.Dataset(
                 {
                     "spectra": (("component", "energy"), spectra[order]),
                     "abundances": (("tile", "y", "x", "component"), abundances),
                     "loss": ("iteration", np.asarray(history, dtype=np.float64)),
+                    **({"fixed": ("component", fixed)} if fixed_pos is not None else {}),
                 },
                 coords={"component": np.arange(k), "iteration": np.asarray(recorded), "energy": montage["energy"],
                         **map_coords(montage)},
@@ -678,12 +728,15 @@ def nmf(
                     "divergence": divergence,
                     "seed": seed,
                     **({"resumed_from_iteration": n0} if found is not None else {}),
+                    **({"fixed_components": list(range(fixed_pos.size))} if fixed_pos is not None else {}),
                     **run_attrs(plan, started, montage),
                 },
             )
             ds["abundances"].attrs["units"] = "counts"
             ds["spectra"].attrs["description"] = "endmember spectra, each summing to 1"
             ds["loss"].attrs["description"] = "objective after each iteration (entry 0: the initial state)"
+            if fixed_pos is not None:
+                ds["fixed"].attrs["description"] = "spectrum fixed to a given reference (fixed_spectra), not fitted"
             # the abundances are read from the scratch folder: written or loaded before it goes
             if out is not None:
                 write_results(out, {"nmf": ds}, overwrite=overwrite, progress=progress)

@@ -57,8 +57,10 @@ __all__ = [
     "READERS",
     "Signal",
     "channel_energies",
+    "read_reference_spectrum",
     "read_signals",
     "read_spectrum_image",
+    "SPECTRUM_READERS",
     "to_json",
 ]
 
@@ -1161,3 +1163,114 @@ def read_signals(path: str | Path, *, isolate: bool | None = None, **reader_kwar
                axes=list(s.get("axes", [])), signal_type=str(s.get("metadata", {}).get("Signal", {}).get("signal_type", "") or ""))
         for s in raw
     ]
+
+
+# ---- one reference spectrum (a known endmember for xsi_dask.nmf(fixed_spectra=...)) ----
+
+# single-spectrum formats read beside READERS' files: EMSA/MSA text and Bruker's spx (small, read in-process)
+SPECTRUM_READERS: dict[str, tuple[str, bool, dict[str, Any]]] = {
+    ".msa": ("rsciio.msa", False, {}),
+    ".emsa": ("rsciio.msa", False, {}),
+    ".spx": ("rsciio.bruker", False, {}),
+}
+
+
+def read_reference_spectrum(path: str | Path, energy: Any, *, title: str | None = None, **reader_kwargs: Any):
+    """A 1-D spectrum from a file, read with RosettaSciIO, on a montage view's channels (never interpolated).
+
+    Parameters
+    ----------
+    path : str or Path
+        An EMSA/MSA (``.msa``, ``.emsa``) or Bruker ``.spx`` spectrum, or a
+        file of ``READERS`` (e.g. ``.hspy``) holding a 1-D spectrum.
+    energy : xarray.DataArray or array-like of shape (channels,)
+        The view's channel energies in keV: ``montage["energy"]``, or the
+        montage view itself (its ``energy`` coordinate is taken).
+    title : str, optional
+        Which 1-D signal of the file (``metadata.General.title``); needed only
+        when the file holds several.
+    **reader_kwargs
+        Passed to RosettaSciIO's ``file_reader``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``spectrum (energy,)`` float64, in the file's units (counts for an
+        EDS spectrum), with the view's ``energy`` coordinate; ``attrs``:
+        ``source`` (the path) and ``title``. Ready for
+        ``xsi_dask.nmf(..., fixed_spectra=...)`` (several:
+        ``xarray.concat([...], "component")``).
+
+    Raises
+    ------
+    InputFileNotFoundError
+        The file does not exist.
+    UnsupportedFormatError
+        No reader for the extension.
+    CorruptFileError
+        RosettaSciIO failed to read it, or its energy axis is unusable
+        (:func:`channel_energies`).
+    ParameterError
+        No 1-D signal in the file (or several and no ``title``, or no signal
+        of that title); the energy axis is not in eV or keV; the spectrum's
+        channels do not include every channel of the view at the same energy
+        (to 1e-3 of a channel): another calibration, a shifted offset, or
+        fewer channels. The message gives both calibrations. A spectrum
+        whose channels are a superset (e.g. the full axis of a view that
+        selects an energy range) is cut to the view's channels.
+    """
+    import xarray as xr
+
+    view_e = energy["energy"] if hasattr(energy, "coords") and "energy" in getattr(energy, "coords", {}) and \
+        getattr(energy, "name", None) != "energy" else energy
+    view_e = np.asarray(getattr(view_e, "values", view_e), dtype=np.float64).reshape(-1)
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in SPECTRUM_READERS and p.is_file():
+        module_name, lazy, kwargs = SPECTRUM_READERS[ext]
+        raw = _read_checked(p, module_name, lazy, {**kwargs, **reader_kwargs})
+        signals = [Signal(path=p, title=str(s.get("metadata", {}).get("General", {}).get("title", "") or ""),
+                          data=s["data"], axes=list(s.get("axes", [])),
+                          signal_type=str(s.get("metadata", {}).get("Signal", {}).get("signal_type", "") or ""))
+                   for s in raw]
+    elif ext in SPECTRUM_READERS:
+        raise InputFileNotFoundError(f"input file not found: {p}")
+    else:
+        try:
+            signals = read_signals(p, **reader_kwargs)
+        except UnsupportedFormatError:
+            known = ", ".join(sorted({*READERS, *SPECTRUM_READERS}))
+            raise UnsupportedFormatError(f"{p}: unsupported format {ext!r}; a reference spectrum is read from {known} "
+                                         "through RosettaSciIO") from None
+    ones = [s for s in signals if len(s.shape) == 1]
+    if title is not None:
+        ones = [s for s in ones if s.title == title]
+    if len(ones) != 1:
+        found = [(s.title, s.shape) for s in signals]
+        want = f"a 1-D spectrum titled {title!r}" if title is not None else "exactly one 1-D spectrum"
+        raise ParameterError(f"{p}: expected {want}; the file holds {found}"
+                             + ("; pass title= to choose" if title is None and len(ones) > 1 else ""))
+    sig = ones[0]
+    e, units = channel_energies(sig)
+    e = e * (1e-3 if units == "eV" else 1.0)
+    n = e.size
+    step = float(np.median(np.abs(np.diff(view_e)))) if view_e.size > 1 else (float(e[1] - e[0]) if n > 1 else 1.0)
+    idx = np.clip(np.searchsorted(e, view_e), 0, n - 1)
+    left = np.clip(idx - 1, 0, n - 1)
+    idx = np.where(np.abs(e[left] - view_e) < np.abs(e[idx] - view_e), left, idx)
+    bad = np.flatnonzero(~(np.abs(e[idx] - view_e) <= 1e-3 * step))
+
+    def describe(x: np.ndarray) -> str:
+        d = f" at {(x[1] - x[0]) * 1e3:.6g} eV/channel" if x.size > 1 else ""
+        return f"{x.size} channels from {x[0]:.6g} keV{d}"
+
+    if bad.size:
+        i = int(bad[0])
+        raise ParameterError(
+            f"{p}: the spectrum's energy axis ({describe(e)}) does not hold the view's channels ({describe(view_e)}): "
+            f"the view's channel {i} at {view_e[i]:.6g} keV has no channel within 1e-3 channel in the file "
+            f"({bad.size} such channels). A reference on another calibration is not interpolated silently: "
+            "resample it yourself, or acquire it with the montage's calibration")
+    data = np.asarray(sig.data, dtype=np.float64)[idx]
+    return xr.DataArray(data, dims=("energy",), coords={"energy": view_e}, name="spectrum",
+                        attrs={"source": str(p), "title": sig.title, "units": "counts"})
