@@ -345,10 +345,21 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .. import open_montage
     from ..io.store import MontageStore
+    from ..qc import format_qc, tile_qc
 
-    info = MontageStore(args.store).info()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    st = MontageStore(args.store)
+    info = st.info()
+    qc = tile_qc(open_montage(st))  # the dose from the stored per-tile sums: no pass over the counts
+    if args.json:
+        info["qc"] = {"flagged_tiles": [int(t) for t in qc["tile"].values[qc["flagged"].values]],
+                      "threshold": float(qc.attrs["threshold"]),
+                      "z_dose": [float(v) for v in qc["z_dose"].values]}
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+        print(format_qc(qc))
     return 0
 
 

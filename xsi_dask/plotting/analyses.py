@@ -39,8 +39,8 @@ def _tile_grid(ds: xr.Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def draw_qc(qc: xr.Dataset) -> Figure:
     """Two tile mosaics: counts per pixel and the model residual per count, flagged tiles outlined in red."""
     panels = [("counts_per_pixel", "counts per pixel", "viridis")]
-    if "residual" in qc and np.isfinite(np.asarray(qc["residual"].values, dtype=float)).any():
-        panels.append(("residual", "model deviance per count", "magma"))
+    if "deviance_per_pixel" in qc and np.isfinite(np.asarray(qc["deviance_per_pixel"].values, dtype=float)).any():
+        panels.append(("deviance_per_pixel", f"model deviance per pixel ({qc.attrs.get('group', 'model')})", "magma"))
     fig = Figure(figsize=(4.6 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     flagged = np.asarray(qc["flagged"].values, dtype=bool)
@@ -162,14 +162,19 @@ def _qc_rows(qc: xr.Dataset) -> tuple[dict[str, str], list[str]]:
             "tiles flagged": ", ".join(map(str, flagged)) if flagged else "none"}
     for i, t in enumerate(qc["tile"].values):
         cells = [f"{float(qc['counts_per_pixel'].values[i]):.3g} counts/px"]
-        for var, label in (("z_dose", "z dose"), ("residual", "deviance/count"), ("z_residual", "z residual")):
+        for var, label in (("z_dose", "z dose"), ("counts_per_pixel_per_s", "counts/px/s"), ("z_rate", "z rate"),
+                           ("deviance_per_pixel", "deviance/px"), ("z_residual", "z residual")):
             if var in qc:
                 v = float(qc[var].values[i])
                 if np.isfinite(v):
                     cells.append(f"{label} {v:.3g}")
-        reason = str(qc["reason"].values[i]) if "reason" in qc else ""
-        rows[f"tile {int(t)}"] = "; ".join(cells) + (f": FLAGGED ({reason})" if t in flagged else "")
-    notes = [str(n) for n in a.get("notes") or []]
+        reasons = [n.replace("_", " ") for n in ("low_dose", "low_rate", "high_residual") if n in qc and bool(qc[n].values[i])]
+        rows[f"tile {int(t)}"] = "; ".join(cells) + (f": FLAGGED ({', '.join(reasons)})" if reasons else "")
+    notes = []
+    if a.get("live_time_reason"):
+        notes.append(f"No live-time-normalised dose: {a['live_time_reason']}.")
+    if a.get("method"):
+        notes.append(f"Flags: {a['method']}; threshold {a.get('threshold')}.")
     return rows, notes
 
 
