@@ -1,0 +1,119 @@
+"""The analyses of #13 through the pipeline and the command line: run flags, the commands on a results store, the
+report, run.yaml and the refusals before any work."""
+
+import numpy as np
+import pytest
+import yaml
+
+import xsi_dask
+from xsi_dask.cli.main import main
+from xsi_dask.io.results import has_group, open_results
+from xsi_dask.testing.simulate import open_truth, simulate
+
+from .conftest import EDS
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("analyses")
+    simulate(d / "m.zarr", preset="am_aluminum", tiles=(2, 2), tile_shape=(24, 24), channels=1024, counts_per_pixel=60,
+             seed=1, low_count_tile=3, progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ran(sim):
+    out = sim / "run"
+    rc = main(["run", str(sim / "m.zarr"), "--out", str(out), "--nmf-components", "4", "--components", "6", "--solver", "gram",
+               "--mcr", "--ica", "--segments", "4", "--quantify", "--workers", "1", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_run_writes_every_group_its_figures_and_report_sections(ran):
+    results = ran / "results.zarr"
+    for g in ("svd", "nmf", "rotation", "mcr", "ica", "segments", "elements", "quantification", "qc"):
+        assert has_group(results, g), g
+    figs = {p.name for p in (ran / "figures").glob("*.png")}
+    for name in ("rotation_loadings.png", "rotation_scores.png", "mcr_spectra.png", "mcr_abundances.png", "ica_loadings.png",
+                 "segments.png", "segment_spectra.png", "element_maps.png", "qc.png"):
+        assert name in figs, name
+    html = (ran / "report.html").read_text()
+    for heading in ("Spatial-simplicity rotation", "MCR-ALS (factored)", "ICA", "k-means segments", "Element maps",
+                    "Cliff-Lorimer quantification of the endmembers", "Tile quality control"):
+        assert heading in html, heading
+    saved = yaml.safe_load((ran / "run.yaml").read_text())
+    assert saved["analyses"]["mcr"] is True and saved["analyses"]["rotate"] == "varimax"
+    assert saved["analyses"]["segments"] == 4 and saved["analyses"]["quantify"] is True
+
+
+def test_the_low_count_tile_is_flagged_by_run_and_by_info(ran, sim, capsys):
+    qc = open_results(ran / "results.zarr", "qc")
+    assert [int(t) for t in qc["tile"].values[qc["flagged"].values]] == [3]
+    assert qc.attrs["group"] == "mcr"  # the residual is of the MCR model when the run has one
+    capsys.readouterr()
+    assert main(["info", str(sim / "m.zarr")]) == 0
+    assert "1 of 4 tiles flagged" in capsys.readouterr().out
+
+
+def test_mcr_endmembers_match_the_simulated_phases(ran, sim):
+    from scipy.optimize import linear_sum_assignment
+
+    mcr = open_results(ran / "results.zarr", "mcr")
+    truth = open_truth(sim / "m.zarr")
+    e = mcr["energy"].values
+    T = truth["spectra"].sel(energy=e).values
+    S = mcr["spectra"].values
+    cos = (S / np.linalg.norm(S, axis=1, keepdims=True)) @ (T / np.linalg.norm(T, axis=1, keepdims=True)).T
+    r, c = linear_sum_assignment(-cos)
+    angles = np.degrees(np.arccos(np.clip(cos[r, c], -1, 1)))
+    assert np.all(angles < 10), angles  # the precise targets are tests/test_rotate_mcr.py's, on a larger montage
+    np.testing.assert_allclose(S.sum(1), 1.0, rtol=1e-9)
+    assert mcr.attrs["passes"] == 1  # the residual; the iterations read the stored scores only
+
+
+def test_quantification_has_every_endmember_and_sums_to_100(ran):
+    q = open_results(ran / "results.zarr", "quantification")
+    at = q["atomic_percent"].values
+    assert at.shape[0] == 4
+    np.testing.assert_allclose(np.nansum(at, axis=-1), 100.0, rtol=1e-6)
+
+
+def test_the_commands_on_a_results_store(ran, sim, capsys, tmp_path):
+    results = ran / "results.zarr"
+    # a group that is there is refused without --overwrite, before any work
+    assert main(["rotate", str(results), "--quiet"]) == 2
+    assert "already has group" in capsys.readouterr().err
+    before = open_results(results, "qc")["z_dose"].values.copy()
+    assert main(["qc", str(results), "--threshold", "100", "--overwrite", "--quiet", "--workers", "1"]) == 0
+    qc = open_results(results, "qc")
+    assert not qc["flagged"].values.any() and qc.attrs["threshold"] == 100
+    np.testing.assert_allclose(qc["z_dose"].values, before)
+    assert main(["segment", str(results), "--segments", "3", "--on", "svd", "--overwrite", "--quiet", "--workers", "1"]) == 0
+    seg = open_results(results, "segments")
+    assert seg.sizes["cluster"] == 3 and set(np.unique(seg["labels"].values)) <= {-1, 0, 1, 2}
+    assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 0
+    assert "k-means segments" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_quantify_without_k_factors_on_a_real_store_is_refused_before_any_work(tmp_path, capsys, needs_data):
+    out = tmp_path / "bruker"
+    rc = main(["run", str(EDS / "bcf_v2_50x50px.bcf"), "--out", str(out), "--quantify", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--k-factors" in err
+    assert not (out / "results.zarr").exists()
+
+
+def test_analyses_params_refuse_what_they_cannot_honour():
+    from xsi_dask.errors import ParameterError
+    from xsi_dask.pipeline import AnalysesParams
+
+    assert AnalysesParams(mcr=True).rotate == "varimax"  # MCR starts from the rotation
+    with pytest.raises(ParameterError, match="k_factors"):
+        AnalysesParams(k_factors="k.yaml")
+    with pytest.raises(ParameterError, match="segments"):
+        AnalysesParams(segments=1)
+    with pytest.raises(ParameterError, match="rotate"):
+        AnalysesParams(rotate="quartimax")
+    assert xsi_dask.pipeline.AnalysesParams().describe().startswith("tile QC")
