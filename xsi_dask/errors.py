@@ -22,6 +22,7 @@ __all__ = [
     "LayoutError",
     "NoSpectrumImageError",
     "NotOurOutputError",
+    "OptionalDependencyError",
     "OutputWriteError",
     "ParameterError",
     "ResourceUnavailableError",
@@ -128,6 +129,10 @@ class NotOurOutputError(StoreExistsError):
     is raised, before any computation, for anything else, naming the path and
     what it holds.
     """
+
+
+class OptionalDependencyError(XSIError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra to install."""
 
 
 class OutputWriteError(XSIError, OSError):
