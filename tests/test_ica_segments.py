@@ -178,19 +178,19 @@ def test_segment_labels_match_the_true_dominant_phase(fixture, request):
 
     d, k = request.getfixturevalue(fixture)[::2] if fixture == "grade91" else request.getfixturevalue(fixture)
     true, dom = dominant(d / "m.zarr")
-    seg = segment(d / "r.zarr", k, group="svd", seed=0)
+    seg = segment(d / "r.zarr", k, group="svd", seed=0, n_init=2)  # 2 runs (default 5) to keep the file fast
     labels = seg["labels"].values.ravel()
     assert adjusted_rand_score(true[dom], labels[dom]) >= 0.9
     assert seg["labels"].dtype == np.int32 and seg["labels"].chunks[0] == (1,) * 4
     if fixture == "grade91":  # NMF abundance fractions separate grade91's phases too (am_aluminum's: not, see report)
-        nmf = segment(d / "r.zarr", k, group="nmf", seed=0)
+        nmf = segment(d / "r.zarr", k, group="nmf", seed=0, n_init=2)
         assert adjusted_rand_score(true[dom], nmf["labels"].values.ravel()[dom]) >= 0.9
 
 
 @pytest.mark.parametrize("group", ["svd", "nmf"])
 def test_segment_mean_spectra_equal_the_dense_mean_per_label(grade91, group):
     d, view, k = grade91
-    seg = segment(d / "r.zarr", k, group=group, seed=1)
+    seg = segment(d / "r.zarr", k, group=group, seed=1, n_init=1)
     labels = seg["labels"].values.ravel()
     D = dense_counts(view).reshape(labels.size, -1)
     want = np.stack([D[labels == c].mean(0) for c in range(k)])
@@ -211,10 +211,10 @@ def test_segment_is_seeded_and_the_same_for_any_tiling_into_units(grade91, monke
     import xsi_dask.engine.plan as plan_mod
 
     d, _, k = grade91
-    one = segment(d / "r.zarr", k, group="nmf", seed=2)
+    one = segment(d / "r.zarr", k, group="nmf", seed=2, n_init=2)
     split = plan_mod.split_units
     monkeypatch.setattr(plan_mod, "split_units", lambda tiles, pixels, workers: split(tiles, pixels, 3 * len(tiles)))
-    three = segment(d / "r.zarr", k, group="nmf", seed=2)  # 3 uneven row blocks per tile (1024 px / 3)
+    three = segment(d / "r.zarr", k, group="nmf", seed=2, n_init=2)  # 3 uneven row blocks per tile (1024 px / 3)
     np.testing.assert_array_equal(one["labels"].values, three["labels"].values)
     np.testing.assert_array_equal(one["pixels"].values, three["pixels"].values)
     np.testing.assert_allclose(one["mean_spectra"].values, three["mean_spectra"].values, rtol=1e-15)
@@ -242,8 +242,24 @@ def test_segment_refuses_bad_arguments(grade91, monkeypatch):
         segment(d / "r.zarr", 3, group="nmf", variable="maps")
     with pytest.raises(StoreFormatError, match="not a per-tile map"):
         segment(d / "r.zarr", 3, group="nmf", variable="spectra")
+    with pytest.raises(DecompositionError, match="n_init.*got 0"):
+        segment(d / "r.zarr", 3, n_init=0)
     with pytest.raises(DecompositionError, match="init must be"):
         segment(d / "r.zarr", 3, init="kmeans")
     monkeypatch.setitem(sys.modules, "dask_ml.cluster", None)  # dask-ml not installed
     with pytest.raises(OptionalDependencyError, match=r"pip install xsi-dask\[segment\]"):
         segment(d / "r.zarr", 3)
+
+
+def test_results_are_written_as_groups_of_the_results_store(grade91, tmp_path):
+    d, _, k = grade91
+    got = ica(d / "r.zarr", on="maps", sample=500, out=tmp_path / "r.zarr")
+    seg = segment(d / "r.zarr", k, n_init=1, out=d / "r.zarr")  # into the store it reads its maps from
+    back = open_results(tmp_path / "r.zarr", "ica")
+    np.testing.assert_array_equal(back["scores"].values, got["scores"].values)
+    stored = open_results(d / "r.zarr", "segments")
+    np.testing.assert_array_equal(stored["labels"].values, seg["labels"].values)
+    assert stored["labels"].chunks[0] == (1,) * 4 and stored.attrs["group"] == "svd"
+    assert {"svd", "nmf", "segments"} <= {p.name for p in (d / "r.zarr").iterdir()}
+    with pytest.raises(DecompositionError, match="path of a results store"):
+        segment(open_results(d / "r.zarr", "svd"), k)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -137,7 +138,7 @@ def fastica_unmixing(Y: np.ndarray, *, seed: int, max_iter: int, tol: float) -> 
     return np.asarray(est.components_, dtype=np.float64), int(est.n_iter_), converged
 
 
-def order_and_sign(w: np.ndarray, explained: np.ndarray, spectra: np.ndarray) -> np.ndarray:
+def order_and_sign(w: np.ndarray, explained: np.ndarray, spectra: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """HyperSpy's order and sign of the independent components (its BSS defaults).
 
     Rows of the unmixing ``w`` sorted by ``explained @ |w.T|`` (descending),
@@ -278,7 +279,10 @@ def ica(
 
     L = np.asarray(svd["loadings"].values[:k], dtype=np.float64)  # (k, energy)
     S = np.asarray(svd["singular_values"].values[:k], dtype=np.float64)
-    maps = svd["scores"].data[..., :k]
+    maps = svd["scores"].data
+    if not isinstance(maps, da.Array):
+        maps = da.from_array(np.asarray(maps), chunks=(1, -1, -1, -1))
+    maps = maps[..., :k].rechunk({0: 1, 1: -1, 2: -1, 3: -1})
     if on == "spectra":
         X = L
         for _ in range(diff_order):  # HyperSpy's Signal.derivative: numpy.gradient along the energy axis (keV)
@@ -302,9 +306,6 @@ def ica(
     w = order_and_sign(comp @ W, S**2, spectra_of)
     winv = np.linalg.inv(w)
     to_maps = winv if on == "spectra" else w.T
-    if not isinstance(maps, da.Array):
-        maps = da.from_array(np.asarray(maps), chunks=(1, -1, -1, -1))
-    maps = maps.rechunk({0: 1, 3: -1})
     ica_maps = maps.map_blocks(_apply, to_maps, dtype=np.float64)
 
     comp_coord = np.arange(k)
