@@ -217,8 +217,11 @@ def ica(
         over the keV axis, as HyperSpy's ``diff_order``) before the ICA:
         default 1 for "spectra", as HyperSpy; must be 0 for "maps".
     sample : int or None
-        Pixels drawn for ``on="maps"`` (None: all); ignored for "spectra"
-        (every channel is used).
+        Pixels drawn for ``on="maps"`` (None: all, as HyperSpy; every pixel
+        is eligible, as in HyperSpy, including any without counts, whose
+        scores are 0); ignored for "spectra" (every channel is used). The
+        draw is :func:`sample_pixels`', by tile then pixel, independent of the
+        work units.
     seed : int
         Seed of the pixel draw and of FastICA's initial rotation.
     max_iter, tol : int, float

@@ -143,7 +143,7 @@ def fit_kmeans(X: da.Array, n_clusters: int, *, seed: int, init: str | np.ndarra
     centers : ndarray of shape (n_clusters, k)
         In the features' units.
     info : dict
-        ``n_iter`` (of the run kept), ``scale`` (the divisor), ``inertias_scaled`` (its inertia over ``scale**2``).
+        ``n_iter`` (of the run kept), ``scale`` (the divisor), ``inertia_scaled`` (its inertia over ``scale**2``).
 
     Raises
     ------
@@ -173,7 +173,7 @@ def fit_kmeans(X: da.Array, n_clusters: int, *, seed: int, init: str | np.ndarra
     inertia, C, km = best
     (sizes,) = compute(da.bincount(km.labels_, minlength=n_clusters))
     order = np.argsort(-np.asarray(sizes), kind="stable")  # clusters numbered by size, the largest first
-    return C[order] * scale, {"n_iter": int(km.n_iter_), "scale": scale, "inertias_scaled": inertia}
+    return C[order] * scale, {"n_iter": int(km.n_iter_), "scale": scale, "inertia_scaled": inertia}
 
 
 def _block_inertia(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -183,8 +183,9 @@ def _block_inertia(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
 # ---- per tile: features of the stored maps (lazy) ----
 
 def _tile_rows(block: np.ndarray) -> np.ndarray:
-    return np.asarray(block, dtype=np.float64).reshape(-1, *block.shape[3:]) if block.ndim == 4 else \
-        np.asarray(block, dtype=np.float64).reshape(-1)
+    """A tile's map (1, y, x[, k]) as rows (pixels[, k]), float64."""
+    a = np.asarray(block, dtype=np.float64)
+    return a.reshape(-1, a.shape[3]) if a.ndim == 4 else a.reshape(-1)
 
 
 def _tile_features(values: np.ndarray, counts: np.ndarray | None, kind: str) -> tuple[np.ndarray, np.ndarray]:
