@@ -153,6 +153,15 @@ def test_ica_equals_hyperspys_blind_source_separation_on_a_real_map(tmp_path, ne
                                    atol=1e-10 * np.abs(lr.bss_loadings).max())
 
 
+def test_ica_that_stops_at_max_iter_warns_and_says_so(grade91):
+    from xsi_dask.errors import ConvergenceWarning
+
+    d, _, _ = grade91
+    with pytest.warns(ConvergenceWarning, match="max_iter = 2"):
+        got = ica(d / "r.zarr", max_iter=2)
+    assert got.attrs["converged"] == 0 and got.attrs["n_iter"] == 2
+
+
 def test_ica_refuses_bad_arguments(grade91, tmp_path):
     d, _, k = grade91
     with pytest.raises(DecompositionError, match="n_components.*got 1"):
