@@ -70,8 +70,9 @@ def _add_analyses_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--mcr", action="store_true", help="factored MCR-ALS started from the rotation (group mcr; implies --rotate varimax)")
     a.add_argument("--ica", action="store_true", help="FastICA of the whitened scores (group ica)")
     a.add_argument("--segments", type=int, metavar="K", help="k-means segmentation into K classes (group segments)")
-    a.add_argument("--segment-on", choices=("nmf", "mcr", "svd"),
-                   help="the maps k-means segments: NMF or MCR abundance fractions, or Poisson-scaled SVD scores (default nmf)")
+    a.add_argument("--segment-on", choices=("svd", "nmf", "mcr"),
+                   help="the maps k-means segments: the Poisson-scaled SVD scores (default: unit noise at any dose), or "
+                        "NMF or MCR abundance fractions")
     a.add_argument("--quantify", action="store_true",
                    help="net X-ray line maps of the elements (--elements, else the files') and Cliff-Lorimer compositions "
                         "of every endmember (groups elements, quantification)")
@@ -237,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="components (default: the NMF's endmembers, else the SVD's n_significant)")
         if name == "segment":
             p.add_argument("--segments", type=int, required=True, metavar="K", help="classes of the k-means")
-            p.add_argument("--on", dest="segment_on", choices=("nmf", "mcr", "svd"),
-                           help="the maps segmented (default nmf: the abundance fractions)")
+            p.add_argument("--on", dest="segment_on", choices=("svd", "nmf", "mcr"),
+                           help="the maps segmented (default svd: the Poisson-scaled scores; nmf, mcr: abundance fractions)")
         if name == "quantify":
             p.add_argument("--k-factors", metavar="FILE", help="YAML or CSV of line,k-factor (a simulated store may "
                                                                "leave it out)")

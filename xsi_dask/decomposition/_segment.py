@@ -31,7 +31,7 @@ from ._svd import count_arg
 
 __all__ = ["assign", "fit_kmeans", "pixel_features", "segment"]
 
-DEFAULT_VARIABLE = {"svd": "scores", "nmf": "abundances"}
+DEFAULT_VARIABLE = {"svd": "scores", "nmf": "abundances", "mcr": "abundances"}
 INITS = ("k-means||", "k-means++", "random")
 
 
@@ -261,10 +261,11 @@ def segment(
     n_clusters : int
         Number of clusters, >= 2.
     group : str
-        ``"svd"`` (default), ``"nmf"``, or another group of per-tile maps
-        (then ``variable`` is required and its values are used as stored).
+        ``"svd"`` (default), ``"nmf"``, ``"mcr"`` (abundance fractions, like
+        nmf), or another group of per-tile maps (then ``variable`` is required
+        and its values are used as stored).
     variable : str, optional
-        The map to cluster (default ``scores`` for svd, ``abundances`` for nmf).
+        The map to cluster (default ``scores`` for svd, ``abundances`` for nmf and mcr).
     seed : int
         ``random_state`` of the k-means.
     init : {"k-means||", "k-means++", "random"} or ndarray of shape (n_clusters, k)
@@ -339,7 +340,9 @@ def segment(
     var = ds[variable]
     if var.dims[:3] != ("tile", "y", "x") or var.ndim != 4:
         raise StoreFormatError(f"{path}: {group}/{variable} has dims {var.dims}, not a per-tile map (tile, y, x, k)")
-    kind = "svd" if (group, variable) == ("svd", "scores") else "nmf" if (group, variable) == ("nmf", "abundances") \
+    # NMF and MCR abundances (in counts) alike: their fractions
+    kind = "svd" if (group, variable) == ("svd", "scores") else "nmf" if (group, variable) in (("nmf", "abundances"),
+                                                                                                ("mcr", "abundances")) \
         else "raw"
     if kind == "svd" and "pixel_counts" not in ds:
         raise StoreFormatError(f"{path}: the svd group has no pixel_counts (written by an older version): run "

@@ -137,7 +137,7 @@ class NMFParams(_Params):
 
 
 ROTATIONS = ("varimax",)
-SEGMENT_FEATURES = ("nmf", "mcr", "svd")
+SEGMENT_FEATURES = ("svd", "nmf", "mcr")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class AnalysesParams(_Params):
     mcr: bool = False
     ica: bool = False
     segments: int | None = None
-    segment_on: str = "nmf"
+    segment_on: str = "svd"
     quantify: bool = False
     k_factors: Path | None = None
     qc: bool = True
