@@ -117,3 +117,20 @@ def test_analyses_params_refuse_what_they_cannot_honour():
     with pytest.raises(ParameterError, match="rotate"):
         AnalysesParams(rotate="quartimax")
     assert xsi_dask.pipeline.AnalysesParams().describe().startswith("tile QC")
+
+
+def test_nmf_with_a_known_spectrum_from_another_run(ran, tmp_path):
+    from xsi_dask.pipeline import NMFParams, nmf_store
+
+    results = ran / "results.zarr"
+    spec = f"{results}:nmf:1"
+    params = NMFParams(components=3, max_iter=15, known_spectra=[spec])
+    assert params.known_spectra == (spec,)
+    ds = nmf_store(open_results(results, "svd").attrs["store"], tmp_path / "k.zarr", nmf=params, progress=False)
+    ref = open_results(results, "nmf")["spectra"].isel(component=1).values
+    assert bool(ds["fixed"].values[0]) and not ds["fixed"].values[1:].any()
+    np.testing.assert_allclose(ds["spectra"].values[0], ref / ref.sum(), rtol=1e-12)
+    from xsi_dask.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="GROUP nmf or mcr"):
+        NMFParams(known_spectra=[f"{results}:svd:1"])

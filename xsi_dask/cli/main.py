@@ -49,6 +49,10 @@ def _add_svd_options(p: argparse.ArgumentParser, components: int) -> None:
 
 
 def _add_nmf_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--known-spectrum", dest="known_spectra", action="append", metavar="SPEC",
+                   help="fix one endmember spectrum to a reference (repeat for more; the rest stay free): a spectrum "
+                        "file (.msa, .spx, 1-D .hspy) on the view's channels, or RESULTS.zarr:nmf:INDEX (another run's "
+                        "endmember)")
     p.add_argument("--loss", choices=["kl", "frobenius"], help="NMF loss (default kl: Poisson)")
     p.add_argument("--max-iter", type=int, metavar="N", help="NMF iterations at most (default 200)")
     p.add_argument("--tol", type=float, metavar="TOL",
@@ -382,7 +386,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 # the flags' destinations are the parameter objects' field names
 _SVD_FLAGS = ("components", "solver", "power_iters", "oversampling", "seed")
-_NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume")
+_NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume", "known_spectra")
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit", "cluster", "jobs", "cores", "memory",
                   "walltime", "queue", "account", "adapt", "gpu_jobs", "gpus_per_job", "dashboard_address",
                   "performance_report")

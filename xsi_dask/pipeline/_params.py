@@ -109,6 +109,11 @@ class NMFParams(_Params):
 
     ``checkpoint_every`` (None: ``xsi-dask.nmf-checkpoint-every``; 0: none) and ``resume`` (continue from the
     checkpoint of an interrupted run of the same NMF) decide how the run survives a kill, not its result.
+
+    ``known_spectra`` fixes endmember spectra to references (NMF with known spectra; the rest stay free): each a
+    spectrum file RosettaSciIO reads (``.msa``, ``.spx``, a 1-D ``.hspy``) on the view's own channels, or
+    ``RESULTS.zarr:GROUP:INDEX``, endmember ``INDEX`` of another run's ``nmf`` or ``mcr`` group. Paths are made
+    absolute when the object is built.
     """
 
     components: int | None = None
@@ -120,9 +125,13 @@ class NMFParams(_Params):
     seed: int = 0
     checkpoint_every: int | None = None
     resume: bool = False
+    known_spectra: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         o = "NMFParams"
+        if isinstance(self.known_spectra, (str, Path)):
+            _set(self, "known_spectra", (self.known_spectra,))
+        _set(self, "known_spectra", tuple(_known_spectrum(v) for v in (self.known_spectra or ())))
         _int(o, "components", self.components, 1, optional=True)
         _choice(o, "loss", self.loss, LOSSES)
         _int(o, "max_iter", self.max_iter, 1)
@@ -202,6 +211,21 @@ class AnalysesParams(_Params):
         if self.qc:
             parts.append(f"tile QC (|z| > {self.qc_threshold:g})")
         return ", ".join(parts) or "none"
+
+
+def _known_spectrum(value: Any) -> str:
+    """One ``known_spectra`` entry, with its path made absolute: a spectrum file or ``RESULTS.zarr:GROUP:INDEX``."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ParameterError(f"NMFParams.known_spectra: each entry is a spectrum file or RESULTS.zarr:GROUP:INDEX; got {value!r}")
+    text = str(value)
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3 and parts[0].rstrip("/").endswith(".zarr"):
+        path, group, index = parts
+        if group not in ("nmf", "mcr") or not index.isdigit():
+            raise ParameterError(f"NMFParams.known_spectra: {text!r}: another run's endmember is RESULTS.zarr:GROUP:INDEX with "
+                                 "GROUP nmf or mcr and INDEX a component number, e.g. run1/results.zarr:nmf:2")
+        return f"{Path(path).resolve()}:{group}:{int(index)}"
+    return str(Path(text).resolve())
 
 
 def _adapt_range(value) -> tuple[int, int]:

@@ -414,6 +414,49 @@ def _init_from(svd_ds, nmf: NMFParams) -> tuple[Any, str]:
     return svd_ds, f"NNDSVDa from the Poisson-scaled SVD above (computed once, its first {nmf.components} components)"
 
 
+def known_spectra(nmf: NMFParams, montage):
+    """The references of ``nmf.known_spectra`` on the view's channels, (component, energy); None without any.
+
+    Raises
+    ------
+    InputFileNotFoundError, UnsupportedFormatError, ParameterError
+        A spectrum file that is not there, not readable, or not on the view's calibration.
+    StoreFormatError, ViewError
+        A results store without the group, a component it does not have, or endmembers on other channels.
+    """
+    if not nmf.known_spectra:
+        return None
+    import numpy as np
+    import xarray as xr
+
+    from ..errors import StoreFormatError
+    from ..io.readers import read_reference_spectrum
+    from ..io.results import has_group, open_results
+
+    refs = []
+    for spec in nmf.known_spectra:
+        parts = spec.rsplit(":", 2)  # NMFParams checked the form: a file, or RESULTS.zarr:GROUP:INDEX
+        if len(parts) == 3 and parts[0].rstrip("/").endswith(".zarr"):
+            path, group, index = parts[0], parts[1], int(parts[2])
+            if not has_group(path, group):
+                raise StoreFormatError(f"known spectrum {spec}: {path} has no {group} group")
+            sp = open_results(path, group)["spectra"]
+            if not 0 <= index < sp.sizes["component"]:
+                raise StoreFormatError(f"known spectrum {spec}: the {group} group has endmembers 0-{sp.sizes['component'] - 1}")
+            ref = sp.isel(component=index).drop_vars("component").load()
+            if ref.sizes["energy"] != montage.sizes["energy"] or not np.array_equal(ref["energy"].values,
+                                                                                      montage["energy"].values):
+                from ..errors import ViewError
+
+                raise ViewError(f"known spectrum {spec}: its endmember is on other channels ({ref.sizes['energy']}, "
+                                f"{float(ref['energy'][0]):.3f}-{float(ref['energy'][-1]):.3f} keV) than the analysis view "
+                                f"({montage.sizes['energy']}); use the same --energy-range and zero-peak setting")
+        else:
+            ref = read_reference_spectrum(spec, montage)
+        refs.append(ref)
+    return xr.concat(refs, "component")
+
+
 def _nmf(montage, nmf: NMFParams, init: Any, results: Path, progress: bool):
     """NMF written as group ``nmf`` of the staged ``results`` (its scratch folder gone); the dataset opened from there."""
     from .. import nmf as nmf_fn
@@ -421,7 +464,7 @@ def _nmf(montage, nmf: NMFParams, init: Any, results: Path, progress: bool):
     return nmf_fn(
         montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
         sparsity=nmf.sparsity, out=results, checkpoint_every=nmf.checkpoint_every,
-        resume=nmf.resume, progress=progress,
+        resume=nmf.resume, progress=progress, fixed_spectra=known_spectra(nmf, montage),
     )
 
 
