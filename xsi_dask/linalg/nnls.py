@@ -27,26 +27,66 @@ __all__ = ["fcnnls", "passive_solve"]
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def _solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """G X = B for a symmetric positive (semi)definite k x k G and many columns of B.
+def _inverse(G: np.ndarray) -> np.ndarray:
+    """G^-1 of a symmetric positive (semi)definite k x k G: from its Cholesky factor, or the pseudo-inverse
+    (minimum-norm least squares) when G is singular or too ill-conditioned for the explicit inverse.
 
-    Through G^-1 from its Cholesky factor (k x k) and one matrix product: with
+    The columns of a passive set are solved as one product with G^-1: with
     k << columns, LAPACK's triangular solves with thousands of right-hand
-    sides are 2-30x slower than the product (and slowest for Fortran-ordered
-    B). A singular G: the pseudo-inverse (minimum-norm least squares).
+    sides are 2-30x slower than the product (slowest for Fortran-ordered ones).
     """
     k = G.shape[0]
-    Ginv = None
     try:
         c, low = scipy.linalg.cho_factor(G, check_finite=False)
         d = np.abs(np.diag(c))
-        if d.min() ** 2 > 1e3 * k * _EPS * d.max() ** 2:  # well enough conditioned for the explicit inverse
-            Ginv = scipy.linalg.cho_solve((c, low), np.eye(k), check_finite=False)
+        if d.min() ** 2 > 1e3 * k * _EPS * d.max() ** 2:
+            return scipy.linalg.cho_solve((c, low), np.eye(k), check_finite=False)
     except np.linalg.LinAlgError:
         pass
-    if Ginv is None:
-        Ginv = np.linalg.pinv(G, hermitian=True)
-    return Ginv @ B
+    return np.linalg.pinv(G, hermitian=True)
+
+
+class _Solver:
+    """Passive-set solves of one Gram, row layout (right-hand sides as rows), inverses cached per passive set."""
+
+    def __init__(self, G: np.ndarray):
+        self.G = G
+        self.k = G.shape[0]
+        self.bits = np.int64(1) << np.arange(self.k, dtype=np.int64) if self.k <= 62 else None
+        self.cache: dict = {}
+
+    def inv(self, key, vars_: np.ndarray) -> np.ndarray:
+        if key not in self.cache:
+            self.cache[key] = _inverse(self.G[np.ix_(vars_, vars_)])
+        return self.cache[key]
+
+    def solve(self, B: np.ndarray, P: np.ndarray | None = None) -> np.ndarray:
+        """Rows x_i solving G[P_i, P_i] x_i = b_i[P_i] on P_i, 0 elsewhere; B, P (n, k)."""
+        n, k = B.shape
+        if P is None or P.all():
+            return B @ self.inv("all", np.arange(k)) if n else np.zeros((0, k))
+        X = np.zeros((n, k))
+        if n == 0:
+            return X
+        if self.bits is not None:  # each passive set as the bits of one integer: a 1-D sort
+            codes = P @ self.bits if P.dtype != bool else (P.astype(np.int64) * self.bits[None, :]).sum(1)
+            order = np.argsort(codes, kind="stable")
+            sc = codes[order]
+            starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+            keys = [int(c) for c in sc[starts]]
+        else:
+            sets, group = np.unique(P, axis=0, return_inverse=True)
+            order = np.argsort(group.ravel(), kind="stable")
+            starts = np.searchsorted(group.ravel()[order], np.arange(len(sets)))
+            keys = [s.tobytes() for s in sets]
+        bounds = np.r_[starts, n]
+        for g, key in enumerate(keys):
+            rows = order[bounds[g] : bounds[g + 1]]
+            vars_ = np.flatnonzero(P[rows[0]])
+            if vars_.size == 0:
+                continue
+            X[np.ix_(rows, vars_)] = B[np.ix_(rows, vars_)] @ self.inv(key, vars_)
+        return X
 
 
 def passive_solve(CtC: np.ndarray, CtA: np.ndarray, passive: np.ndarray | None = None) -> np.ndarray:
@@ -69,23 +109,8 @@ def passive_solve(CtC: np.ndarray, CtA: np.ndarray, passive: np.ndarray | None =
     -------
     ndarray, shape (k, n)
     """
-    k, n = CtA.shape
-    if passive is None or passive.all():
-        return _solve(CtC, CtA) if n else np.zeros((k, 0))
-    X = np.zeros((k, n))
-    if n == 0:
-        return X
-    sets, group = np.unique(passive.T, axis=0, return_inverse=True)
-    group = group.ravel()
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(len(sets) + 1))
-    for g, pattern in enumerate(sets):
-        vars_ = np.flatnonzero(pattern)
-        if vars_.size == 0:
-            continue
-        cols = order[bounds[g] : bounds[g + 1]]
-        X[np.ix_(vars_, cols)] = _solve(CtC[np.ix_(vars_, vars_)], CtA[np.ix_(vars_, cols)])
-    return X
+    CtA = np.asarray(CtA, dtype=np.float64)
+    return _Solver(np.asarray(CtC, dtype=np.float64)).solve(CtA.T, None if passive is None else passive.T).T
 
 
 def fcnnls(CtC: np.ndarray, CtA: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
@@ -117,7 +142,8 @@ def fcnnls(CtC: np.ndarray, CtA: np.ndarray, *, max_iter: int | None = None) -> 
     W = C^T a - C^T C x of the active variables, W <= tol with tol = 10 k eps
     (max|C^T a_j| + max|C^T C| max|x_j|) per column. A rank-deficient Gram
     makes the optimum non-unique; the subproblems are then solved by least
-    squares, and the objective (not necessarily x) is optimal.
+    squares, and the objective (not necessarily x) is optimal. Internally the
+    right-hand sides are rows (contiguous gathers of the columns in play).
 
     References
     ----------
@@ -133,44 +159,46 @@ def fcnnls(CtC: np.ndarray, CtA: np.ndarray, *, max_iter: int | None = None) -> 
         raise ValueError(f"CtC has shape {CtC.shape}; expected ({k}, {k}) for CtA of shape {CtA.shape}")
     limit = 30 * k + 100 if max_iter is None else int(max_iter)
     scale_c = np.abs(CtC).max() if CtC.size else 0.0
-    scale_a = np.abs(CtA).max(0) if n else np.zeros(0)
+    B = np.ascontiguousarray(CtA.T)  # (n, k): one right-hand side per row
+    scale_b = np.abs(B).max(1) if n else np.zeros(0)
+    solver = _Solver(CtC)
 
-    K = passive_solve(CtC, CtA)  # the unconstrained solution, negative entries set to 0: the first feasible point
+    K = solver.solve(B)  # the unconstrained solution, negative entries set to 0: the first feasible point
     P = K > 0
     K[~P] = 0.0
-    D = K.copy()  # the last feasible iterate of each column
-    F = np.flatnonzero(~P.all(0))  # columns not yet known optimal
+    D = K.copy()  # the last feasible iterate of each right-hand side
+    F = np.flatnonzero(~P.all(1))  # right-hand sides not yet known optimal
     steps = 0
     while F.size and steps < limit:
-        K[:, F] = passive_solve(CtC, CtA[:, F], P[:, F])
-        H = F[(K[:, F] < 0).any(0)]
-        while H.size and steps < limit:  # infeasible columns: step back towards D until a variable leaves
+        K[F] = solver.solve(B[F], P[F])
+        H = F[(K[F] < 0).any(1)]
+        while H.size and steps < limit:  # infeasible ones: step back towards D until a variable leaves
             steps += 1
-            Kh, Dh, Ph = K[:, H], D[:, H], P[:, H]
+            Kh, Dh, Ph = K[H], D[H], P[H]
             neg = Ph & (Kh < 0)
             alpha = np.full(Kh.shape, np.inf)
             alpha[neg] = Dh[neg] / (Dh[neg] - Kh[neg])
-            leave = alpha.argmin(0)
-            cols = np.arange(H.size)
-            a = alpha[leave, cols]
-            Dh = Dh - a[None, :] * (Dh - Kh)
-            Dh[leave, cols] = 0.0
-            Ph[leave, cols] = False
-            D[:, H], P[:, H] = Dh, Ph
-            K[:, H] = passive_solve(CtC, CtA[:, H], Ph)
-            H = H[(K[:, H] < 0).any(0)]
+            leave = alpha.argmin(1)
+            rows = np.arange(H.size)
+            a = alpha[rows, leave]
+            Dh = Dh - a[:, None] * (Dh - Kh)
+            Dh[rows, leave] = 0.0
+            Ph[rows, leave] = False
+            D[H], P[H] = Dh, Ph
+            K[H] = solver.solve(B[H], Ph)
+            H = H[(K[H] < 0).any(1)]
         if H.size:  # the step bound was reached inside: keep the feasible iterate
-            K[:, H] = np.maximum(D[:, H], 0.0)
+            K[H] = np.maximum(D[H], 0.0)
             break
         steps += 1
-        W = CtA[:, F] - CtC @ K[:, F]
-        tol = 10 * k * _EPS * (scale_a[F] + scale_c * np.abs(K[:, F]).max(0))
-        grad = np.where(P[:, F], -np.inf, W)
-        best = grad.argmax(0)
-        improve = grad[best, np.arange(F.size)] > tol
+        W = B[F] - K[F] @ CtC
+        tol = 10 * k * _EPS * (scale_b[F] + scale_c * np.abs(K[F]).max(1))
+        grad = np.where(P[F], -np.inf, W)
+        best = grad.argmax(1)
+        improve = grad[np.arange(F.size), best] > tol
         F, best = F[improve], best[improve]
-        if F.size:  # the variable of steepest descent of each non-optimal column enters its passive set
-            P[best, F] = True
-            D[:, F] = K[:, F]
+        if F.size:  # the variable of steepest descent of each non-optimal right-hand side enters its passive set
+            P[F, best] = True
+            D[F] = K[F]
     np.maximum(K, 0.0, out=K)  # -0.0 and round-off below zero of passive variables at a bound
-    return K[:, 0] if vector else K
+    return K[0].copy() if vector else np.ascontiguousarray(K.T)
