@@ -123,6 +123,22 @@ def test_rotation_does_not_depend_on_the_work_units(bruker):
     assert g.plan.passes == 0 and all(r.units == 4 for r in g.plan.log)
 
 
+def test_rotation_does_not_depend_on_the_tiling(bruker, tmp_path):
+    """The map ingested as one tile and cut into 2 x 2 tiles: the same rotation, the same rotated maps."""
+    path, view = bruker
+    xsi_dask.ingest([BCF], tmp_path / "split.zarr", split="2x2", progress=False)
+    split_view = analysis_view(xsi_dask.open_montage(tmp_path / "split.zarr"), energy_range=(None, 5.0))
+    assert split_view.sizes["tile"] == 4 and split_view.sizes["energy"] == view.sizes["energy"]
+    write_results(tmp_path / "r.zarr", {"svd": xsi_dask.decompose(split_view, 4, solver="gram")})
+    one, four = xsi_dask.rotate(path, 4), xsi_dask.rotate(tmp_path / "r.zarr", 4)
+    np.testing.assert_allclose(four.rotation.values, one.rotation.values, atol=1e-8)
+    top = np.abs(one.loadings.values).max()
+    np.testing.assert_allclose(four.loadings.values, one.loadings.values, atol=1e-8 * top)
+    t = four.scores.values  # (4, 25, 25, k): tiles row-major on a 2 x 2 grid
+    whole = np.concatenate([np.concatenate([t[0], t[1]], axis=1), np.concatenate([t[2], t[3]], axis=1)])
+    np.testing.assert_allclose(whole, one.scores.values[0], atol=1e-8 * np.abs(one.scores.values).max())
+
+
 def test_rotate_and_mcr_refuse_what_they_cannot_do(bruker, tmp_path):
     path, view = bruker
     with pytest.raises(DecompositionError, match="no results store"):
