@@ -203,7 +203,7 @@ def _deviance_task(b: Block, abundances: MapSource, spectra_t: np.ndarray, col_s
     return out
 
 
-def tile_deviance(plan: Plan, abundances: MapSource, spectra: np.ndarray, *, label: str = "model deviance") -> xr.Dataset:
+def tile_deviance(plan: Plan, abundances, spectra: np.ndarray, *, label: str = "model deviance") -> xr.Dataset:
     """The Poisson (KL) deviance of a factor model per tile, in one pass over the counts.
 
     The model of pixel i, channel j is m_ij = sum_c A_ic S_cj (abundances in
@@ -217,7 +217,9 @@ def tile_deviance(plan: Plan, abundances: MapSource, spectra: np.ndarray, *, lab
     plan : Plan
         The plan of the montage view the model was fitted on.
     abundances : MapSource
-        ``(tile, y, x, component)`` abundances in counts.
+        ``(tile, y, x, component)`` abundances in counts; or any picklable
+        object whose ``rows(unit)`` gives a unit's abundances (rows, component)
+        (MCR computes them from the stored scores inside the task).
     spectra : ndarray, shape (component, channels)
         Endmember spectra over the view's channels (each summing to 1 for
         abundances in counts, though any non-negative model works).
