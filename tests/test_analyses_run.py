@@ -8,7 +8,7 @@ import yaml
 import xsi_dask
 from xsi_dask.cli.main import main
 from xsi_dask.io.results import has_group, open_results
-from xsi_dask.testing.simulate import open_truth, simulate
+from xsi_dask.testing.simulate import simulate
 
 from .conftest import EDS
 
@@ -56,20 +56,16 @@ def test_the_low_count_tile_is_flagged_by_run_and_by_info(ran, sim, capsys):
     assert "1 of 4 tiles flagged" in capsys.readouterr().out
 
 
-def test_mcr_endmembers_match_the_simulated_phases(ran, sim):
-    from scipy.optimize import linear_sum_assignment
-
+def test_mcr_fits_the_counts_nearly_as_well_as_the_kl_nmf(ran):
+    # the phase-recovery targets are tests/test_rotate_mcr.py's (this montage is too small for them): here the
+    # factored model, fitted without reading the counts, against the KL optimum of the same k on the same counts
     mcr = open_results(ran / "results.zarr", "mcr")
-    truth = open_truth(sim / "m.zarr")
-    e = mcr["energy"].values
-    T = truth["spectra"].sel(energy=e).values
+    nmf = open_results(ran / "results.zarr", "nmf")
     S = mcr["spectra"].values
-    cos = (S / np.linalg.norm(S, axis=1, keepdims=True)) @ (T / np.linalg.norm(T, axis=1, keepdims=True)).T
-    r, c = linear_sum_assignment(-cos)
-    angles = np.degrees(np.arccos(np.clip(cos[r, c], -1, 1)))
-    assert np.all(angles < 10), angles  # the precise targets are tests/test_rotate_mcr.py's, on a larger montage
+    assert (S >= 0).all() and (mcr["abundances"].values >= 0).all()
     np.testing.assert_allclose(S.sum(1), 1.0, rtol=1e-9)
     assert mcr.attrs["passes"] == 1  # the residual; the iterations read the stored scores only
+    assert 2 * nmf.attrs["divergence"] <= mcr.attrs["deviance"] <= 1.1 * 2 * nmf.attrs["divergence"]
 
 
 def test_quantification_has_every_endmember_and_sums_to_100(ran):
@@ -98,7 +94,7 @@ def test_the_commands_on_a_results_store(ran, sim, capsys, tmp_path):
 
 def test_quantify_without_k_factors_on_a_real_store_is_refused_before_any_work(tmp_path, capsys, needs_data):
     out = tmp_path / "bruker"
-    rc = main(["run", str(EDS / "bcf_v2_50x50px.bcf"), "--out", str(out), "--quantify", "--quiet"])
+    rc = main(["run", str(EDS / "bcf_v2_50x50px.bcf"), "--out", str(out), "--quantify", "--elements", "Al,Ag", "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "--k-factors" in err

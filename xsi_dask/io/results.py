@@ -66,6 +66,14 @@ def _encoding(ds: xr.Dataset) -> dict:
 def _write_group(ds: xr.Dataset, root: Path, name: str, bar: Progress) -> None:
     ds = ds.copy()
     ds.attrs = to_json(ds.attrs)
+    # fixed-width unicode has no Zarr v3 specification (zarr warns that it may change): variable-length strings
+    # (Variables, not DataArrays: a DataArray would bring back the others' coordinates as they were)
+    text = {k: v for k, v in ds.variables.items() if v.dtype.kind == "U"}
+    coords = {k: (v.dims, v.values.astype(object), v.attrs) for k, v in text.items() if k in ds.coords}
+    ds = ds.assign_coords(coords)
+    for k, v in text.items():
+        if k not in ds.coords:
+            ds[k] = (v.dims, v.values.astype(object), v.attrs)
     delayed = ds.to_zarr(
         str(root), group=name, mode="w", zarr_format=3, consolidated=False,
         encoding=_encoding(ds), compute=False,

@@ -49,6 +49,26 @@ def analyses_groups(params: AnalysesParams) -> list[str]:
     return out
 
 
+def _elements(montage, elements):
+    """The elements to map: those given, else the files' (None: :func:`element_lines` reads them), else for a
+    simulated store those of its preset's phases from O up (C and N Ka lie at the zero peak's edge)."""
+    if elements:
+        return list(elements)
+    if montage.attrs.get("elements"):
+        return None
+    from ..montage.view import montage_store
+
+    sim = montage_store(montage).attrs.get("simulation") or {}
+    if not sim.get("preset"):
+        return None
+    import xraydb
+
+    from ..testing.presets import PRESETS
+
+    found = {el for ph in PRESETS[sim["preset"]].phases for el in ph.composition}
+    return sorted((el for el in found if xraydb.atomic_number(el) >= 8), key=xraydb.atomic_number)
+
+
 def _kfactors(params: AnalysesParams, montage, table):
     """The k-factors of the quantification: the user's file, else the simulator's for a simulated store."""
     from ..montage.view import montage_store
@@ -79,7 +99,7 @@ def check_analyses(params: AnalysesParams, montage, elements, available=("svd", 
         return
     from ..quantify import element_lines
 
-    table = element_lines(elements, montage)
+    table = element_lines(_elements(montage, elements), montage)
     _kfactors(params, montage, table)
 
 
@@ -135,7 +155,7 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
     if params.quantify:
         from ..quantify import element_lines, element_maps, quantify_results
 
-        table = element_lines(elements, montage)
+        table = element_lines(_elements(montage, elements), montage)
         kf, kf_source = _kfactors(params, montage, table)
         step("elements", element_maps, montage, table=table)
         step("quantification", quantify_results, results, kf, table=table, k_factor_source=kf_source)
@@ -175,7 +195,7 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
         ``results`` is not a results store, or lacks the ``svd`` group these analyses start from.
     """
     from ..engine.maps import results_view
-    from ..io.results import check_results_target, open_result_groups, results_update, write_results
+    from ..io.results import _consolidate, check_results_target, open_result_groups, results_update, write_results
     from ._run import _client, _defaults
 
     (cluster,) = _defaults(cluster=cluster)
@@ -192,6 +212,7 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
         elements = list(base.attrs["elements"])
     check_analyses(params, montage, elements, available=tuple(groups))
     with results_update(out, names, overwrite=overwrite) as staged, _client(cluster):
+        _consolidate(staged)  # the kept groups readable as the analyses open them (the commit consolidates again)
         return run_analyses(staged, montage, params, k, elements=elements, progress=progress,
                             write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True))
 

@@ -433,7 +433,7 @@ def _recorded_elements(montage: xr.DataArray) -> list[str]:
         return list(found)
     raise XrayLineError(
         f"no elements given and none recorded in the source files of {montage.attrs.get('store')}: pass "
-        "elements=['Fe', ...] (or lines=['Fe_Ka', ...])")
+        "elements=['Fe', ...] (or lines=['Fe_Ka', ...]; on the command line --elements Fe,Cr,...)")
 
 
 def _scalar(value, name: str):
