@@ -18,6 +18,10 @@ pytestmark = pytest.mark.usefixtures("needs_data")
 
 # file -> split used for the store (tiling must not matter)
 MAPS = {"jeol_View000_0000006.pts": "4x4", "velox_EELS_EDS_128x128.emd": "2x2", "bcf_v2_50x50px.bcf": None}
+# the dense references of the exactness tests: the unbinned JEOL map (its leading scaled singular values all
+# exactly 1, a degenerate eigenspace) costs a minute of dense 4096 x 4096 eigensolves for little; its gram is
+# checked against its own tiling (test_tiling_changes_nothing_jeol) and binned in test_view_ops
+EXACT = sorted(set(MAPS) - {"jeol_View000_0000006.pts"})
 
 
 def scaled_matrix(dense: np.ndarray) -> sp.csr_array:
@@ -58,7 +62,7 @@ def tmp_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("decompose"))
 
 
-@pytest.mark.parametrize("name", sorted(MAPS))
+@pytest.mark.parametrize("name", EXACT)
 def test_gram_equals_dense_svd(name, tmp_root):
     ref = dense_singular_values(name)
     ds = xsi_dask.decompose(montage_of(name, tmp_root), 20, solver="gram")
@@ -72,7 +76,7 @@ def test_gram_equals_dense_svd(name, tmp_root):
     assert ds.attrs["passes"] == 1
 
 
-@pytest.mark.parametrize("name", sorted(MAPS))
+@pytest.mark.parametrize("name", EXACT)
 def test_randomized_default_matches_gram(name, tmp_root):
     """Separated components exact; the flat Poisson noise floor within 10 %."""
     m = montage_of(name, tmp_root)
