@@ -231,6 +231,7 @@ def segment(
     *,
     group: str = "svd",
     variable: str | None = None,
+    n_components: int | None = None,
     seed: int = 0,
     init: str | np.ndarray = "k-means||",
     max_iter: int = 300,
@@ -266,6 +267,11 @@ def segment(
         and its values are used as stored).
     variable : str, optional
         The map to cluster (default ``scores`` for svd, ``abundances`` for nmf and mcr).
+    n_components : int, optional
+        Cluster on the first ``n_components`` entries of the map only (the
+        top-k scores of an SVD that kept more: the others are the Poisson
+        noise, whose unit variance per dimension would swamp the distances).
+        Default: all.
     seed : int
         ``random_state`` of the k-means.
     init : {"k-means||", "k-means++", "random"} or ndarray of shape (n_clusters, k)
@@ -347,6 +353,9 @@ def segment(
     if kind == "svd" and "pixel_counts" not in ds:
         raise StoreFormatError(f"{path}: the svd group has no pixel_counts (written by an older version): run "
                                "decompose again")
+    if n_components is not None:
+        n_components = count_arg(n_components, "n_components", 1, var.shape[3], f"{var.shape[3]} (stored in {group}/{variable})")
+        var = var.isel({var.dims[3]: slice(0, n_components)})
     count_arg(n_clusters, "n_clusters", 2)
     count_arg(max_iter, "max_iter", 1)
     count_arg(n_init, "n_init", 1)
@@ -378,7 +387,7 @@ def segment(
                           centers, None, kind, None, dtype=np.int32, concatenate=True)
 
     plan = make_plan(results_view(ds))
-    src = map_source(path, group, variable, plan)
+    src = map_source(path, group, variable, plan, columns=n_components)
     gsrc = map_source(path, group, "pixel_counts", plan) if kind == "svd" else None
     sums = plan.reduce(_cluster_sums_task, src, gsrc, centers, kind, plan.n_channels, label=f"cluster sums (k={n_clusters})",
                        literal=(MapSource,))
@@ -406,6 +415,7 @@ def segment(
             "variable": variable,
             "features": features,
             "n_clusters": int(n_clusters),
+            "n_components": int(k),
             "seed": seed,
             "init": init if isinstance(init, str) else "array",
             "max_iter": max_iter,

@@ -59,13 +59,15 @@ def _elements(montage, elements):
     from ..montage.view import montage_store
 
     sim = montage_store(montage).attrs.get("simulation") or {}
-    if not sim.get("preset"):
+    found = set(sim.get("elements") or ())
+    if not found and sim.get("preset"):  # a store simulated before the simulator recorded its elements
+        from ..testing.presets import PRESETS
+
+        found = {el for ph in PRESETS[sim["preset"]].phases for el in ph.composition}
+    if not found:
         return None
     import xraydb
 
-    from ..testing.presets import PRESETS
-
-    found = {el for ph in PRESETS[sim["preset"]].phases for el in ph.composition}
     return sorted((el for el in found if xraydb.atomic_number(el) >= 8), key=xraydb.atomic_number)
 
 
@@ -150,7 +152,9 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         ds = step("ica", ica, results, k)
         done.lines["ica"] = f"ICA of {k} components on a sample of {ds.attrs.get('sample_size', '?')} pixels"
     if params.segments:
-        ds = step("segments", segment, results, params.segments, group=params.segment_on)
+        # the SVD's top k scores (the NMF's endmembers): the further stored components are noise
+        ds = step("segments", segment, results, params.segments, group=params.segment_on,
+                  n_components=k if params.segment_on == "svd" else None)
         done.lines["segments"] = f"k-means of the {params.segment_on} maps into {params.segments} segments"
     if params.quantify:
         from ..quantify import element_lines, element_maps, quantify_results

@@ -138,6 +138,9 @@ def _label_elements(given: list[str] | None, attrs: Mapping, store) -> tuple[lis
     files = source_elements(store)
     if files:
         return files, "the files' element lists"
+    sim = (store.attrs.get("simulation") or {}) if store is not None else {}
+    if sim.get("elements"):
+        return parse_elements(list(sim["elements"])), f"the elements of the simulated preset {sim.get('preset')}"
     return None, "no list given nor recorded: every element's lines"
 
 

@@ -356,7 +356,8 @@ def simulate(
                         "low_count_tile": low_count_tile, "dose_variation": dose_variation, "particle_density": particle_density,
                         "pixel_size_nm": px_nm, "zero_peak": float(zero_peak),
                         "zero_peak_counts_per_pixel": plan.zero_peak_rate,
-                        "detector": detector.__dict__, "dose_scale": plan.dose_scale},
+                        "detector": detector.__dict__, "dose_scale": plan.dose_scale,
+                        "elements": sorted({el for ph in pre.phases for el in ph.composition})},
             ingest_seconds=time.perf_counter() - started,
         )
     return MontageStore(out)
