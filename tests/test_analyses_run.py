@@ -36,7 +36,7 @@ def test_run_writes_every_group_its_figures_and_report_sections(ran):
         assert has_group(results, g), g
     figs = {p.name for p in (ran / "figures").glob("*.png")}
     for name in ("rotation_loadings.png", "rotation_scores.png", "mcr_spectra.png", "mcr_abundances.png", "ica_loadings.png",
-                 "segments.png", "segment_spectra.png", "element_maps.png", "qc.png"):
+                 "segments.png", "segment_spectra.png", "element_maps.png", "composition_maps.png", "qc.png"):
         assert name in figs, name
     html = (ran / "report.html").read_text()
     for heading in ("Spatial-simplicity rotation", "MCR-ALS (factored)", "ICA", "k-means segments", "Element maps",
@@ -73,6 +73,12 @@ def test_quantification_has_every_endmember_and_sums_to_100(ran):
     at = q["atomic_percent"].values
     assert at.shape[0] == 4
     np.testing.assert_allclose(np.nansum(at, axis=-1), 100.0, rtol=1e-6)
+    maps = q["map_atomic_percent"].values  # per pixel, from the element maps
+    assert maps.shape == (4, 24, 24, q.sizes["element"])
+    total = np.nansum(maps, axis=-1)
+    finite = np.isfinite(maps).any(-1)
+    assert finite.mean() > 0.9
+    np.testing.assert_allclose(total[finite], 100.0, rtol=1e-6)
 
 
 def test_the_commands_on_a_results_store(ran, sim, capsys):

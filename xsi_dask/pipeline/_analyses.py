@@ -157,12 +157,12 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
                   n_components=k if params.segment_on == "svd" else None)
         done.lines["segments"] = f"k-means of the {params.segment_on} maps into {params.segments} segments"
     if params.quantify:
-        from ..quantify import element_lines, element_maps, quantify_results
+        from ..quantify import element_lines, element_maps
 
         table = element_lines(_elements(montage, elements), montage)
         kf, kf_source = _kfactors(params, montage, table)
         step("elements", element_maps, montage, table=table)
-        step("quantification", quantify_results, results, kf, table=table, k_factor_source=kf_source)
+        step("quantification", _quantification, results, kf, table, kf_source)
         done.lines["quantification"] = f"Cliff-Lorimer with k-factors from {kf_source}"
     if params.qc:
         from ..qc import tile_qc
@@ -172,6 +172,21 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         flagged = [int(t) for t in ds["tile"].values[ds["flagged"].values]]
         done.lines["qc"] = f"tile QC: {len(flagged)} tile(s) flagged" + (f": {flagged}" if flagged else "")
     return done
+
+
+def _quantification(results: Path, kfactors, table, source: str):
+    """Cliff-Lorimer of the endmembers (the MCR's, else the NMF's) and, per pixel, of the stored element maps."""
+    from ..io.results import open_results
+    from ..quantify import quantify, quantify_results
+
+    q = quantify_results(results, kfactors, table=table, k_factor_source=source)
+    maps = quantify(open_results(results, "elements")["intensity"], kfactors)
+    for kind in ("atomic_percent", "weight_percent"):
+        m = maps[kind].transpose("tile", "y", "x", "element").sel(element=q["element"].values)
+        q[f"map_{kind}"] = m.drop_vars([c for c in m.coords if c not in m.dims and c not in q.coords and
+                                       c not in ("row", "col", "source", "stage_y", "stage_x")])
+    q["map_atomic_percent"].attrs["description"] = "Cliff-Lorimer per pixel of the element maps (NaN: no net counts)"
+    return q
 
 
 def _default_k(groups: dict[str, Any]) -> int:

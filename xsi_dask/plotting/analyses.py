@@ -22,6 +22,7 @@ ANALYSIS_FIGURES = {
     "ica": ("ica_loadings", "ica_scores"),
     "segments": ("segments", "segment_spectra"),
     "elements": ("element_maps",),
+    "quantification": ("composition_maps",),
     "qc": ("qc",),
 }
 
@@ -132,6 +133,12 @@ def save_analyses(folder: Path, groups: Mapping[str, xr.Dataset], *, per_page: i
         names = [str(v) for v in el["line"].values]
         paths.extend(_paged_maps(folder, "element_maps", maps, names, title="net X-ray line intensities (montage mosaic)",
                                  per_page=per_page, max_px=max_px, units="net counts")[0])
+    if "quantification" in groups and "map_atomic_percent" in groups["quantification"]:
+        q = groups["quantification"]
+        maps = q["map_atomic_percent"].rename({"element": "component"})
+        names = [str(v) for v in q["element"].values]
+        paths.extend(_paged_maps(folder, "composition_maps", maps, names, title="Cliff-Lorimer composition per pixel "
+                                 "(montage mosaic)", per_page=per_page, max_px=max_px, units="at.%")[0])
     if "qc" in groups:
         paths.append(save(draw_qc(groups["qc"]), folder / "qc.png"))
     return paths, titles
@@ -148,10 +155,12 @@ def _quant_rows(q: xr.Dataset) -> dict[str, str]:
     rows = {"k-factors": str(q.attrs.get("k_factor_source", "")), "absorption correction": str(q.attrs.get("absorption", "off"))}
     at = q["atomic_percent"]
     els = [str(e) for e in at["element"].values]
+    group = str(q.attrs.get("group", ""))
     for i, name in enumerate(at[at.dims[0]].values):
         vals = np.asarray(at.isel({at.dims[0]: i}).values, dtype=float)
-        order = np.argsort(-vals)
-        rows[str(name)] = ", ".join(f"{els[j]} {vals[j]:.1f}" for j in order if vals[j] >= 0.05) + " (at.%)"
+        order = np.argsort(-np.nan_to_num(vals, nan=-np.inf))
+        shown = ", ".join(f"{els[j]} {vals[j]:.1f}" for j in order if vals[j] >= 0.05)
+        rows[f"{group} #{name}".strip()] = (shown + " (at.%)") if shown else "no line above the threshold"
     return rows
 
 
@@ -227,7 +236,8 @@ def analyses_sections(groups: Mapping[str, xr.Dataset], by_name: Mapping[str, li
             rows["line energies (keV)"] = ", ".join(f"{float(v):.3f}" for v in el["line_energy"].values)
         out.append(("Element maps", rows, figs("elements"), []))
     if "quantification" in groups:
-        out.append(("Cliff-Lorimer quantification of the endmembers", _quant_rows(groups["quantification"]), [], []))
+        out.append(("Cliff-Lorimer quantification of the endmembers", _quant_rows(groups["quantification"]),
+                    figs("quantification"), []))
     if "qc" in groups:
         rows, notes = _qc_rows(groups["qc"])
         out.append(("Tile quality control", rows, figs("qc"), notes))

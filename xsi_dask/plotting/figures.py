@@ -57,7 +57,7 @@ SCREE_MAX_RANKS = 200
 """At most this many gram eigenvalues are drawn on the scree (the caption says how many there are)."""
 FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf_rgb|nmf_loss|rotation_loadings|rotation_scores"
                          r"|mcr_spectra|mcr_abundances|mcr_loss|ica_loadings|ica_scores|segments|segment_spectra|element_maps"
-                         r"|qc)(_page\d+)?\.png")
+                         r"|composition_maps|qc)(_page\d+)?\.png")
 """Names of the figure files of a report (first page ``loadings.png``, then ``loadings_page2.png``, ...): those
 :func:`save_all` writes and those of the analysis groups (:mod:`xsi_dask.plotting.analyses`)."""
 

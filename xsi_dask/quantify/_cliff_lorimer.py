@@ -145,6 +145,11 @@ def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str
     wt_pct = wt * 100.0
     with np.errstate(invalid="ignore", divide="ignore"):
         at_pct = np.nan_to_num(material.weight_to_atomic(wt_pct, list(elements)))  # exspy's signal path: 0 where all 0
+    # exspy gives every element 0 % at a point with no line above its reference threshold: no composition at
+    # all, which a map must not show as one (a pixel of a low-count tile); NaN there
+    empty = ~np.any(wt_pct != 0, axis=0)
+    wt_pct[:, empty] = np.nan
+    at_pct[:, empty] = np.nan
     out = np.stack([wt_pct.reshape(shape), at_pct.reshape(shape)], axis=0)  # (2, line, ...)
     return np.moveaxis(np.moveaxis(out, 1, -1), 0, -2)
 
@@ -155,8 +160,9 @@ def quantify(intensities, kfactors, *, absorption=None, lines=None, min_intensit
     C_A = k_A I_A / sum_B k_B I_B (weight fractions; the k-factor ratio form
     C_A / C_B = k_AB I_A / I_B with k_AB = k_A / k_B), computed by exspy's
     ``quantification_cliff_lorimer`` (its conventions kept: a point with fewer
-    than two lines above 0.1 counts gets 100 % of its one line, or 0 %; a
-    negative net intensity gives a negative share), then
+    than two lines above 0.1 counts gets 100 % of its one line; a point with
+    none, which exspy gives 0 % of everything, is NaN here; a negative net
+    intensity gives a negative share), then
     ``exspy.material.weight_to_atomic``. Element maps are quantified lazily,
     one dask chunk per tile (``xarray.apply_ufunc``, ``dask="parallelized"``).
 
