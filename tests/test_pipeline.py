@@ -178,7 +178,7 @@ def test_run_equals_cli_and_config_repeats_it(tmp_path, capsys):
     res = pipeline.run(store.path, tmp_path / "py", svd=svd, nmf=nmf, cluster=ClusterParams(workers=1), progress=False)
     assert res.results == (tmp_path / "py" / "results.zarr").resolve() and res.report.is_file()
     assert res.store == Path(store.path).resolve() and {p.stem for p in res.figures} >= {"scree", "nmf_rgb"}
-    assert set(res.passes) == {"svd", "nmf"} and res.timings["SVD"] > 0
+    assert set(res.passes) == {"svd", "nmf", "qc"} and res.timings["SVD"] > 0 and res.passes["qc"] == 1  # the QC residual
 
     cli = ["run", str(store.path), "--out", str(tmp_path / "cli"), "--components", "5", "--nmf-components", "3",
            "--max-iter", "15", "--seed", "3", "--workers", "1", "--quiet"]
@@ -197,7 +197,7 @@ def test_run_equals_cli_and_config_repeats_it(tmp_path, capsys):
     # the SVD is computed once: NMF starts from it, so no range-finder passes: one pass for NNDSVDa's W, the
     # initial and final loss passes (the loss in between rides on the iterations) and one pass per iteration
     s, n = xr.open_zarr(res.results, group="svd"), xr.open_zarr(res.results, group="nmf")
-    assert res.passes == {"svd": s.attrs["passes"], "nmf": n.attrs["passes"]}
+    assert res.passes == {"svd": s.attrs["passes"], "nmf": n.attrs["passes"], "qc": 1}
     assert n.attrs["init"] == "poisson-nndsvda (from the given SVD)" and "computed once" in res.nmf_init
     assert n.attrs["n_iter"] == 15 and n.attrs["passes"] == 1 + 2 + n.attrs["n_iter"]
     report = res.report.read_text()

@@ -231,7 +231,7 @@ def test_run_with_a_relative_out(tmp_path, monkeypatch, store, captured):
     assert {f.name for f in files} == {f.name for f in _assert_images_resolve(report)}
     names = {f.name for f in files}
     assert names == {"scree.png", "loadings.png", "loadings_page2.png", "scores.png", "scores_page2.png", "nmf_spectra.png",
-                     "nmf_abundances.png", "nmf_rgb.png", "nmf_loss.png"}
+                     "nmf_abundances.png", "nmf_rgb.png", "nmf_loss.png", "qc.png"}  # the tile QC: on by default
     assert _index(_map_titles(captured, "scores")) == list(range(10))
     assert _index(_spectrum_names(captured, "loadings")) == list(range(10))
     assert _index(_map_titles(captured, "nmf_abundances")) == [0, 1]
