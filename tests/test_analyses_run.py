@@ -25,7 +25,7 @@ def sim(tmp_path_factory):
 def ran(sim):
     out = sim / "run"
     rc = main(["run", str(sim / "m.zarr"), "--out", str(out), "--nmf-components", "4", "--components", "6", "--solver", "gram",
-               "--mcr", "--ica", "--segments", "4", "--quantify", "--workers", "1", "--quiet"])
+               "--rotate", "varimax", "--mcr", "--ica", "--segments", "4", "--quantify", "--workers", "1", "--quiet"])
     assert rc == 0
     return out
 
@@ -91,9 +91,9 @@ def test_the_commands_on_a_results_store(ran, sim, capsys):
     qc = open_results(results, "qc")
     assert not qc["flagged"].values.any() and qc.attrs["threshold"] == 100
     np.testing.assert_allclose(qc["z_dose"].values, before)
-    assert main(["segment", str(results), "--segments", "3", "--on", "svd", "--overwrite", "--quiet", "--workers", "1"]) == 0
-    seg = open_results(results, "segments")
-    assert seg.sizes["cluster"] == 3 and set(np.unique(seg["labels"].values)) <= {-1, 0, 1, 2}
+    # more components than the SVD keeps: refused before any work
+    assert main(["ica", str(results), "--components", "9", "--quiet"]) == 2
+    assert "at most the SVD's 6" in capsys.readouterr().err
 
 
 def test_quantify_without_k_factors_on_a_real_store_is_refused_before_any_work(tmp_path, capsys, needs_data):
@@ -109,7 +109,12 @@ def test_analyses_params_refuse_what_they_cannot_honour():
     from xsi_dask.errors import ParameterError
     from xsi_dask.pipeline import AnalysesParams
 
-    assert AnalysesParams(mcr=True).rotate == "varimax"  # MCR starts from the rotation
+    assert AnalysesParams(mcr=True).rotate is None  # MCR starts from its own rotation; --rotate writes the group
+    assert AnalysesParams(segments=3).segment_on == "svd" and AnalysesParams().qc_threshold == 3.5
+    with pytest.raises(ParameterError, match="segments too"):
+        AnalysesParams(segment_on="nmf")
+    with pytest.raises(ParameterError, match="--no-qc"):
+        AnalysesParams(qc=False, qc_threshold=3.0)
     with pytest.raises(ParameterError, match="k_factors"):
         AnalysesParams(k_factors="k.yaml")
     with pytest.raises(ParameterError, match="segments"):
@@ -134,3 +139,16 @@ def test_nmf_with_a_known_spectrum_from_another_run(ran, tmp_path):
 
     with pytest.raises(ParameterError, match="GROUP nmf or mcr"):
         NMFParams(known_spectra=[f"{results}:svd:1"])
+    with pytest.raises(ParameterError, match="GROUP nmf or mcr"):
+        NMFParams(known_spectra=[f"{results}:nmf"])  # the index forgotten: not taken for a file name
+
+
+def test_replacing_the_svd_drops_the_groups_computed_from_the_old_results(ran, sim, capsys):
+    results = ran / "results.zarr"
+    assert has_group(results, "rotation") and has_group(results, "qc")
+    assert main(["decompose", str(sim / "m.zarr"), "--out", str(results), "--components", "6", "--solver", "gram",
+                 "--overwrite", "--workers", "1", "--quiet"]) == 0
+    assert "the groups computed from the results before it go too" in capsys.readouterr().out
+    for g in ("rotation", "mcr", "ica", "segments", "elements", "quantification", "qc"):
+        assert not has_group(results, g), g  # never left to describe results that are gone
+    assert has_group(results, "svd") and has_group(results, "nmf")

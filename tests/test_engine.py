@@ -421,15 +421,16 @@ def test_run_on_jeol_computes_the_svd_once(needs_data, tmp_path):
     """`xsi-dask run` on the JEOL map split 4x4: NMF starts from the run's SVD (11 passes fewer than its own
     Poisson NNDSVDa) and equals NMF started from a separately computed SVD with the same seed."""
     from xsi_dask.io.results import open_results
-    from xsi_dask.pipeline import ClusterParams, LayoutParams, NMFParams, SVDParams, run
+    from xsi_dask.pipeline import ClusterParams, LayoutParams, NMFParams, SVDParams, ViewParams, run
 
-    res = run([EDS / "jeol_View000_0000006.pts"], tmp_path / "run", layout=LayoutParams(split="4x4"),
+    # binned 4 x 4 (tiles of 32 x 32): the passes and the equality do not depend on it, the test's time does
+    res = run([EDS / "jeol_View000_0000006.pts"], tmp_path / "run", layout=LayoutParams(split="4x4"), view=ViewParams(bin=4),
               svd=SVDParams(components=10, seed=0), nmf=NMFParams(components=4, max_iter=20, tol=0),
               cluster=ClusterParams(workers=2), progress=False)
     from xsi_dask.montage.prepare import analysis_view
 
     got = open_results(res.results, "nmf")
-    m = analysis_view(xsi_dask.open_montage(res.store))  # what run analyses by default
+    m = analysis_view(xsi_dask.open_montage(res.store), bin=4)  # what run analysed
     with dask.config.set(scheduler="sync"):
         svd = xsi_dask.decompose(m, 10, seed=0)
         ref = xsi_dask.nmf(m, 4, max_iter=20, tol=0, init=svd)

@@ -356,15 +356,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     st = MontageStore(args.store)
     info = st.info()
-    qc = tile_qc(open_montage(st))  # the dose from the stored per-tile sums: no pass over the counts
+    try:  # the dose from the stored per-tile sums: no pass over the counts
+        qc, qc_error = tile_qc(open_montage(st)), None
+    except XSIError as exc:  # a damaged store still gets its summary; verify says more
+        qc, qc_error = None, str(exc)
     if args.json:
-        info["qc"] = {"flagged_tiles": [int(t) for t in qc["tile"].values[qc["flagged"].values]],
-                      "threshold": float(qc.attrs["threshold"]),
-                      "z_dose": [float(v) for v in qc["z_dose"].values]}
+        import math
+
+        info["qc"] = {"error": qc_error} if qc is None else {
+            "flagged_tiles": [int(t) for t in qc["tile"].values[qc["flagged"].values]],
+            "threshold": float(qc.attrs["threshold"]),
+            "z_dose": [float(v) if math.isfinite(v) else None for v in qc["z_dose"].values]}
         print(json.dumps(info, indent=2))
     else:
         print(format_info(info))
-        print(format_qc(qc))
+        print(format_qc(qc) if qc is not None else f"tile QC       not computed: {qc_error}")
     return 0
 
 

@@ -88,25 +88,35 @@ def _kfactors(params: AnalysesParams, montage, table):
     return simulator_kfactors(table, store=st), "the simulator's physics"
 
 
-def check_analyses(params: AnalysesParams, montage, elements, available=("svd", "nmf")) -> None:
+def check_analyses(params: AnalysesParams, montage, elements, available=("svd", "nmf"), *, k: int | None = None,
+                   svd_components: int | None = None) -> None:
     """Refuse, before any pass, what the analyses cannot do: segments of a group that will not be there, a
-    quantification without elements or k-factors. ``available``: the groups there before the analyses run."""
+    quantification without elements or k-factors (or k-factors without one of its lines), a rotation, MCR or
+    ICA of more components than the SVD keeps. ``available``: the groups there before the analyses run."""
     there = set(available) | set(analyses_groups(params))
+    if params.mcr and "svd" not in there:
+        raise ParameterError("MCR starts from the SVD's stored scores: the results hold no svd group")
+    if k is not None and svd_components is not None and (params.rotate or params.mcr or params.ica):
+        if not 2 <= k <= svd_components:
+            raise ParameterError(f"the rotation, MCR and ICA take as many components as the NMF's {k} endmembers: "
+                                 f"at least 2 and at most the SVD's {svd_components} (--components)")
     if params.segments and params.segment_on not in there:
         raise ParameterError(f"the segments are of the {params.segment_on} group's maps, which the results do not hold"
                              + (" (ask for --mcr too)" if params.segment_on == "mcr" else ""))
     if params.quantify and not ({"nmf", "mcr"} & there):
         raise ParameterError("the quantification is of endmember spectra: the results hold no nmf or mcr group")
-    if not params.quantify:
+    if not params.quantify or montage is None:
         return
     from ..quantify import element_lines
+    from ..quantify._cliff_lorimer import kfactor_array
 
     table = element_lines(_elements(montage, elements), montage)
-    _kfactors(params, montage, table)
+    kf, _ = _kfactors(params, montage, table)
+    kfactor_array(kf, list(table.lines), list(table.elements))  # every line has its k-factor
 
 
 def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elements=None, progress: bool = True,
-                 write) -> AnalysesDone:
+                 write, available=("svd", "nmf")) -> AnalysesDone:
     """Run the analyses ``params`` asks for on the results store ``results``; each group written by ``write``.
 
     Parameters
@@ -122,6 +132,9 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         Elements of the element maps (default: the files').
     write : callable
         ``write(name, dataset)`` writes one group into ``results``.
+    available : sequence of str
+        The groups ``results`` holds before the analyses (the QC's residual is of the MCR's model where
+        there is one, else the NMF's, else the QC is of the dose alone).
 
     Returns
     -------
@@ -140,6 +153,14 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         done.passes[name] = int(ds.attrs.get("passes", 0))
         return ds
 
+    from ..io.results import open_results
+
+    there = set(available)
+    n_svd = int(open_results(results, "svd").sizes["component"]) if "svd" in there else 0
+    if (params.rotate or params.mcr or params.ica) and k > n_svd:  # endmembers from the data beyond the SVD's k
+        done.lines["components"] = (f"the rotation, MCR and ICA take the SVD's {n_svd} components, fewer than the "
+                                    f"{k} endmembers (--components sets the SVD's)")
+        k = n_svd
     if params.rotate:
         ds = step("rotation", rotate, results, k, progress=progress)
         done.lines["rotation"] = (f"{params.rotate} rotation of {k} components: {ds.attrs.get('n_iter')} iterations, "
@@ -167,8 +188,10 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
     if params.qc:
         from ..qc import tile_qc
 
-        group = "mcr" if params.mcr else "nmf"
-        ds = step("qc", tile_qc, montage, results=results, group=group, threshold=params.qc_threshold)
+        models = there | set(done.groups)
+        group = "mcr" if "mcr" in models else "nmf" if "nmf" in models else None
+        ds = step("qc", tile_qc, montage, results=None if group is None else results, group=group or "nmf",
+                  threshold=params.qc_threshold)
         flagged = [int(t) for t in ds["tile"].values[ds["flagged"].values]]
         done.lines["qc"] = f"tile QC: {len(flagged)} tile(s) flagged" + (f": {flagged}" if flagged else "")
     return done
@@ -214,24 +237,33 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
         ``results`` is not a results store, or lacks the ``svd`` group these analyses start from.
     """
     from ..engine.maps import results_view
+    from ..errors import StoreFormatError
     from ..io.results import _consolidate, check_results_target, open_result_groups, results_update, write_results
     from ._run import _client, _defaults
 
     (cluster,) = _defaults(cluster=cluster)
     groups = open_result_groups(results)
-    if "svd" not in groups and (params.rotate or params.ica or params.segment_on == "svd" and params.segments):
-        raise ParameterError(f"{results}: no svd group: the rotation, MCR and ICA start from the SVD's scores "
-                             "(xsi-dask decompose, or run)")
-    base = groups.get("svd", groups.get("nmf"))
-    k = _default_k(groups) if components is None else int(components)
+    on_scores = bool(params.rotate or params.mcr or params.ica or (params.segments and params.segment_on == "svd"))
+    if "svd" not in groups and on_scores:
+        raise StoreFormatError(f"{results}: no svd group: the rotation, MCR, ICA and segments of the scores start from "
+                               "the SVD's stored scores (xsi-dask decompose, or run)")
+    if params.segments and params.segment_on not in groups:
+        raise StoreFormatError(f"{results}: no {params.segment_on} group to segment")
+    k = 0
+    if on_scores:
+        k = _default_k(groups) if components is None else int(components)
+        check_analyses(params, None, None, available=tuple(groups), k=k, svd_components=groups["svd"].sizes["component"])
     names = analyses_groups(params)
     out = check_results_target(results, names, overwrite=overwrite)
+    # the view of the group analysed: the model's for the QC and the quantification, the SVD's for the scores
+    model = next((g for g in ("mcr", "nmf") if g in groups), None)
+    base = groups[model] if (params.qc or params.quantify) and model and not on_scores else groups.get("svd", groups.get(model))
     montage = results_view(base)
     if elements is None and base.attrs.get("elements"):
         elements = list(base.attrs["elements"])
     check_analyses(params, montage, elements, available=tuple(groups))
     with results_update(out, names, overwrite=overwrite) as staged, _client(cluster):
         _consolidate(staged)  # the kept groups readable as the analyses open them (the commit consolidates again)
-        return run_analyses(staged, montage, params, k, elements=elements, progress=progress,
+        return run_analyses(staged, montage, params, k, elements=elements, progress=progress, available=tuple(groups),
                             write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True))
 

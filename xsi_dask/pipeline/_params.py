@@ -154,7 +154,8 @@ class AnalysesParams(_Params):
     """The analyses a run adds after its SVD and NMF (issue #13), each written as its own results group.
 
     ``rotate`` ("varimax" or None): the spatial-simplicity rotation of the top-k Poisson-scaled scores
-    (group ``rotation``); ``mcr``: factored MCR-ALS started from it (group ``mcr``; implies the rotation);
+    (group ``rotation``); ``mcr``: factored MCR-ALS started from that rotation (group ``mcr``, which records
+    the rotation it started from; ``rotate`` also writes the rotation's own group);
     ``ica``: FastICA of the whitened scores (group ``ica``); ``segments`` K: k-means of the ``segment_on``
     group's maps into K classes (group ``segments``); ``quantify``: net X-ray line maps of the run's elements
     (group ``elements``) and Cliff-Lorimer compositions of every endmember spectrum (group
@@ -168,22 +169,26 @@ class AnalysesParams(_Params):
     mcr: bool = False
     ica: bool = False
     segments: int | None = None
-    segment_on: str = "svd"
+    segment_on: str | None = None
     quantify: bool = False
     k_factors: Path | None = None
     qc: bool = True
-    qc_threshold: float = 3.5
+    qc_threshold: float | None = None
 
     def __post_init__(self) -> None:
         o = "AnalysesParams"
         if self.rotate is not None:
             _choice(o, "rotate", self.rotate, ROTATIONS)
         _bool(o, "mcr", self.mcr)
-        if self.mcr and self.rotate is None:  # MCR starts from the spatial-simplicity rotation
-            _set(self, "rotate", "varimax")
         _bool(o, "ica", self.ica)
         _int(o, "segments", self.segments, 2, optional=True)
-        _choice(o, "segment_on", self.segment_on, SEGMENT_FEATURES)
+        if self.segment_on is not None:
+            _choice(o, "segment_on", self.segment_on, SEGMENT_FEATURES)
+            if self.segments is None:
+                raise ParameterError(f"{o}: segment_on={self.segment_on!r} says what the k-means segments; ask for "
+                                     "segments too (--segments K)")
+        elif self.segments is not None:
+            _set(self, "segment_on", "svd")
         _bool(o, "quantify", self.quantify)
         if self.k_factors is not None:
             if not isinstance(self.k_factors, (str, Path)) or not str(self.k_factors):
@@ -193,7 +198,12 @@ class AnalysesParams(_Params):
                                      "(--quantify)")
             _set(self, "k_factors", Path(self.k_factors).resolve())
         _bool(o, "qc", self.qc)
-        _set(self, "qc_threshold", _float(o, "qc_threshold", self.qc_threshold, 0.5))
+        if self.qc_threshold is not None:
+            if not self.qc:
+                raise ParameterError(f"{o}: qc_threshold={self.qc_threshold} is the tile QC's, which is off (--no-qc)")
+            _set(self, "qc_threshold", _float(o, "qc_threshold", self.qc_threshold, 0.5))
+        elif self.qc:
+            _set(self, "qc_threshold", 3.5)
 
     def describe(self) -> str:
         """One line for the run's printout and report."""
@@ -219,9 +229,9 @@ def _known_spectrum(value: Any) -> str:
         raise ParameterError(f"NMFParams.known_spectra: each entry is a spectrum file or RESULTS.zarr:GROUP:INDEX; got {value!r}")
     text = str(value)
     parts = text.rsplit(":", 2)
-    if len(parts) == 3 and parts[0].rstrip("/").endswith(".zarr"):
-        path, group, index = parts
-        if group not in ("nmf", "mcr") or not index.isdigit():
+    if ".zarr:" in text or (len(parts) == 3 and parts[0].rstrip("/").endswith(".zarr")):
+        path, group, index = parts if len(parts) == 3 else (text, "", "")
+        if not path.rstrip("/").endswith(".zarr") or group not in ("nmf", "mcr") or not index.isdigit():
             raise ParameterError(f"NMFParams.known_spectra: {text!r}: another run's endmember is RESULTS.zarr:GROUP:INDEX with "
                                  "GROUP nmf or mcr and INDEX a component number, e.g. run1/results.zarr:nmf:2")
         return f"{Path(path).resolve()}:{group}:{int(index)}"

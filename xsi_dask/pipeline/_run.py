@@ -634,7 +634,8 @@ def run(
     # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
     montage = None if store is None else _view(store, view)
     if montage is not None:  # the analyses' own refusals (no elements or k-factors to quantify), before any work
-        check_analyses(analyses, montage, view.elements)
+        check_analyses(analyses, montage, view.elements, k=nmf.components, svd_components=svd.components)
+        known_spectra(nmf, montage)  # the references: there, readable, on the view's channels
     cluster = _with_slurm_memory(cluster, montage, (svd.components, nmf.components), svd.solver)
 
     created = _make_folder(out)
@@ -698,7 +699,8 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         print(format_info(info))
         if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
             montage = _view(store, view)
-            check_analyses(analyses, montage, view.elements)
+            check_analyses(analyses, montage, view.elements, k=nmf.components, svd_components=svd.components)
+            known_spectra(nmf, montage)
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
@@ -719,7 +721,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         _nmf(montage, nmf, init, staged, progress)
         _annotate(staged, "nmf", {**recorded, "n_components_source": k_source}, consolidate=True)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
-        done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress,
+        done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress, available=("svd", "nmf"),
                             write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True, progress=progress))
         for line in done.lines.values():
             print(line)
@@ -781,8 +783,14 @@ def _analyse_store(store, out, group: str, params, view: ViewParams, cluster, ov
     recorded = {**_view_attrs(view), **_performance_attrs(cluster)}
     # the staged store (the kept groups of out plus this one) replaces out when complete, after the cluster is down;
     # Dask's performance report (--performance-report) is gathered while the cluster is up, put beside out after
-    with (_performance_report(cluster, out.parent) as gather, results_update(out, [group], overwrite=overwrite) as staged,
-          _client(cluster), gather):
+    # the analyses computed from the group replaced would describe the old one: they go with it (never stale)
+    from ..io.results import RESULT_GROUPS, has_group
+
+    derived = [g for g in RESULT_GROUPS if g not in ("svd", "nmf") and has_group(out, g)] if has_group(out, group) else []
+    if derived:
+        print(f"replacing {group}: the groups computed from the results before it go too: {', '.join(derived)}")
+    with (_performance_report(cluster, out.parent) as gather,
+          results_update(out, [group, *derived], overwrite=overwrite) as staged, _client(cluster), gather):
         check_workers_see_store(st.path)
         if group == "nmf":
             source = "given" if params.components is not None else "default"

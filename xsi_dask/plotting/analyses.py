@@ -109,7 +109,9 @@ def save_analyses(folder: Path, groups: Mapping[str, xr.Dataset], *, per_page: i
                                  per_page=per_page, max_px=max_px, **kw)[0])
 
     if "rotation" in groups:
-        spectra_and_maps("rotation", "loadings", "scores", "Varimax-rotated (spatial simplicity)", "loading", "", True)
+        gamma = float(groups["rotation"].attrs.get("gamma", 1.0))
+        name = "Varimax" if gamma == 1.0 else f"Orthomax (gamma {gamma:g})"
+        spectra_and_maps("rotation", "loadings", "scores", f"{name}-rotated (spatial simplicity)", "loading", "", True)
     if "mcr" in groups:
         spectra_and_maps("mcr", "spectra", "abundances", "MCR-ALS endmember", "fraction of counts", "counts", False)
         if "loss" in groups["mcr"]:
@@ -223,7 +225,9 @@ def analyses_sections(groups: Mapping[str, xr.Dataset], by_name: Mapping[str, li
     if "segments" in groups:
         s = groups["segments"]
         rows = {**attr_rows(s, (("method", "method"), ("features", "features"), ("n_clusters", "segments"),
-                                ("inertia", "inertia"), ("seed", "seed"))), **_rows_common(s.attrs)}
+                                ("n_components", "components clustered"), ("seed", "seed"))), **_rows_common(s.attrs)}
+        if "inertia" in s:
+            rows["inertia (within-segment sum of squares)"] = format_number(float(np.sum(s["inertia"].values)))
         if "pixels" in s:
             total = float(np.sum(s["pixels"].values)) or 1.0
             rows["pixels per segment"] = ", ".join(f"#{i}: {100 * float(n) / total:.1f} %"
