@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test lint bench bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
+.PHONY: demo test test-all lint bench bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,12 @@ demo: $(VENV)/.installed
 	  echo && echo "Report: $(DEMO)/simulated/report.html"; \
 	fi
 
+# the tests marked slow (whole runs with every analysis, the soak, whole-map tilings) run in test-all, not in CI's
+# make test (kept under 20 minutes on 2 cores)
 test: $(VENV)/.installed-test lint
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.installed-test lint
 	$(PY) -m pytest -q
 
 # style (ruff) and the package's layering (import-linter contracts in pyproject.toml)

@@ -30,6 +30,7 @@ def ran(sim):
     return out
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_run_writes_every_group_its_figures_and_report_sections(ran):
     results = ran / "results.zarr"
     for g in ("svd", "nmf", "rotation", "mcr", "ica", "segments", "elements", "quantification", "qc"):
@@ -47,6 +48,7 @@ def test_run_writes_every_group_its_figures_and_report_sections(ran):
     assert saved["analyses"]["segments"] == 4 and saved["analyses"]["quantify"] is True
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_the_low_count_tile_is_flagged_by_run_and_by_info(ran, sim, capsys):
     qc = open_results(ran / "results.zarr", "qc")
     assert [int(t) for t in qc["tile"].values[qc["flagged"].values]] == [3]
@@ -56,6 +58,7 @@ def test_the_low_count_tile_is_flagged_by_run_and_by_info(ran, sim, capsys):
     assert "1 of 4 tiles flagged" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_mcr_fits_the_counts_nearly_as_well_as_the_kl_nmf(ran):
     # the phase-recovery targets are tests/test_rotate_mcr.py's (this montage is too small for them): here the
     # factored model, fitted without reading the counts, against the KL optimum of the same k on the same counts
@@ -68,6 +71,7 @@ def test_mcr_fits_the_counts_nearly_as_well_as_the_kl_nmf(ran):
     assert 2 * nmf.attrs["divergence"] <= mcr.attrs["deviance"] <= 1.1 * 2 * nmf.attrs["divergence"]
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_quantification_has_every_endmember_and_sums_to_100(ran):
     q = open_results(ran / "results.zarr", "quantification")
     at = q["atomic_percent"].values
@@ -81,6 +85,7 @@ def test_quantification_has_every_endmember_and_sums_to_100(ran):
     np.testing.assert_allclose(total[finite], 100.0, rtol=1e-6)
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_the_commands_on_a_results_store(ran, sim, capsys):
     results = ran / "results.zarr"
     # a group that is there is refused without --overwrite, before any work
@@ -124,6 +129,7 @@ def test_analyses_params_refuse_what_they_cannot_honour():
     assert xsi_dask.pipeline.AnalysesParams().describe().startswith("tile QC")
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_nmf_with_a_known_spectrum_from_another_run(ran, tmp_path):
     from xsi_dask.pipeline import NMFParams, nmf_store
 
@@ -143,6 +149,7 @@ def test_nmf_with_a_known_spectrum_from_another_run(ran, tmp_path):
         NMFParams(known_spectra=[f"{results}:nmf"])  # the index forgotten: not taken for a file name
 
 
+@pytest.mark.slow  # the whole run with every analysis (~2 min): make test-all
 def test_replacing_the_svd_drops_the_groups_computed_from_the_old_results(ran, sim, capsys):
     results = ran / "results.zarr"
     assert has_group(results, "rotation") and has_group(results, "qc")

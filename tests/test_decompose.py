@@ -153,6 +153,7 @@ def test_explained_variance_ratio_equals_hyperspy(name, split, tile, window, tmp
     np.testing.assert_allclose(rnd.explained_variance_ratio.values[:1], ref[:1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # ~30 s, two ingests of the whole JEOL map: make test-all
 def test_tiling_changes_nothing_jeol(tmp_path):
     """The JEOL map whole vs split 4x4: same gram singular values, same scores per pixel.
 

@@ -8,6 +8,7 @@ import shutil
 import dask
 import numpy as np
 import psutil
+import pytest
 
 import xsi_dask
 from xsi_dask.io import store as store_mod
@@ -35,6 +36,7 @@ def _peak() -> int:
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow  # ~30 s: make test-all
 def test_fifty_decompositions_in_one_process_keep_memory_flat(tmp_path):
     """50 decompositions over 25 stores (each seen twice): the peak resident memory of each of the last 10
     stays within 10 % of the first 10's, and at most 16 store handles stay open."""
