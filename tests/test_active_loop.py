@@ -552,6 +552,7 @@ def cuzn_experiment(seed: int):
 
 
 @pytest.mark.skipif(not EELS.is_dir(), reason=f"real EELS data not found at {EELS}")
+@pytest.mark.slow  # ~30 s: make test-all (make test under 20 min)
 def test_cuzn_haadf_patches_steer_the_eels_measurements():
     pytest.importorskip("gpytorch")
     ds, truth, calls, rho = cuzn_experiment(0)

@@ -96,6 +96,7 @@ def test_units_are_pinned_so_each_worker_caches_its_own_tiles(tmp_path):
     assert held == [[0, 2], [1, 3]], held
 
 
+@pytest.mark.slow  # ~30 s: make test-all (make test under 20 min)
 def test_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", str(EDS / "P45_the_default_job.bcf"), "--split", "3x4", "--out", str(out),

@@ -109,6 +109,7 @@ def test_deterministic_overlap_and_low_count_tile(tmp_path):
     assert cpp[3] < 0.2 * np.mean(cpp[:3])
 
 
+@pytest.mark.slow  # ~30 s: make test-all (make test under 20 min)
 def test_svd_solvers_agree_on_simulated_montage(small):
     m = xsi_dask.open_montage(small)
     g = xsi_dask.decompose(m, 8, solver="gram")
@@ -157,6 +158,7 @@ def dense_replica(tmp_path_factory):
                     progress=False)
 
 
+@pytest.mark.slow  # ~30 s: make test-all (make test under 20 min)
 def test_nmf_recovers_every_phase(dense_replica):
     """KL NMF with k = the true number of phases: every spectrum within 3 degrees, every map r >= 0.95.
 
