@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test test-all lint bench bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
+.PHONY: demo test test-all lint bench bench-analyses bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench: $(VENV)/.installed-bench
 # 4D-STEM scan and montage, and the one-core step timing; `benchmarks/bench_dkl.py --quick` for a short run
 bench-dkl: $(VENV)/.installed-bench $(VENV)/.installed-active
 	$(PY) benchmarks/bench_dkl.py --out docs/benchmarks-dkl.md
+
+# issue #13's figures: rotation/MCR/NMF phase recovery, k-means ARI, known spectra, Cliff-Lorimer, tile QC (~30 min)
+bench-analyses: $(VENV)/.installed-bench $(VENV)/.installed-test
+	$(PY) benchmarks/bench_analyses.py --out docs/benchmarks-analyses.md
 
 # the 1.6 TB-equivalent montage (10 x 10 tiles of 1024 x 1024 x 4096): about an hour here, not in CI
 bench-scale: $(VENV)/.installed-bench

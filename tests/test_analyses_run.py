@@ -97,7 +97,7 @@ def test_the_commands_on_a_results_store(ran, sim, capsys):
     assert not qc["flagged"].values.any() and qc.attrs["threshold"] == 100
     np.testing.assert_allclose(qc["z_dose"].values, before)
     # more components than the SVD keeps: refused before any work
-    assert main(["ica", str(results), "--components", "9", "--quiet"]) == 2
+    assert main(["ica", str(results), "--components", "9", "--overwrite", "--quiet"]) == 2
     assert "at most the SVD's 6" in capsys.readouterr().err
 
 

@@ -394,3 +394,10 @@ def test_montage_defaults_and_quantify_results(sim_store, truths, tmp_path):
     assert q2.attrs["group"] == "nmf"
     with pytest.raises(ParameterError, match="no mcr group"):
         quantify_results(out, k, table=full_table, group="mcr")
+
+
+def test_a_line_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "k.yaml"
+    path.write_text("Fe_Ka: 1.0\nCr_Ka: 0.9\nFe_Ka: 2.0\n")  # YAML itself would keep the last
+    with pytest.raises(KFactorError, match=r"lines 1, 3: Fe_Ka is given 2 times"):
+        read_kfactors(path)

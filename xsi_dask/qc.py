@@ -196,7 +196,8 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
         (z_rate < -threshold), ``high_residual`` (z_residual > threshold) and
         ``flagged`` (any). ``attrs``: ``threshold``, ``min_spread``,
         ``method``, ``live_time_reason``, ``passes`` (over the counts: 1 with
-        ``results``, else 0), ``results`` and ``group``.
+        ``results``, 0 without, or when the group stores its model's ``deviance (tile)``
+        as MCR does), ``results`` and ``group``.
 
     Raises
     ------
@@ -247,10 +248,9 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
                              f"{min_spread!r}")
     plan = make_plan(montage)
     st = plan.open_store()
-    pixels = int(plan.tile_shape[0] * plan.tile_shape[1])
-    sel = None if plan.channels is None else np.asarray(plan.channels)
-    counts = np.array([float(st.sum_spectrum(t).astype(np.float64)[sel].sum() if sel is not None
-                             else st.sum_spectrum(t).astype(np.float64).sum()) for t in plan.tiles])
+    pixels = plan.pixels_per_tile
+    keep = slice(None) if plan.channels is None else np.asarray(plan.channels)
+    counts = np.array([float(st.sum_spectrum(t).astype(np.float64)[keep].sum()) for t in plan.tiles])
     cpp = counts / pixels
     live, why_live = _live_times(plan, st)
     with np.errstate(divide="ignore"):
@@ -276,8 +276,14 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
     if results is not None:
         res = open_results(results, group)
         S = _check_spectra(res, montage, results, group)
-        dev = tile_deviance(plan, map_source(results, group, "abundances", plan), S, label=f"tile QC deviance ({group})")
-        d = np.asarray(dev["deviance"].values, dtype=np.float64)
+        stored = res.get("deviance")
+        if stored is not None and stored.dims == ("tile",) and [int(t) for t in stored["tile"].values] == list(plan.tiles):
+            d = np.asarray(stored.values, dtype=np.float64)  # the model's own residual pass (MCR's): not read again
+            passes = 0
+        else:
+            dev = tile_deviance(plan, map_source(results, group, "abundances", plan), S, label=f"tile QC deviance ({group})")
+            d = np.asarray(dev["deviance"].values, dtype=np.float64)
+            passes = 1
         with np.errstate(divide="ignore", invalid="ignore"):
             per_count = d / counts
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -285,7 +291,7 @@ def tile_qc(montage: xr.DataArray, *, results: str | Path | None = None, group: 
         data.update(deviance=("tile", d), deviance_per_pixel=("tile", d / pixels),
                     deviance_per_count=("tile", per_count), z_residual=("tile", z_res))
         flags["high_residual"] = z_res > threshold
-        attrs.update(results=str(Path(results).resolve()), group=group, passes=1)
+        attrs.update(results=str(Path(results).resolve()), group=group, passes=passes)
     flagged = np.zeros(tiles.size, dtype=bool)
     for name, f in flags.items():
         data[name] = ("tile", np.asarray(f, dtype=bool))  # NaN scores compare False: never flagged

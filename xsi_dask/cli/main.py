@@ -71,7 +71,8 @@ def _add_analyses_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("analyses after the NMF (each its own results group)")
     a.add_argument("--rotate", choices=("varimax",),
                    help="spatial-simplicity rotation of the top-k Poisson-scaled scores (group rotation; k = the NMF's endmembers)")
-    a.add_argument("--mcr", action="store_true", help="factored MCR-ALS started from the rotation (group mcr; implies --rotate varimax)")
+    a.add_argument("--mcr", action="store_true", help="factored MCR-ALS started from the varimax rotation (group mcr, which "
+                                                      "records the rotation; --rotate varimax also writes the rotation's group)")
     a.add_argument("--ica", action="store_true", help="FastICA of the whitened scores (group ica)")
     a.add_argument("--segments", type=int, metavar="K", help="k-means segmentation into K classes (group segments)")
     a.add_argument("--segment-on", choices=("svd", "nmf", "mcr"),
@@ -444,7 +445,7 @@ def _analyses_params(g: dict):
 
 _ANALYSIS_COMMANDS = {
     "rotate": "spatial-simplicity (varimax) rotation of the SVD in RESULTS.zarr (group rotation)",
-    "mcr": "factored MCR-ALS of the SVD in RESULTS.zarr, from its varimax rotation (groups rotation, mcr)",
+    "mcr": "factored MCR-ALS of the SVD in RESULTS.zarr, from its varimax rotation (group mcr)",
     "ica": "FastICA of the SVD scores in RESULTS.zarr (group ica)",
     "segment": "k-means segmentation of the maps in RESULTS.zarr and the segments' mean spectra (group segments)",
     "quantify": "element maps and Cliff-Lorimer compositions of the endmembers in RESULTS.zarr (groups elements, "

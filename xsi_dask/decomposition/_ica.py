@@ -24,13 +24,10 @@ import xarray as xr
 from .._dask import compute
 from ..errors import ConvergenceWarning, DecompositionError, MissingDependencyError, StoreFormatError
 from ..io.results import has_group, open_results, write_results
-from ._svd import count_arg
+from ._svd import carried_attrs, count_arg, map_coords
 
 __all__ = ["fastica_unmixing", "ica", "order_and_sign", "sample_pixels", "whiten"]
 
-# attributes of the SVD an ICA result keeps, so that results_view and the reports find the montage
-CARRIED = ("store", "store_uuid", "bin", "energy_range", "n_channels", "zero_peak_cutoff", "counts_per_pixel",
-           "signal_type", "beam_energy", "elements", "xray_lines", "live_time", "real_time")
 
 
 def sample_pixels(maps: da.Array, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +309,6 @@ def ica(
     ica_maps = maps.map_blocks(_apply, to_maps, dtype=np.float64)
 
     comp_coord = np.arange(k)
-    map_coords = {c: svd.coords[c] for c in svd["scores"].coords if c != "component"}
     ds = xr.Dataset(
         {
             "unmixing": (("component", "svd_component"), w),
@@ -320,9 +316,9 @@ def ica(
             "loadings": (("component", "energy"), spectra_of(w)),
             "scores": (("tile", "y", "x", "component"), ica_maps),
         },
-        coords={"component": comp_coord, "svd_component": comp_coord, "energy": svd["energy"], **map_coords},
+        coords={"component": comp_coord, "svd_component": comp_coord, "energy": svd["energy"], **map_coords(svd["scores"])},
         attrs={
-            **{a: svd.attrs[a] for a in CARRIED if a in svd.attrs},
+            **carried_attrs(svd),
             "method": "FastICA (HyperSpy blind source separation convention)",
             "on": on,
             "diff_order": diff_order,

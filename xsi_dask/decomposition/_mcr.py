@@ -59,8 +59,8 @@ from ..engine.maps import MapSource, tile_deviance
 from ..errors import ConvergenceWarning, DecompositionError
 from ..linalg.nnls import fcnnls
 from ..progress import Progress
-from ._rotate import ScaledSVD, _check_iteration_args, carried_attrs, rotation_of, scaled_rows, scaled_svd
-from ._svd import map_coords
+from ._rotate import ScaledSVD, _check_iteration_args, resolve_strategy, rotation_of, scaled_rows, scaled_svd
+from ._svd import carried_attrs, map_coords
 
 __all__ = ["mcr", "mcr_fit", "McrFit", "factored_loss", "update_spectra", "start_spectra"]
 
@@ -185,7 +185,7 @@ class McrFit:
 
 
 def mcr_fit(f: ScaledSVD, *, sparsity: float = 1.0, max_iter: int = 500, tol: float = 1e-8,
-            rotation_tol: float = 1e-12, progress: Progress | None = None) -> McrFit:
+            rotation_tol: float = 1e-12, rotation: np.ndarray | None = None, progress: Progress | None = None) -> McrFit:
     """MCR-ALS on the factors ``f`` (from :func:`~xsi_dask.decomposition._rotate.scaled_svd`): passes over the maps only.
 
     Minimises ||T~ P^T - C~ S~^T||^2 + lambda sum C~ over C~, S~ >= 0 with the
@@ -196,8 +196,10 @@ def mcr_fit(f: ScaledSVD, *, sparsity: float = 1.0, max_iter: int = 500, tol: fl
     iteration changes the objective by less than ``tol`` ||T~||^2.
     """
     shift = float(sparsity) * noise_scale(f)
-    R, rot_iter, _, _ = rotation_of(f, gamma=1.0, tol=rotation_tol, max_iter=1000, strategy="moments" if f.k <= 16
-                                    else "iterate")
+    if rotation is None:
+        R, rot_iter, _, _ = rotation_of(f, gamma=1.0, tol=rotation_tol, max_iter=1000, strategy=resolve_strategy("auto", f.k))
+    else:  # the varimax rotation of the same factors, computed already (rotate's ``rotation``)
+        R, rot_iter = rotation, 0
     S = start_spectra(f, R)
     P = f.V
 
@@ -228,6 +230,17 @@ def mcr_fit(f: ScaledSVD, *, sparsity: float = 1.0, max_iter: int = 500, tol: fl
     return McrFit(S, loss, n_iter, converged, R, rot_iter, totals, CtC, TtC, tt, shift)
 
 
+def _start(rotation, k: int) -> np.ndarray | None:
+    """A given start rotation, checked: k x k, finite, orthogonal (that of :func:`~xsi_dask.rotate` on the same SVD)."""
+    if rotation is None:
+        return None
+    R = np.asarray(rotation, dtype=np.float64)
+    if R.shape != (k, k) or not np.all(np.isfinite(R)) or not np.allclose(R.T @ R, np.eye(k), atol=1e-8):
+        raise DecompositionError(f"rotation must be the orthogonal {k} x {k} rotation of the same SVD's top {k} "
+                                 f"components (rotate()'s 'rotation'); got an array of shape {R.shape}")
+    return R
+
+
 def mcr(
     results: str | Path,
     n_components: int | None = None,
@@ -236,6 +249,7 @@ def mcr(
     max_iter: int = 500,
     tol: float = 1e-8,
     residual: bool = True,
+    rotation: np.ndarray | None = None,
     progress: bool = False,
 ) -> xr.Dataset:
     """Factored MCR-ALS (non-negative spectra and abundances) of a stored Poisson-scaled SVD.
@@ -282,6 +296,10 @@ def mcr(
     residual : bool
         Compute the per-tile Poisson deviance in one pass over the counts
         (default True).
+    rotation : ndarray of shape (k, k), optional
+        The start's varimax rotation when it is computed already (the
+        ``rotation`` of :func:`~xsi_dask.rotate` on the same SVD and k);
+        default: computed here.
     progress : bool
         A progress display of the passes.
 
@@ -312,7 +330,7 @@ def mcr(
         No ``svd`` group in ``results``; a centred SVD (``center=True``: the
         mean is not part of a non-negative model; decompose with
         ``center=False``); no ``pixel_counts``; a bad ``n_components``,
-        ``max_iter`` or ``tol``.
+        ``max_iter`` or ``tol``; a ``rotation`` that is not an orthogonal k x k matrix.
     ViewError
         The SVD's montage store was rewritten or moved.
 
@@ -346,7 +364,7 @@ def mcr(
     k = f.k
     plan = f.plan
     with Progress(f"factored MCR-ALS (k={k})", max_iter + 2 + int(residual), unit="passes", enabled=progress) as bar:
-        fit = mcr_fit(f, sparsity=sparsity, max_iter=max_iter, tol=tol, progress=bar)
+        fit = mcr_fit(f, sparsity=sparsity, max_iter=max_iter, tol=tol, rotation=_start(rotation, k), progress=bar)
         iteration_passes = plan.passes
         Sp = fit.S * (np.sqrt(f.h)[:, None] if f.poisson else 1.0)  # unweighted spectra (channels, k)
         scale = Sp.sum(0)

@@ -53,7 +53,7 @@ from ..engine.maps import MapSource, map_source, results_view
 from ..errors import ConvergenceWarning, DecompositionError, StoreFormatError, ViewError
 from ..io.results import has_group, open_results
 from ..progress import Progress
-from ._svd import ACQUISITION_KEYS, count_arg, map_coords
+from ._svd import carried_attrs, count_arg, map_coords
 
 __all__ = ["rotate", "orthomax", "ScaledSVD", "scaled_svd", "fourth_moments", "rotation_stat_pass"]
 
@@ -61,10 +61,6 @@ __all__ = ["rotate", "orthomax", "ScaledSVD", "scaled_svd", "fourth_moments", "r
 MOMENTS_MAX_K = 16
 
 # the attributes a derived result carries over from its SVD (results_view and the reports read them)
-_CARRIED = ("store", "store_uuid", "bin", "energy_range", "n_channels", "counts_per_pixel", "zero_peak_cutoff",
-            "backend", "poisson", "center", *ACQUISITION_KEYS)
-
-
 @dataclass
 class ScaledSVD:
     """The top-k factors of a stored Poisson-scaled SVD, in the scaled space, and its maps as unit sources.
@@ -291,17 +287,19 @@ def _orient(R: np.ndarray, S: np.ndarray, loadings: np.ndarray) -> tuple[np.ndar
     return R * sign[None, :], order
 
 
-def carried_attrs(svd: xr.Dataset) -> dict:
-    """The SVD's attributes a result derived from it keeps (store, store id, bin, view, acquisition)."""
-    return {k: svd.attrs[k] for k in _CARRIED if k in svd.attrs}
-
-
 def _check_iteration_args(gamma, max_iter, tol) -> None:
     if not (isinstance(gamma, (int, float, np.floating)) and not isinstance(gamma, bool) and 0.0 <= gamma <= 1.0):
         raise DecompositionError(f"gamma must be a number in [0, 1] (1: varimax, 0: quartimax); got {gamma!r}")
     count_arg(max_iter, "max_iter", 1)
     if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and 0 <= tol < np.inf):
         raise DecompositionError(f"tol must be a number >= 0; got {tol!r}")
+
+
+def resolve_strategy(strategy: str, k: int) -> str:
+    """``"auto"``: the fourth moments up to :data:`MOMENTS_MAX_K` components, one map pass per iteration above."""
+    if strategy not in ("auto", "moments", "iterate"):
+        raise DecompositionError(f"strategy must be 'auto', 'moments' or 'iterate'; got {strategy!r}")
+    return ("moments" if k <= MOMENTS_MAX_K else "iterate") if strategy == "auto" else strategy
 
 
 def rotation_of(f: ScaledSVD, *, gamma: float, tol: float, max_iter: int, strategy: str,
@@ -419,12 +417,10 @@ def rotate(
     """
     started = time.perf_counter()
     _check_iteration_args(gamma, max_iter, tol)
-    if strategy not in ("auto", "moments", "iterate"):
-        raise DecompositionError(f"strategy must be 'auto', 'moments' or 'iterate'; got {strategy!r}")
+    resolve_strategy(strategy, 2)  # a bad name refused before the store is opened
     f = scaled_svd(results, n_components)
     k = f.k
-    if strategy == "auto":
-        strategy = "moments" if k <= MOMENTS_MAX_K else "iterate"
+    strategy = resolve_strategy(strategy, k)
     with Progress(f"orthomax rotation (k={k}, gamma={gamma:g})", 1 if strategy == "moments" else max_iter + 1,
                   unit="passes", enabled=progress) as bar:
         R, n_iter, converged, history = rotation_of(f, gamma=gamma, tol=tol, max_iter=max_iter, strategy=strategy,

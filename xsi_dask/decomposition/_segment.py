@@ -22,12 +22,12 @@ import scipy.sparse as sp
 import xarray as xr
 
 from .._dask import compute
+from ..engine.backends._scipy import _rows as csr_rows
 from ..engine.maps import MapSource, map_source, results_view
 from ..engine.plan import Block, make_plan
 from ..errors import DecompositionError, MissingDependencyError, StoreFormatError
 from ..io.results import has_group, open_results, write_results
-from ._ica import CARRIED
-from ._svd import count_arg
+from ._svd import carried_attrs, count_arg, map_coords
 
 __all__ = ["assign", "fit_kmeans", "pixel_features", "segment"]
 
@@ -197,10 +197,6 @@ def _kept_rows(values, counts, kind):
     return X[keep]
 
 
-def _kept_count(values, counts, kind):
-    return int(_tile_features(values, counts, kind)[1].sum())
-
-
 def _label_tile(values, counts, centers, kind):
     X, keep = _tile_features(values, counts, kind)
     return assign(X, keep, centers).reshape(values.shape[:3])
@@ -213,10 +209,7 @@ def _cluster_sums_task(b: Block, values: MapSource, counts: MapSource | None, ce
     X, keep = pixel_features(values.rows(b.unit), None if counts is None else counts.rows(b.unit), kind)
     labels, d2 = assign(X, keep, centers, distances=True)
     n_clusters = centers.shape[0]
-    indptr, indices, data = b.csr
-    lo, hi = int(indptr[0]), int(indptr[-1])
-    D = sp.csr_matrix((np.asarray(data[lo:hi], dtype=np.float64), np.asarray(indices[lo:hi], dtype=np.int64),
-                       np.asarray(indptr, dtype=np.int64) - lo), shape=(b.rows, n_channels))
+    D = csr_rows(*b.csr, n_channels)
     rows = np.flatnonzero(labels >= 0)
     ind = sp.csr_matrix((np.ones(rows.size), (labels[rows], rows)), shape=(n_clusters, b.rows))
     sums = np.asarray((ind @ D).todense())
@@ -370,25 +363,29 @@ def segment(
         if init.shape != (n_clusters, k):
             raise DecompositionError(f"init centroids of shape {init.shape}; expected ({n_clusters}, {k})")
 
+    # the montage and the maps checked before the fit (a rewritten store, another bin: said now)
+    plan = make_plan(results_view(ds))
+    src = map_source(path, group, variable, plan, columns=n_components)
+    gsrc = map_source(path, group, "pixel_counts", plan) if kind == "svd" else None
+
     values = var.data.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
     counts = ds["pixel_counts"].data.rechunk({0: 1, 1: -1, 2: -1}) if kind == "svd" else None
     nt = values.shape[0]
     tiles_v = values.to_delayed().ravel()
     tiles_g = counts.to_delayed().ravel() if counts is not None else [None] * nt
-    kept = compute(*[dask.delayed(_kept_count)(v, g, kind) for v, g in zip(tiles_v, tiles_g, strict=True)])
+    # each tile's features read once, kept for the fit; their lengths give the chunks
+    rows = dask.persist(*[dask.delayed(_kept_rows)(v, g, kind) for v, g in zip(tiles_v, tiles_g, strict=True)])
+    kept = compute(*[dask.delayed(len)(r) for r in rows])
     n_kept = int(sum(kept))
     if n_clusters > n_kept:
         raise DecompositionError(f"n_clusters must be at most the {n_kept} pixels with counts; got {n_clusters}")
-    X = da.concatenate([da.from_delayed(dask.delayed(_kept_rows)(v, g, kind), shape=(n, k), dtype=np.float64)
-                        for v, g, n in zip(tiles_v, tiles_g, kept, strict=True) if n > 0], axis=0)
+    X = da.concatenate([da.from_delayed(r, shape=(n, k), dtype=np.float64) for r, n in zip(rows, kept, strict=True) if n > 0],
+                       axis=0)
     centers, info = fit_kmeans(X, n_clusters, seed=seed, init=init, max_iter=max_iter, tol=tol, n_init=n_init)
 
     labels = da.blockwise(_label_tile, "tyx", values, "tyxk", *((counts, "tyx") if kind == "svd" else (None, None)),
                           centers, None, kind, None, dtype=np.int32, concatenate=True)
 
-    plan = make_plan(results_view(ds))
-    src = map_source(path, group, variable, plan, columns=n_components)
-    gsrc = map_source(path, group, "pixel_counts", plan) if kind == "svd" else None
     sums = plan.reduce(_cluster_sums_task, src, gsrc, centers, kind, plan.n_channels, label=f"cluster sums (k={n_clusters})",
                        literal=(MapSource,))
     pixels, within = sums[:, -2], sums[:, -1]
@@ -397,7 +394,7 @@ def segment(
 
     features = {"svd": "Poisson-scaled scores, scores / sqrt(pixel_counts)",
                 "nmf": "abundance fractions, abundances / their sum per pixel", "raw": f"{variable} as stored"}[kind]
-    map_coords = {c: var.coords[c] for c in var.coords if c not in (var.dims[3],)}
+
     out_ds = xr.Dataset(
         {
             "labels": (("tile", "y", "x"), labels),
@@ -406,9 +403,9 @@ def segment(
             "pixels": ("cluster", pixels.astype(np.int64)),
             "inertia": ("cluster", within),
         },
-        coords={"cluster": np.arange(n_clusters), "feature": np.arange(k), "energy": ds["energy"], **map_coords},
+        coords={"cluster": np.arange(n_clusters), "feature": np.arange(k), "energy": ds["energy"], **map_coords(var)},
         attrs={
-            **{a: ds.attrs[a] for a in CARRIED if a in ds.attrs},
+            **carried_attrs(ds),
             "method": "k-means (dask-ml, k-means|| init)" if isinstance(init, str) and init == "k-means||" else
                       "k-means (dask-ml)",
             "group": group,

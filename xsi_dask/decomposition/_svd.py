@@ -174,6 +174,16 @@ def run_attrs(plan: Plan, started: float, montage: xr.DataArray | None = None) -
     }
 
 
+#: the attributes a result derived from a stored SVD (or NMF) keeps: store, store id, bin, view, acquisition
+CARRIED = ("store", "store_uuid", "bin", "energy_range", "n_channels", "counts_per_pixel", "zero_peak_cutoff",
+           "backend", "poisson", "center", *ACQUISITION_KEYS)
+
+
+def carried_attrs(ds: xr.Dataset) -> dict:
+    """The attributes of ``ds`` (a stored SVD or NMF) that a result derived from it keeps (:data:`CARRIED`)."""
+    return {k: ds.attrs[k] for k in CARRIED if k in ds.attrs}
+
+
 def svd_passes(solver: str, power_iters: int | None) -> int:
     """Passes the SVD will take (for a progress display)."""
     if solver != "randomized":

@@ -41,7 +41,7 @@ from .store import (
 
 __all__ = [
     "RESULTS_FORMAT", "RESULTS_VERSION", "RESULT_GROUPS", "check_results_target", "has_group", "open_result_groups", "open_results", "results_update",
-    "write_results",
+    "write_group", "write_results",
 ]
 
 RESULTS_VERSION = 1
@@ -262,6 +262,18 @@ def write_results(out: str | Path, groups: dict[str, xr.Dataset], *, overwrite: 
             for name, ds in groups.items():
                 _write_group(ds, stage, name, bar)
     return out
+
+
+def write_group(stage: Path, name: str, ds: xr.Dataset, *, progress: bool = False) -> None:
+    """Write ``ds`` as group ``name`` straight into a staged results store (from :func:`results_update` or
+    :func:`~xsi_dask.io.store.atomic_output`) and consolidate its metadata; the stage's commit makes it visible.
+
+    For a sequence of groups written into one stage (the analyses of a run): :func:`write_results` would stage
+    the stage again for each group.
+    """
+    with Progress(f"writing {name} (tile by tile)", 1, unit="groups", enabled=progress) as bar:
+        _write_group(ds, Path(stage), name, bar)
+    _consolidate(Path(stage))
 
 
 def open_result_groups(path: str | Path) -> dict[str, xr.Dataset]:

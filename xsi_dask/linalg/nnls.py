@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["fcnnls", "passive_solve"]
+__all__ = ["fcnnls"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -69,7 +69,7 @@ class _Solver:
         if n == 0:
             return X
         if self.bits is not None:  # each passive set as the bits of one integer: a 1-D sort
-            codes = P @ self.bits if P.dtype != bool else (P.astype(np.int64) * self.bits[None, :]).sum(1)
+            codes = P.astype(np.int64) @ self.bits
             order = np.argsort(codes, kind="stable")
             sc = codes[order]
             starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
@@ -87,30 +87,6 @@ class _Solver:
                 continue
             X[np.ix_(rows, vars_)] = B[np.ix_(rows, vars_)] @ self.inv(key, vars_)
         return X
-
-
-def passive_solve(CtC: np.ndarray, CtA: np.ndarray, passive: np.ndarray | None = None) -> np.ndarray:
-    """Unconstrained least squares restricted to each column's passive set (CSSLS of Van Benthem & Keenan).
-
-    Column j of the result solves ``CtC[P_j, P_j] x = CtA[P_j, j]`` on its
-    passive variables ``P_j = passive[:, j]`` and is 0 elsewhere; the columns
-    are grouped by passive set, so each distinct set is factorised once.
-
-    Parameters
-    ----------
-    CtC : ndarray, shape (k, k)
-        The Gram matrix C^T C.
-    CtA : ndarray, shape (k, n)
-        C^T A, one column per right-hand side.
-    passive : ndarray of bool, shape (k, n), optional
-        The passive sets (default: every variable).
-
-    Returns
-    -------
-    ndarray, shape (k, n)
-    """
-    CtA = np.asarray(CtA, dtype=np.float64)
-    return _Solver(np.asarray(CtC, dtype=np.float64)).solve(CtA.T, None if passive is None else passive.T).T
 
 
 def fcnnls(CtC: np.ndarray, CtA: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:

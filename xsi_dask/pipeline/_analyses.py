@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ParameterError
 from ._params import AnalysesParams, ClusterParams, NMFParams
 
-__all__ = ["AnalysesDone", "analyse_results", "analyses_groups", "check_analyses", "run_analyses"]
+__all__ = ["AnalysesDone", "Quantification", "analyse_results", "analyses_groups", "check_analyses", "run_analyses"]
 
 
 @dataclass
@@ -88,11 +88,23 @@ def _kfactors(params: AnalysesParams, montage, table):
     return simulator_kfactors(table, store=st), "the simulator's physics"
 
 
+class Quantification(NamedTuple):
+    """What the quantification will use, found by :func:`check_analyses`: the lines and windows, the k-factors and
+    where they come from."""
+
+    table: Any
+    kfactors: Any
+    source: str
+
+
 def check_analyses(params: AnalysesParams, montage, elements, available=("svd", "nmf"), *, k: int | None = None,
-                   svd_components: int | None = None) -> None:
+                   svd_components: int | None = None) -> Quantification | None:
     """Refuse, before any pass, what the analyses cannot do: segments of a group that will not be there, a
     quantification without elements or k-factors (or k-factors without one of its lines), a rotation, MCR or
-    ICA of more components than the SVD keeps. ``available``: the groups there before the analyses run."""
+    ICA of more components than the SVD keeps. ``available``: the groups there before the analyses run.
+
+    Returns the quantification's lines and k-factors (None without a quantification, or without ``montage``),
+    for :func:`run_analyses`."""
     there = set(available) | set(analyses_groups(params))
     if params.mcr and "svd" not in there:
         raise ParameterError("MCR starts from the SVD's stored scores: the results hold no svd group")
@@ -106,17 +118,18 @@ def check_analyses(params: AnalysesParams, montage, elements, available=("svd", 
     if params.quantify and not ({"nmf", "mcr"} & there):
         raise ParameterError("the quantification is of endmember spectra: the results hold no nmf or mcr group")
     if not params.quantify or montage is None:
-        return
+        return None
     from ..quantify import element_lines
     from ..quantify._cliff_lorimer import kfactor_array
 
     table = element_lines(_elements(montage, elements), montage)
-    kf, _ = _kfactors(params, montage, table)
+    kf, source = _kfactors(params, montage, table)
     kfactor_array(kf, list(table.lines), list(table.elements))  # every line has its k-factor
+    return Quantification(table, kf, source)
 
 
 def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elements=None, progress: bool = True,
-                 write, available=("svd", "nmf")) -> AnalysesDone:
+                 available=("svd", "nmf"), quant: Quantification | None = None) -> AnalysesDone:
     """Run the analyses ``params`` asks for on the results store ``results``; each group written by ``write``.
 
     Parameters
@@ -130,30 +143,29 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         Components of the rotation, MCR and ICA (the NMF's endmembers).
     elements : sequence of str, optional
         Elements of the element maps (default: the files').
-    write : callable
-        ``write(name, dataset)`` writes one group into ``results``.
     available : sequence of str
         The groups ``results`` holds before the analyses (the QC's residual is of the MCR's model where
         there is one, else the NMF's, else the QC is of the dose alone).
+    quant : Quantification, optional
+        The lines and k-factors :func:`check_analyses` found (default: found here).
 
     Returns
     -------
     AnalysesDone
     """
     from ..decomposition import ica, mcr, rotate, segment
+    from ..io.results import open_results, write_group
 
     done = AnalysesDone()
 
     def step(name: str, fn, *args, **kw):
         t = time.perf_counter()
         ds = fn(*args, **kw)
-        write(name, ds)
+        write_group(results, name, ds, progress=progress)  # into the stage the caller commits
         done.groups.append(name)
         done.timings[name] = time.perf_counter() - t
         done.passes[name] = int(ds.attrs.get("passes", 0))
         return ds
-
-    from ..io.results import open_results
 
     there = set(available)
     n_svd = int(open_results(results, "svd").sizes["component"]) if "svd" in there else 0
@@ -161,12 +173,14 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
         done.lines["components"] = (f"the rotation, MCR and ICA take the SVD's {n_svd} components, fewer than the "
                                     f"{k} endmembers (--components sets the SVD's)")
         k = n_svd
+    start = None
     if params.rotate:
         ds = step("rotation", rotate, results, k, progress=progress)
+        start = ds["rotation"].values  # MCR's start: not computed twice
         done.lines["rotation"] = (f"{params.rotate} rotation of {k} components: {ds.attrs.get('n_iter')} iterations, "
                                   f"{ds.attrs.get('map_passes', '?')} passes over the scores, none over the counts")
     if params.mcr:
-        ds = step("mcr", mcr, results, k, progress=progress)
+        ds = step("mcr", mcr, results, k, rotation=start, progress=progress)
         done.lines["mcr"] = (f"MCR-ALS of {k} components: {ds.attrs.get('n_iter')} iterations (no pass over the counts), "
                              f"{ds.attrs.get('passes', '?')} pass(es) for the residual")
     if params.ica:
@@ -178,13 +192,12 @@ def run_analyses(results: Path, montage, params: AnalysesParams, k: int, *, elem
                   n_components=k if params.segment_on == "svd" else None)
         done.lines["segments"] = f"k-means of the {params.segment_on} maps into {params.segments} segments"
     if params.quantify:
-        from ..quantify import element_lines, element_maps
+        from ..quantify import element_maps
 
-        table = element_lines(_elements(montage, elements), montage)
-        kf, kf_source = _kfactors(params, montage, table)
-        step("elements", element_maps, montage, table=table)
-        step("quantification", _quantification, results, kf, table, kf_source)
-        done.lines["quantification"] = f"Cliff-Lorimer with k-factors from {kf_source}"
+        quant = quant or check_analyses(params, montage, elements, available)
+        step("elements", element_maps, montage, table=quant.table)
+        step("quantification", _quantification, results, quant.kfactors, quant.table, quant.source)
+        done.lines["quantification"] = f"Cliff-Lorimer with k-factors from {quant.source}"
     if params.qc:
         from ..qc import tile_qc
 
@@ -238,7 +251,7 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
     """
     from ..engine.maps import results_view
     from ..errors import StoreFormatError
-    from ..io.results import _consolidate, check_results_target, open_result_groups, results_update, write_results
+    from ..io.results import _consolidate, check_results_target, open_result_groups, results_update
     from ._run import _client, _defaults
 
     (cluster,) = _defaults(cluster=cluster)
@@ -249,10 +262,7 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
                                "the SVD's stored scores (xsi-dask decompose, or run)")
     if params.segments and params.segment_on not in groups:
         raise StoreFormatError(f"{results}: no {params.segment_on} group to segment")
-    k = 0
-    if on_scores:
-        k = _default_k(groups) if components is None else int(components)
-        check_analyses(params, None, None, available=tuple(groups), k=k, svd_components=groups["svd"].sizes["component"])
+    k = (_default_k(groups) if components is None else int(components)) if on_scores else 0
     names = analyses_groups(params)
     out = check_results_target(results, names, overwrite=overwrite)
     # the view of the group analysed: the model's for the QC and the quantification, the SVD's for the scores
@@ -261,9 +271,10 @@ def analyse_results(results: str | Path, params: AnalysesParams, *, components: 
     montage = results_view(base)
     if elements is None and base.attrs.get("elements"):
         elements = list(base.attrs["elements"])
-    check_analyses(params, montage, elements, available=tuple(groups))
+    quant = check_analyses(params, montage, elements, available=tuple(groups), k=k if on_scores else None,
+                           svd_components=groups["svd"].sizes["component"] if on_scores else None)
     with results_update(out, names, overwrite=overwrite) as staged, _client(cluster):
         _consolidate(staged)  # the kept groups readable as the analyses open them (the commit consolidates again)
         return run_analyses(staged, montage, params, k, elements=elements, progress=progress, available=tuple(groups),
-                            write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True))
+                            quant=quant)
 

@@ -457,14 +457,15 @@ def known_spectra(nmf: NMFParams, montage):
     return xr.concat(refs, "component")
 
 
-def _nmf(montage, nmf: NMFParams, init: Any, results: Path, progress: bool):
-    """NMF written as group ``nmf`` of the staged ``results`` (its scratch folder gone); the dataset opened from there."""
+def _nmf(montage, nmf: NMFParams, init: Any, results: Path, progress: bool, refs=None):
+    """NMF written as group ``nmf`` of the staged ``results`` (its scratch folder gone); the dataset opened from there.
+    ``refs``: the known spectra read already (default: read here)."""
     from .. import nmf as nmf_fn
 
     return nmf_fn(
         montage, nmf.components, loss=nmf.loss, max_iter=nmf.max_iter, tol=nmf.tol, init=init, seed=nmf.seed,
         sparsity=nmf.sparsity, out=results, checkpoint_every=nmf.checkpoint_every,
-        resume=nmf.resume, progress=progress, fixed_spectra=known_spectra(nmf, montage),
+        resume=nmf.resume, progress=progress, fixed_spectra=known_spectra(nmf, montage) if refs is None else refs,
     )
 
 
@@ -615,7 +616,6 @@ def run(
     closes and renamed into place complete once the results are committed;
     a run whose analysis fails writes none.
     """
-    from ._analyses import check_analyses
     from ._config import RunConfig, save_run_config
 
     layout, view, svd, nmf, analyses, cluster = _defaults(layout=layout, view=view, svd=svd, nmf=nmf, analyses=analyses,
@@ -633,9 +633,7 @@ def run(
         store = _reusable(target, sources, layout)
     # an energy range or bin the store cannot take: refused before anything is made (after the ingest otherwise)
     montage = None if store is None else _view(store, view)
-    if montage is not None:  # the analyses' own refusals (no elements or k-factors to quantify), before any work
-        check_analyses(analyses, montage, view.elements, k=nmf.components, svd_components=svd.components)
-        known_spectra(nmf, montage)  # the references: there, readable, on the view's channels
+    checked = None if montage is None else _check_before_work(analyses, montage, view, nmf, svd)
     cluster = _with_slurm_memory(cluster, montage, (svd.components, nmf.components), svd.solver)
 
     created = _make_folder(out)
@@ -647,7 +645,7 @@ def run(
                       cluster=cluster),
         )
         return _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, analyses, cluster,
-                       overwrite, progress)
+                       overwrite, progress, checked)
     except OSError as exc:
         _unmake_folder(created, config)
         from ..io.store import _is_output_fault, _output_error
@@ -660,8 +658,17 @@ def run(
         raise
 
 
+def _check_before_work(analyses, montage, view, nmf, svd):
+    """The analyses' and known spectra's refusals before any pass; what they found (the quantification's lines and
+    k-factors, the references), so that the run uses them as checked."""
+    from ._analyses import check_analyses
+
+    quant = check_analyses(analyses, montage, view.elements, k=nmf.components, svd_components=svd.components)
+    return quant, known_spectra(nmf, montage)  # the references: there, readable, on the view's channels
+
+
 def _run_in(out, sources, given_store, target, store, montage, config, layout, view, svd, nmf, analyses, cluster,
-            overwrite, progress) -> RunResult:
+            overwrite, progress, checked) -> RunResult:
     """:func:`run` once its outputs are checked and its folder made (``montage``: the view of a known ``store``)."""
     import dataclasses
 
@@ -672,7 +679,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
     from ..io.store import atomic_output
     from ..plotting.build import make_report
     from ..plotting.formatting import format_seconds
-    from ._analyses import check_analyses, run_analyses
+    from ._analyses import run_analyses
 
     results = out / "results.zarr"
     timings: dict[str, float] = {}
@@ -699,8 +706,8 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         print(format_info(info))
         if montage is None:  # after an ingest, the bin is checked against the tile size here, before any pass
             montage = _view(store, view)
-            check_analyses(analyses, montage, view.elements, k=nmf.components, svd_components=svd.components)
-            known_spectra(nmf, montage)
+            checked = _check_before_work(analyses, montage, view, nmf, svd)
+        quant, refs = checked
         print(f"analysis view    {view.describe()}: {montage.sizes['energy']} channels "
               f"{montage.attrs['energy_range'][0]:.3f}-{montage.attrs['energy_range'][1]:.3f} keV, "
               f"tiles of {montage.sizes['y']} x {montage.sizes['x']} pixels")
@@ -718,11 +725,11 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         nmf = dataclasses.replace(nmf, components=k)
         init, init_text = _init_from(svd_ds, nmf)
         t = time.perf_counter()
-        _nmf(montage, nmf, init, staged, progress)
+        _nmf(montage, nmf, init, staged, progress, refs)
         _annotate(staged, "nmf", {**recorded, "n_components_source": k_source}, consolidate=True)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
         done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress, available=("svd", "nmf"),
-                            write=lambda name, ds: write_results(staged, {name: ds}, overwrite=True, progress=progress))
+                            quant=quant)
         for line in done.lines.values():
             print(line)
         timings.update({f"{name} (written)": v for name, v in done.timings.items()})

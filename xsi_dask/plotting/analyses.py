@@ -10,22 +10,10 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .figures import _paged_maps, _paged_spectra, _titled, draw_loss, mosaic, save
+from .figures import ANALYSIS_FIGURES, _paged_maps, _paged_spectra, _titled, draw_loss, mosaic, save
 from .formatting import format_number, format_seconds
 
-__all__ = ["ANALYSIS_FIGURES", "analyses_sections", "draw_qc", "draw_segments", "save_analyses"]
-
-#: figure stems of each group, in the order the report shows them
-ANALYSIS_FIGURES = {
-    "rotation": ("rotation_loadings", "rotation_scores"),
-    "mcr": ("mcr_spectra", "mcr_abundances", "mcr_loss"),
-    "ica": ("ica_loadings", "ica_scores"),
-    "segments": ("segments", "segment_spectra"),
-    "elements": ("element_maps",),
-    "quantification": ("composition_maps",),
-    "qc": ("qc",),
-}
-
+__all__ = ["analyses_sections", "draw_qc", "draw_segments", "save_analyses"]
 
 def _tile_grid(ds: xr.Dataset, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-tile values on the montage's (row, col) grid (NaN where no tile), and each tile's grid position."""
@@ -69,8 +57,15 @@ def _outline(c: int, r: int):
 
 
 def draw_segments(labels: xr.DataArray, *, max_px: int = 1600) -> Figure:
-    """The label map (tile, y, x) as a mosaic, one colour per segment (pixels without counts white)."""
-    lab = labels.expand_dims("component", axis=-1)
+    """The label map (tile, y, x) as a mosaic, one colour per segment (pixels without counts white).
+
+    Where the mosaic is reduced to ``max_px``, each block shows the label of its first pixel: a mean of labels
+    is no label.
+    """
+    nr = int(labels["row"].max() - labels["row"].min() + 1) if "row" in labels.coords else 1
+    nc = int(labels["col"].max() - labels["col"].min() + 1) if "col" in labels.coords else labels.sizes["tile"]
+    f = max(1, int(np.ceil(max(nr * labels.sizes["y"], nc * labels.sizes["x"]) / max_px)))  # mosaic's own factor
+    lab = labels.isel(y=slice(None, None, f), x=slice(None, None, f)).expand_dims("component", axis=-1)
     mos = mosaic(lab.astype(float).where(lab >= 0), max_px=max_px)[:, :, 0]
     k = int(np.nanmax(mos)) + 1 if np.isfinite(mos).any() else 1
     from matplotlib.colors import ListedColormap
@@ -78,9 +73,7 @@ def draw_segments(labels: xr.DataArray, *, max_px: int = 1600) -> Figure:
     cmap = ListedColormap([f"C{i % 10}" for i in range(k)])
     fig = Figure(figsize=(6.4, 6.4 * mos.shape[0] / mos.shape[1] + 0.6))
     ax = fig.subplots()
-    # the block average of labels is not a label: nearest (the block's first pixel) when the mosaic is reduced
-    im = ax.imshow(np.floor(mos + 0.5) if mos.dtype.kind == "f" else mos, cmap=cmap, vmin=-0.5, vmax=k - 0.5,
-                   interpolation="nearest")
+    im = ax.imshow(mos, cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
     ax.set_axis_off()
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, ticks=range(k))
     cb.set_label("segment", fontsize=8)

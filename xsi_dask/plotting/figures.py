@@ -31,6 +31,7 @@ from .lines import component_labels, component_name, label_peaks
 # and a Figure without a pyplot manager is freed by garbage collection like any object.
 
 __all__ = [
+    "ANALYSIS_FIGURES",
     "FIGURE_NAME",
     "PER_PAGE",
     "component_labels",
@@ -55,9 +56,19 @@ PER_PAGE = 8
 """Components per figure (spectra stacked, maps on a grid of 4 columns)."""
 SCREE_MAX_RANKS = 200
 """At most this many gram eigenvalues are drawn on the scree (the caption says how many there are)."""
-FIGURE_NAME = re.compile(r"(scree|loadings|scores|nmf_spectra|nmf_abundances|nmf_rgb|nmf_loss|rotation_loadings|rotation_scores"
-                         r"|mcr_spectra|mcr_abundances|mcr_loss|ica_loadings|ica_scores|segments|segment_spectra|element_maps"
-                         r"|composition_maps|qc)(_page\d+)?\.png")
+#: figure stems of each analysis group (:mod:`xsi_dask.plotting.analyses`), in the order the report shows them
+ANALYSIS_FIGURES = {
+    "rotation": ("rotation_loadings", "rotation_scores"),
+    "mcr": ("mcr_spectra", "mcr_abundances", "mcr_loss"),
+    "ica": ("ica_loadings", "ica_scores"),
+    "segments": ("segments", "segment_spectra"),
+    "elements": ("element_maps",),
+    "quantification": ("composition_maps",),
+    "qc": ("qc",),
+}
+_STEMS = ("scree", "loadings", "scores", "nmf_spectra", "nmf_abundances", "nmf_rgb", "nmf_loss",
+          *(s for stems in ANALYSIS_FIGURES.values() for s in stems))
+FIGURE_NAME = re.compile(rf"({'|'.join(_STEMS)})(_page\d+)?\.png")
 """Names of the figure files of a report (first page ``loadings.png``, then ``loadings_page2.png``, ...): those
 :func:`save_all` writes and those of the analysis groups (:mod:`xsi_dask.plotting.analyses`)."""
 

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import KFactorError, ParameterError
+from ._kfactors import _value
 from ._lines import import_exspy
 
 __all__ = ["Absorption", "kfactor_array", "quantify"]
@@ -86,16 +87,7 @@ def kfactor_array(kfactors, lines: Sequence[str], elements: Sequence[str]) -> np
         values = list(np.ravel(np.asarray(kfactors, dtype=object)))
         if len(values) != len(lines):
             raise KFactorError(f"{len(values)} k-factors for {len(lines)} lines {lines}: give one per line, or a mapping")
-    out = []
-    for ln, v in zip(lines, values):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise KFactorError(f"the k-factor of {ln} is not a number: {v!r}") from None
-        if isinstance(v, bool) or not (math.isfinite(f) and f > 0):
-            raise KFactorError(f"the k-factor of {ln} must be a positive finite number; got {v!r}")
-        out.append(f)
-    return np.asarray(out)
+    return np.asarray([_value(v, "k-factors", ln) for ln, v in zip(lines, values)])
 
 
 def _cl_block(intensities: np.ndarray, kfactors: np.ndarray, elements: tuple[str, ...], lines: tuple[str, ...],

@@ -47,8 +47,16 @@ def _read_yaml(path: Path, text: str) -> dict[str, float]:
     if not isinstance(data, dict) or not data:
         raise KFactorError(f"{path}: expected a mapping of lines or elements to k-factors, e.g. '{{Fe_Ka: 1.0, Cr_Ka: 0.95}}'; "
                            f"got {type(data).__name__}")
-    lines = {str(k).strip(): i + 1 for i, line in enumerate(text.splitlines()) for k in data if
-             re.match(rf"^\s*['\"]?{re.escape(str(k).strip())}['\"]?\s*:", line)}
+    found: dict[str, list[int]] = {}
+    for i, line in enumerate(text.splitlines()):
+        for k in data:
+            if re.match(rf"^\s*['\"]?{re.escape(str(k).strip())}['\"]?\s*:", line):
+                found.setdefault(str(k).strip(), []).append(i + 1)
+    twice = {k: n for k, n in found.items() if len(n) > 1}
+    if twice:  # YAML keeps the last of a repeated key: refused, as in a CSV
+        k, n = next(iter(twice.items()))
+        raise KFactorError(f"{path} lines {', '.join(map(str, n))}: {k} is given {len(n)} times")
+    lines = {k: n[0] for k, n in found.items()}
     out = {}
     for k, v in data.items():
         where = f"{path} line {lines[str(k).strip()]}" if str(k).strip() in lines else str(path)

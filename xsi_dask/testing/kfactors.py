@@ -7,7 +7,8 @@ import numpy as np
 from ..errors import XrayLineError, XSIError
 from ..io.metadata import acquisition
 from ..io.store import MontageStore
-from ..quantify import LineTable, net_intensities
+from ..quantify import LineTable
+from ..quantify._maps import _check_axis
 from .physics import Detector, phase_spectrum
 
 __all__ = ["simulator_kfactors"]
@@ -75,12 +76,12 @@ def simulator_kfactors(lines_table: LineTable, *, beam_kev: float | None = None,
         raise XSIError("simulator_kfactors needs the beam energy: give beam_kev= or the simulated store=")
     detector = Detector() if detector is None else detector
     e = lines_table.axis if energy_axis is None else np.asarray(energy_axis, dtype=np.float64)
-    if e.shape != (lines_table.axis_size,) or not np.allclose(e, lines_table.axis, rtol=0, atol=1e-6 * lines_table.axis_scale):
-        raise XrayLineError("energy_axis is not the axis the line table was made for; make the table on this axis")
+    _check_axis(lines_table, e.size, e)
+    W = lines_table.weights()  # the net-intensity windows of every line, built once
     pure = []
     for j, (el, ln) in enumerate(zip(lines_table.elements, lines_table.lines)):
         spec, yield_ = phase_spectrum({el: 1.0}, e, beam_kev=float(beam_kev), detector=detector, continuum=0.0)
-        p = float(net_intensities(spec * yield_, lines_table)[j])
+        p = float(((spec * yield_) @ W)[j])
         if not p > 0:
             raise XrayLineError(f"{ln}: the simulated pure-element spectrum has no positive net intensity ({p:g}) in its window")
         pure.append(p)
