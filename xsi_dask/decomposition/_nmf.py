@@ -262,7 +262,7 @@ def _identity(plan: Plan, k: int, loss: str, lam: float, tol: float, loss_every:
         "store": plan.store, "store_uuid": plan.store_uuid, "tiles": [int(t) for t in plan.tiles],
         "units": [[int(u.tile), int(u.start), int(u.stop)] for u in plan.units], "channels": int(plan.n_channels),
         "channel_runs": [list(r) for r in (plan.source.runs or ())], "bin": int(plan.bin),
-        "backend": plan.backend, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
+        "backend": plan.backend_label, "n_components": k, "loss": loss, "sparsity": float(lam), "tol": float(tol),
         "loss_every": int(loss_every), "init": start,
         # None when no spectrum is fixed, so checkpoints of earlier versions stay resumable
         "fixed_spectra": None if refs is None else f"{refs.shape[0]} references ({digest(refs)})",

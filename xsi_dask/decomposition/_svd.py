@@ -169,7 +169,7 @@ def run_attrs(plan: Plan, started: float, montage: xr.DataArray | None = None) -
         "seconds": time.perf_counter() - started,
         "store": plan.store,
         "store_uuid": plan.store_uuid,
-        "backend": plan.backend,
+        "backend": plan.backend_label,
         "xsi_dask_version": __version__,
     }
 

@@ -38,11 +38,12 @@ from dask.delayed import Delayed
 
 from .. import config
 from .._dask import compute, current_client
-from ..errors import InsufficientMemoryError, ViewError
+from ..errors import InsufficientMemoryError, ResourceUnavailableError, ViewError
 from ..io.store import MontageStore, tile_cache
 from ..montage.view import open_montage
 from ._viewtile import channel_runs, view_pixel_totals, view_tile_csr
-from .backends import backend_name, get_backend
+from .backends import backend_name, backend_options, backend_resources, get_backend
+from .resources import local_gpu_count, worker_resources, workers_offering
 
 __all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses",
            "worker_memory_limits"]
@@ -78,6 +79,7 @@ class Source:
     backend: str
     runs: tuple[tuple[int, int], ...] | None = None  # kept store channels as (start, stop) runs; None: all
     bin: int = 1  # pixels binned b x b within each tile
+    options: tuple[tuple[str, Any], ...] = ()  # the backend's settings (cupy: the compute dtype)
 
 
 def tile_pixel_weights(store: MontageStore, t: int, poisson: bool, cache: bool = True,
@@ -123,7 +125,7 @@ class Block:
         self.source, self.unit = source, unit
         self.store = MontageStore.cached(source.store)
         self._csr = None  # read on first use: a task that only touches its scratch files reads no counts
-        self.kernels = get_backend(source.backend)
+        self.kernels = get_backend(source.backend, source.options)
         h, w = self.store.tile_shape
         self.tile_shape = (h // source.bin, w // source.bin)
 
@@ -269,6 +271,14 @@ class Plan:
         the pass's watchdog re-schedules tasks whose workers died mid-pass.
     backend : str
         Kernel backend name (``xsi-dask.backend`` when the plan was made).
+    resources : tuple of (str, float)
+        Worker resources each task holds (``(("GPU", 0.5),)`` for the cupy
+        backend, :func:`~xsi_dask.engine.backends.backend_resources`; empty for
+        the CPU backends). With resources, ``workers`` are the workers that
+        offer them, and the tasks run on no other.
+    backend_options : tuple of (str, value)
+        The backend's settings from the config when the plan was made
+        (cupy: ``(("dtype", "float64"),)``), which every task computes with.
     log : list of PassRecord
         Every pass run on this plan, in order.
     """
@@ -284,6 +294,8 @@ class Plan:
     backend: str
     channels: tuple[int, ...] | None = None
     bin: int = 1
+    resources: tuple[tuple[str, float], ...] = ()
+    backend_options: tuple[tuple[str, Any], ...] = ()
     log: list[PassRecord] = field(default_factory=list, repr=False)
     _slots: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -292,7 +304,13 @@ class Plan:
     @property
     def source(self) -> Source:
         runs = None if self.channels is None else channel_runs(self.channels)
-        return Source(self.store, self.store_uuid, self.cache, self.backend, runs, self.bin)
+        return Source(self.store, self.store_uuid, self.cache, self.backend, runs, self.bin, self.backend_options)
+
+    @property
+    def backend_label(self) -> str:
+        """The backend and its settings, as results record them: "numba", "cupy (dtype float64)"."""
+        opts = ", ".join(f"{k} {v}" for k, v in self.backend_options)
+        return f"{self.backend} ({opts})" if opts else self.backend
 
     @property
     def energy(self) -> np.ndarray:
@@ -448,7 +466,7 @@ class Plan:
         if k < 1:
             return
         for addr, (limit, threads) in sorted(worker_memory_limits().items()):
-            if not limit:
+            if not limit or (self.resources and addr not in self.workers):
                 continue
             need = self.worker_memory(k, threads=threads, solver=solver, oversampling=oversampling)
             if limit < need["limit"]:
@@ -476,7 +494,7 @@ class Plan:
         """
         if not self.workers:
             return ()
-        live = worker_addresses()
+        live = workers_offering(dict(self.resources)) if self.resources else worker_addresses()
         if not live:
             return ()
         current = [self._slots.get(j, w) for j, w in enumerate(self.workers)]
@@ -489,11 +507,11 @@ class Plan:
         self._slots.update(enumerate(chosen))
         return tuple(chosen)
 
-    @staticmethod
-    def _pinned(workers: tuple[str, ...], i: int):
-        if not workers:
-            return contextlib.nullcontext()
-        return dask.annotate(workers=[workers[i % len(workers)]], allow_other_workers=True)
+    def _pinned(self, workers: tuple[str, ...], i: int):
+        where: dict[str, Any] = {"resources": dict(self.resources)} if self.resources else {}
+        if workers:
+            where.update(workers=[workers[i % len(workers)]], allow_other_workers=True)
+        return dask.annotate(**where) if where else contextlib.nullcontext()
 
     def unit_tasks(self, fn: Callable, *args: Any, pure: bool = True, literal: tuple = ()) -> list[Delayed]:
         """One delayed ``fn(Block, *args)`` per unit, pinned (loosely) to the workers of :meth:`pass_workers`."""
@@ -681,6 +699,12 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
         counts, so honouring such a view silently would give a wrong result.
     StoreFormatError
         The store behind the view is gone or not a montage store.
+    ResourceUnavailableError
+        The backend needs a worker resource (cupy: ``GPU``) and no worker of
+        the active cluster offers it, or, without a cluster, this process sees
+        no CUDA device. Dask would keep such tasks waiting forever.
+    BackendError
+        An unknown backend, or the cupy backend without a cluster and without CuPy here.
     """
     if not isinstance(montage, xr.DataArray):
         raise ViewError(f"expected the xarray.DataArray from xsi_dask.open_montage; got {type(montage).__name__}")
@@ -707,7 +731,9 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
             "selection (sel(energy=slice(lo, hi)) or isel(energy=mask)) and coarsen(y=b, x=b).sum(), in any order; "
             "not arithmetic, where(), fillna, astype, rechunking, pixel slices or chained selections of one dimension"
         )
-    workers = worker_addresses()
+    name = backend_name(backend)
+    resources = backend_resources(name)
+    workers = _workers_for(name, resources)
     n_workers = max(1, len(workers))
     return Plan(
         store=str(st.path),
@@ -718,7 +744,33 @@ def make_plan(montage: xr.DataArray, *, backend: str | None = None) -> Plan:
         units=tuple(split_units(tiles, st.pixels_per_tile // (b * b), n_workers)),
         cache=st.cache_fits(tiles, n_workers),
         workers=tuple(workers),
-        backend=backend_name(backend),
+        backend=name,
         channels=channels,
         bin=b,
+        resources=tuple(sorted(resources.items())),
+        backend_options=backend_options(name),
     )
+
+
+def _workers_for(backend: str, resources: dict[str, float]) -> list[str]:
+    """The workers a plan on ``backend`` may use: every worker, or those offering its resources (checked here)."""
+    if not resources:
+        return worker_addresses()
+    if current_client() is None:
+        # the threaded scheduler in this process: it must see a GPU itself
+        get_backend(backend)  # BackendError without CuPy
+        if local_gpu_count() < 1:
+            raise ResourceUnavailableError(
+                f"the {backend} backend runs its passes on a GPU: no dask cluster is active and this process sees no "
+                "CUDA device (CUDA_VISIBLE_DEVICES, the driver); start a cluster with a GPU worker "
+                "(xsi-dask run --backend cupy starts one per visible GPU) or choose xsi-dask.backend: numba")
+        return []
+    able = workers_offering(resources)
+    if not able:
+        have = {a: r for a, r in worker_resources().items() if r} or "none"
+        raise ResourceUnavailableError(
+            f"the {backend} backend runs its passes on workers offering {resources}; no worker of the cluster does "
+            f"(workers: {len(worker_addresses())}, resources offered: {have}). Start a worker per GPU with "
+            "--resources GPU=1 (LocalCluster(resources={'GPU': 1}), xsi-dask run --backend cupy, or --gpu-jobs on "
+            "SLURM), or choose xsi-dask.backend: numba")
+    return able

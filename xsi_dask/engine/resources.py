@@ -8,7 +8,7 @@ from typing import Any
 from .._dask import current_client
 from ..errors import ResourceUnavailableError
 
-__all__ = ["run_on_resource", "worker_resources"]
+__all__ = ["run_on_resource", "worker_resources", "workers_offering", "local_gpu_count"]
 
 
 def worker_resources() -> dict[str, dict[str, float]]:
@@ -21,6 +21,23 @@ def worker_resources() -> dict[str, dict[str, float]]:
         return {addr: dict(ws.resources) for addr, ws in dask_scheduler.workers.items()}
 
     return client.run_on_scheduler(_resources)
+
+
+def workers_offering(want: dict[str, float]) -> list[str]:
+    """Addresses (sorted) of the active cluster's workers that offer every amount of ``want`` ([] without a client)."""
+    return sorted(a for a, r in worker_resources().items() if all(r.get(k, 0.0) >= v for k, v in want.items()))
+
+
+def local_gpu_count() -> int:
+    """CUDA devices this process can use (CuPy's count, which honours ``CUDA_VISIBLE_DEVICES``); 0 without CuPy or a driver."""
+    try:
+        import cupy
+    except ImportError:
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no driver, no device: CuPy raises its own CUDA runtime errors
+        return 0
 
 
 def run_on_resource(fn: Callable, *args: Any, resources: dict[str, float], **kwargs: Any) -> Any:
@@ -50,7 +67,7 @@ def run_on_resource(fn: Callable, *args: Any, resources: dict[str, float], **kwa
             "start one whose workers declare the resource (dask worker --resources 'GPU=1')"
         )
     offered = worker_resources()
-    able = [a for a, r in offered.items() if all(r.get(k, 0.0) >= v for k, v in want.items())]
+    able = workers_offering(want)
     if not able:
         have = {a: r for a, r in offered.items() if r} or "none"
         raise ResourceUnavailableError(

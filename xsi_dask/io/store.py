@@ -427,8 +427,17 @@ def check_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: 
     return problems
 
 
+def _freeze(value: Any) -> None:
+    """Make the arrays of a cached value read-only: every task shares them, and the GPU backend mirrors
+    read-only host arrays on the device (a cached array changed in place would silently differ there)."""
+    arrays = (value.indptr, value.indices, value.data) if isinstance(value, TileCSR) else (value,)
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
 class _TileCache:
-    """Per-process LRU of tile CSR arrays, bounded in bytes (``xsi-dask.tile-cache``)."""
+    """Per-process LRU of tile CSR arrays, bounded in bytes (``xsi-dask.tile-cache``); cached arrays are read-only."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[tuple, TileCSR] = OrderedDict()
@@ -446,6 +455,7 @@ class _TileCache:
         with self._lock:
             nbytes = value.nbytes
             if nbytes <= budget and key not in self._items:
+                _freeze(value)
                 self._items[key] = value
                 self._bytes += nbytes
                 while self._bytes > budget and self._items:

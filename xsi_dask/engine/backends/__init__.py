@@ -35,8 +35,11 @@ weights, all float64 unless said.
 
 Backends are chosen by name with ``xsi-dask.backend`` in dask config
 (``"numba"``, the default; ``"scipy"``, a plain reference on SciPy sparse
-products) and registered lazily, so a backend's imports (numba, CuPy) happen
-only when it is selected (dask's ``register_lazy`` pattern).
+products; ``"cupy"``, the GPU backend, whose passes run on workers offering the
+resource ``GPU``) and registered lazily, so a backend's imports (numba, CuPy)
+happen only when it is selected (dask's ``register_lazy`` pattern).
+:func:`backend_resources` gives the worker resources a backend's tasks hold,
+without importing it (a driver without CuPy can plan GPU passes).
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ import dask.config
 
 from ...errors import BackendError
 
-__all__ = ["KERNELS", "get_backend", "register_backend", "register_lazy", "available_backends", "backend_name"]
+__all__ = ["KERNELS", "get_backend", "register_backend", "register_lazy", "available_backends", "backend_name",
+           "backend_options", "backend_resources"]
 
 # the functions every backend provides
 KERNELS = ("gram_apply", "colsum_frob", "gram_block", "csr_dense", "kl_mu_step", "fro_mu_step", "nmf_loss_terms")
 
 _backends: dict[str, Any] = {}
+_configured: dict[tuple, Any] = {}
 _lazy: dict[str, str] = {}
 _lock = threading.Lock()
 
@@ -88,8 +93,13 @@ def backend_name(name: str | None = None) -> str:
     return name
 
 
-def get_backend(name: str | None = None) -> Any:
+def get_backend(name: str | None = None, options: tuple[tuple[str, Any], ...] = ()) -> Any:
     """The kernel backend ``name`` (default: ``xsi-dask.backend`` in dask config), imported on first use.
+
+    ``options`` (from :func:`backend_options`, recorded in the plan) bind the
+    backend's settings, such as the cupy backend's compute dtype: a worker
+    computes as the driver's config said when the plan was made, whatever its
+    own config says.
 
     Raises
     ------
@@ -97,16 +107,60 @@ def get_backend(name: str | None = None) -> Any:
         No backend of that name, or its module cannot be imported (e.g. CuPy missing).
     """
     name = backend_name(name)
+    if options:
+        key = (name, options)
+        hit = _configured.get(key)
+        if hit is None:
+            hit = _configured.setdefault(key, get_backend(name).configured(**dict(options)))
+        return hit
     hit = _backends.get(name)
     if hit is not None:
         return hit
     try:
         module: ModuleType = importlib.import_module(_lazy[name])
     except ImportError as exc:
-        raise BackendError(f"kernel backend {name!r} cannot be imported ({exc})") from exc
+        hint = _INSTALL.get(name, "")
+        raise BackendError(f"kernel backend {name!r} cannot be imported ({exc}){hint}") from exc
     register_backend(name, module)
     return module
 
 
+def backend_resources(name: str | None = None) -> dict[str, float]:
+    """Worker resources one task of backend ``name`` holds ({} for the CPU backends).
+
+    ``"cupy"``: ``{"GPU": 1 / xsi-dask.gpu-tasks}``, a share of one GPU, so that
+    that many tasks use a GPU worker at once (one computes while the next reads).
+    """
+    name = backend_name(name)
+    if name != "cupy":
+        return {}
+    n = dask.config.get("xsi-dask.gpu-tasks", 2)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BackendError(f"xsi-dask.gpu-tasks must be an integer >= 1 (tasks sharing one GPU), got {n!r}")
+    return {"GPU": 1.0 / n}
+
+
+def backend_options(name: str | None = None) -> tuple[tuple[str, Any], ...]:
+    """The settings of backend ``name`` from dask config, checked, as a plan records them (() for the CPU backends).
+
+    ``"cupy"``: ``(("dtype", "float64"),)`` or float32, from ``xsi-dask.gpu-dtype``.
+
+    Raises
+    ------
+    BackendError
+        A setting the backend cannot honour.
+    """
+    name = backend_name(name)
+    if name != "cupy":
+        return ()
+    dt = str(dask.config.get("xsi-dask.gpu-dtype", "float64"))
+    if dt not in ("float64", "float32"):
+        raise BackendError(f"xsi-dask.gpu-dtype must be 'float64' or 'float32', got {dt!r}")
+    return (("dtype", dt),)
+
+
+_INSTALL = {"cupy": "; install CuPy for your CUDA with the gpu extra: pip install 'xsi-dask[gpu]' (cupy-cuda12x)"}
+
 register_lazy("numba", "xsi_dask.engine.backends._numba")
 register_lazy("scipy", "xsi_dask.engine.backends._scipy")
+register_lazy("cupy", "xsi_dask.engine.backends._cupy")
