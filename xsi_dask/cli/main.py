@@ -99,6 +99,10 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
     c.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
     c.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB or 0.5 (default auto)")
+    c.add_argument("--backend", choices=("numba", "scipy", "cupy"),
+                   help="kernel backend of the passes (default xsi-dask.backend: numba); cupy runs them on NVIDIA GPUs "
+                        "(the gpu extra): a LocalCluster then has one worker per visible GPU (CUDA_VISIBLE_DEVICES), "
+                        "--cluster slurm needs --gpu-jobs, a --scheduler needs workers offering GPU")
     _add_slurm_options(c, cluster_flag=True)
     c.add_argument("--performance-report", action="store_true",
                    help="write Dask's performance report (dask-performance-report.html) beside the results; "
@@ -396,7 +400,7 @@ _SVD_FLAGS = ("components", "solver", "power_iters", "oversampling", "seed")
 _NMF_FLAGS = ("loss", "max_iter", "tol", "init", "sparsity", "seed", "checkpoint_every", "resume", "known_spectra")
 _CLUSTER_FLAGS = ("scheduler", "workers", "threads_per_worker", "memory_limit", "cluster", "jobs", "cores", "memory",
                   "walltime", "queue", "account", "adapt", "gpu_jobs", "gpus_per_job", "dashboard_address",
-                  "performance_report")
+                  "performance_report", "backend")
 _VIEW_FLAGS = ("energy_range", "keep_zero_peak", "bin", "elements")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +21,9 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from .. import config
 from .._dask import register_unstrand
-from ..errors import ClusterUnavailableError, ParameterError
+from ..errors import ClusterUnavailableError, ParameterError, ResourceUnavailableError
 
-__all__ = ["dask_client", "check_count", "check_memory_limit", "check_scheduler_address", "connect_timeout"]
+__all__ = ["dask_client", "check_count", "check_memory_limit", "check_scheduler_address", "connect_timeout", "visible_gpus"]
 
 _SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
 
@@ -135,6 +137,36 @@ def _connect(scheduler: str):
         ) from None
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA devices this machine lends its workers, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    ``CUDA_VISIBLE_DEVICES``'s own entries where it is set (an empty value or
+    ``-1``: none), else one per GPU that ``nvidia-smi -L`` lists (none without
+    the driver's tool). Nothing here imports CuPy or initialises CUDA.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        devices = [d.strip() for d in env.split(",") if d.strip()]
+        return [] if devices[:1] == ["-1"] else devices
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+
+
+def _add_gpu_workers(cluster: Any, devices: list[str]) -> None:
+    """One worker process per device on a LocalCluster, each seeing only its own (``CUDA_VISIBLE_DEVICES``) and
+    offering the resource ``GPU=1``; its nanny restarts it with the same device."""
+    template = cluster.new_spec
+    for dev in devices:
+        options = dict(template["options"])
+        options["env"] = {**(options.get("env") or {}), "CUDA_VISIBLE_DEVICES": dev}
+        options["resources"] = {**(options.get("resources") or {}), "GPU": 1}
+        cluster.worker_spec[f"gpu-{dev}"] = {"cls": template["cls"], "options": options}
+    cluster.scale(len(cluster.worker_spec))
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -143,6 +175,7 @@ def dask_client(
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
     quiet: bool = False,
+    gpu_workers: bool = False,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` for the duration of the block.
 
@@ -159,6 +192,11 @@ def dask_client(
     quiet : bool
         Do not print the dashboard URL at start. Worker log lines at WARNING
         and above are printed either way.
+    gpu_workers : bool
+        The LocalCluster's workers are one process per visible GPU
+        (:func:`visible_gpus`) instead of ``workers``: each sees its own device
+        only (``CUDA_VISIBLE_DEVICES``) and offers the resource ``GPU=1``, with
+        ``threads_per_worker`` threads (default ``xsi-dask.gpu-tasks`` + 1).
 
     Raises
     ------
@@ -168,6 +206,8 @@ def dask_client(
     ClusterUnavailableError
         The scheduler does not answer within the connect timeout, or the
         LocalCluster cannot start.
+    ResourceUnavailableError
+        ``gpu_workers`` on a machine where no GPU is visible.
     """
     cluster = None
     if scheduler:
@@ -178,9 +218,19 @@ def dask_client(
         n_workers = check_count("the number of workers", config.get("workers", workers)) or CPU_COUNT
         threads = check_count("threads per worker", config.get("threads-per-worker", threads_per_worker)) or 1
         limit = check_memory_limit(config.get("memory-limit", memory_limit))
+        devices = visible_gpus() if gpu_workers else []
+        if gpu_workers:
+            if not devices:
+                where = os.environ.get("CUDA_VISIBLE_DEVICES")
+                raise ResourceUnavailableError(
+                    "the cupy backend runs its passes on GPU workers, and this machine shows no GPU ("
+                    + (f"CUDA_VISIBLE_DEVICES={where!r}" if where is not None else "nvidia-smi lists none") + "); "
+                    "run where a GPU is, connect to a cluster with GPU workers (--scheduler), or use --backend numba")
+            n_workers = len(devices)
+            threads = check_count("threads per worker", threads_per_worker) or int(config.get("gpu-tasks")) + 1
         try:
             cluster = LocalCluster(
-                n_workers=n_workers,
+                n_workers=0 if devices else n_workers,
                 threads_per_worker=threads,
                 memory_limit=limit,
                 host="127.0.0.1",
@@ -188,7 +238,11 @@ def dask_client(
                 processes=True,
                 silence_logs=logging.WARNING,  # a lost, restarted or paused worker is news the user must see
             )
+            if devices:
+                _add_gpu_workers(cluster, devices)
             client = Client(cluster)
+            if devices:
+                client.wait_for_workers(len(devices), timeout=connect_timeout() * 12)
         except Exception as exc:  # noqa: BLE001
             if cluster is not None:
                 cluster.close()

@@ -266,7 +266,10 @@ class ClusterParams(_Params):
     dask-jobqueue grow and shrink the number of CPU worker jobs with the load instead of a fixed ``jobs``;
     ``gpu_jobs`` extra jobs of ``gpus_per_job`` GPUs each offer the worker resource ``GPU``;
     ``dashboard_address`` is where the SLURM scheduler's dashboard listens (default its host's loopback).
-    ``performance_report`` writes Dask's performance report HTML beside the results (any cluster)."""
+    ``performance_report`` writes Dask's performance report HTML beside the results (any cluster).
+    ``backend`` is the kernel backend of the passes (None: ``xsi-dask.backend``); ``"cupy"`` runs them on workers
+    offering ``GPU``: a LocalCluster then has one worker process per visible GPU (``CUDA_VISIBLE_DEVICES``
+    respected), SLURM needs ``gpu_jobs``, a running scheduler needs such workers."""
 
     scheduler: str | None = None
     workers: int | None = None
@@ -284,6 +287,7 @@ class ClusterParams(_Params):
     gpus_per_job: int | None = None
     dashboard_address: str | None = None
     performance_report: bool = False
+    backend: str | None = None
 
     @property
     def slurm(self):
@@ -325,6 +329,17 @@ class ClusterParams(_Params):
             if self.gpus_per_job is not None and not self.gpu_jobs:
                 raise ParameterError(f"{o}: gpus_per_job={self.gpus_per_job} sizes GPU jobs, and gpu_jobs asks for none; "
                                      "give gpu_jobs (--gpu-jobs N)")
+        if self.backend is not None:
+            from ..engine.backends import available_backends
+
+            if self.backend not in available_backends():
+                raise ParameterError(f"{o}.backend must be one of {available_backends()}; got {self.backend!r}")
+            if self.backend == "cupy" and self.cluster == "slurm" and not self.gpu_jobs:
+                raise ParameterError(f"{o}: backend='cupy' runs the passes on GPU workers, and gpu_jobs asks for none; "
+                                     "give gpu_jobs (--gpu-jobs N)")
+            if self.backend == "cupy" and self.cluster == "local" and self.scheduler is None and self.workers is not None:
+                raise ParameterError(f"{o}: with backend='cupy' a LocalCluster has one worker per visible GPU; workers="
+                                     f"{self.workers} cannot apply (choose the GPUs with CUDA_VISIBLE_DEVICES)")
         if self.scheduler is not None:
             try:
                 _set(self, "scheduler", check_scheduler_address(self.scheduler))

@@ -209,17 +209,26 @@ def _changed_files(layout_attr: dict) -> list[str]:
     return []
 
 
+@contextlib.contextmanager
 def _client(cluster: ClusterParams):
+    """The cluster's client for the block, with ``cluster.backend`` (when given) as ``xsi-dask.backend``."""
+    import dask.config
+
     from ..cluster.local import dask_client
 
+    chosen = {"xsi-dask.backend": cluster.backend} if cluster.backend is not None else {}
     if cluster.slurm is not None:
         from ..cluster.slurm import slurm_cluster
 
-        return slurm_cluster(cluster.slurm)
-    return dask_client(
-        cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
-        memory_limit=cluster.memory_limit, quiet=False,
-    )
+        client = slurm_cluster(cluster.slurm)
+    else:
+        client = dask_client(
+            cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
+            memory_limit=cluster.memory_limit, quiet=False,
+            gpu_workers=cluster.backend == "cupy" and cluster.scheduler is None,
+        )
+    with dask.config.set(chosen), client as c:
+        yield c
 
 
 PERFORMANCE_REPORT = "dask-performance-report.html"
