@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 DATA   ?= ../shared/data
 DEMO   ?= demo-out
 
-.PHONY: demo test test-all lint bench bench-analyses bench-dkl bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
+.PHONY: demo test test-all lint bench bench-analyses bench-dkl bench-gpu bench-scale bench-scale-series bench-scale-series-nocache venv install install-test install-bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,12 @@ bench-scale-series: $(VENV)/.installed-bench
 # the same series with the tile cache off: every pass reads its tiles, at every size
 bench-scale-series-nocache: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_scale.py --series --nmf-iter 10 --tile-cache 0 --report docs/benchmarks-scale-series-nocache.md
+
+# the cupy backend against numba on the same machine, DKL on the GPU, the paper-size montage on one GPU (#14):
+# needs an NVIDIA GPU and the gpu extra (pip install -e '.[gpu]'); benchmarks/gpu_machine.sh runs it on a machine
+# without a package index
+bench-gpu: $(VENV)/.installed-bench $(VENV)/.installed-active
+	$(PY) benchmarks/bench_gpu.py --report docs/benchmarks-gpu.md
 
 clean:
 	rm -rf $(DEMO) bench-out .pytest_cache
