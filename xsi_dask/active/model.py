@@ -53,6 +53,16 @@ _KERNELS = ("rbf", "matern52")
 _ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """``device``, with ``"auto"`` resolved here: CUDA where this process sees a device, else the CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"device: {device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1')") from exc
+
+
 def feature_bounds(candidates: np.ndarray) -> np.ndarray:
     """Per-feature minimum and maximum of a candidate set, the bounds a model scales its inputs to.
 
@@ -183,8 +193,11 @@ class DKLModel:
         ``docs/benchmarks-dkl.md``).
     seed : int, default 0
         Seed of the ``torch.Generator`` that initialises the network weights.
-    device : str or torch.device, default "cpu"
-        Where the tensors live ("cuda" on a GPU worker).
+    device : str or torch.device, default "auto"
+        Where the tensors live. ``"auto"``: ``"cuda"`` (the first device this process sees,
+        which on a GPU worker is its own: ``CUDA_VISIBLE_DEVICES``) where torch sees one, else
+        ``"cpu"``, decided where the model is built, i.e. in the training task on its worker, not
+        for the process (no default device is set).
     dtype : torch.dtype, default torch.float64
 
     Attributes
@@ -209,7 +222,7 @@ class DKLModel:
 
     def __init__(self, bounds, *, hidden: Sequence[int] | None = (64, 32), embedding_dim: int = 2,
                  kernel: Literal["rbf", "matern52"] = "rbf", activation: Literal["tanh", "relu"] = "tanh",
-                 noise_min: float = 1e-4, priors: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+                 noise_min: float = 1e-4, priors: bool = True, seed: int = 0, device: str | torch.device = "auto",
                  dtype: torch.dtype = torch.float64):
         b = np.asarray(bounds, dtype=np.float64)
         if b.ndim != 2 or b.shape[0] != 2 or b.shape[1] == 0:
@@ -239,7 +252,7 @@ class DKLModel:
             raise ParameterError(f"priors: must be True or False, got {priors!r}")
         self.priors = bool(priors)
         self.seed = int(seed)
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.dtype = dtype
         self._model = None
 
@@ -455,7 +468,7 @@ class PlainGP(DKLModel):
     """
 
     def __init__(self, bounds, *, kernel: Literal["rbf", "matern52"] = "rbf", noise_min: float = 1e-4, priors: bool = True,
-                 seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
+                 seed: int = 0, device: str | torch.device = "auto", dtype: torch.dtype = torch.float64):
         super().__init__(bounds, hidden=None, kernel=kernel, noise_min=noise_min, priors=priors, seed=seed, device=device,
                          dtype=dtype)
 
