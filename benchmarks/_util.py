@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,36 @@ def run_isolated(code: str, timeout: float = 3600) -> dict:
         if line.startswith("@@RESULT@@"):
             return json.loads(line[len("@@RESULT@@"):])
     raise RuntimeError(f"benchmark process failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+class WorkerRSS:
+    """Peak RSS per worker process of a cluster, sampled in a thread."""
+
+    def __init__(self, client, period: float = 0.5):
+        import psutil
+
+        self._psutil = psutil
+        self.pids = list(client.run(os.getpid).values())
+        self.peak = {p: 0 for p in self.pids}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
+        self._t.start()
+
+    def _loop(self, period):
+        while not self._stop.is_set():
+            for p in self.pids:
+                try:
+                    self.peak[p] = max(self.peak[p], self._psutil.Process(p).memory_info().rss)
+                except self._psutil.Error:
+                    pass
+            time.sleep(period)
+
+    def reset(self):
+        self.peak = {p: 0 for p in self.pids}
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
 
 
 def machine() -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import ROOT, machine  # noqa: E402
+from _util import ROOT, WorkerRSS, machine  # noqa: E402
 
 K_SVD, L_SVD, K_NMF = 20, 30, 8
 
@@ -81,36 +81,6 @@ class GpuMemory:
     def stop(self):
         if self._p is not None:
             self._p.terminate()
-
-
-class WorkerRSS:
-    """Peak RSS per worker process of a cluster, sampled in a thread."""
-
-    def __init__(self, client, period: float = 0.5):
-        import psutil
-
-        self._psutil = psutil
-        self.pids = list(client.run(os.getpid).values())
-        self.peak = dict.fromkeys(self.pids, 0)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
-        self._t.start()
-
-    def _loop(self, period):
-        while not self._stop.is_set():
-            for p in self.pids:
-                try:
-                    self.peak[p] = max(self.peak[p], self._psutil.Process(p).memory_info().rss)
-                except self._psutil.Error:
-                    pass
-            time.sleep(period)
-
-    def reset(self):
-        self.peak = dict.fromkeys(self.pids, 0)
-
-    def stop(self):
-        self._stop.set()
-        self._t.join()
 
 
 # ---- kernels ----

@@ -20,44 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import ROOT, machine  # noqa: E402
-
-
-class WorkerRSS:
-    """Peak RSS per worker process of a LocalCluster, sampled in a thread."""
-
-    def __init__(self, client, period: float = 0.5):
-        self.pids = list(client.run(os.getpid).values())
-        self.peak = {p: 0 for p in self.pids}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
-        self._t.start()
-
-    def _loop(self, period):
-        while not self._stop.is_set():
-            for p in self.pids:
-                try:
-                    self.peak[p] = max(self.peak[p], psutil.Process(p).memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(period)
-
-    def reset(self):
-        self.peak = {p: 0 for p in self.pids}
-
-    def stop(self):
-        self._stop.set()
-        self._t.join()
+from _util import ROOT, WorkerRSS, machine  # noqa: E402
 
 
 def needed_bytes(tiles: int, h: int, w: int, cpp: float, k_svd: int, k_nmf: int) -> int:

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from ._kernels import assert_kernels_equal, random_case
+
 
 def _fake_cupy() -> dict[str, types.ModuleType]:
     cp = types.ModuleType("cupy")
@@ -72,64 +74,25 @@ def backend(monkeypatch):
     sys.modules.pop("xsi_dask.engine.backends._cupy", None)
 
 
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-300))
-
-
-def _case(seed=0, rows=200, channels=300, k=5):
-    rng = np.random.default_rng(seed)
-    nnz_row = rng.integers(0, 30, rows)
-    nnz_row[5] = 0  # an empty pixel
-    indptr = np.concatenate([[0], np.cumsum(nnz_row)]).astype(np.int64)
-    indices = np.concatenate([np.sort(rng.choice(channels, n, replace=False)) for n in nnz_row]).astype(np.uint16)
-    data = rng.integers(1, 200, indptr[-1]).astype(np.uint8)
-    return indptr, indices, data, channels, k, rng
-
-
 @pytest.mark.parametrize("read_only", [False, True], ids=["uploaded", "mirrored"])
 @pytest.mark.parametrize("block", [None, (23, 151)], ids=["tile", "row-block"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_cupy_kernels_equal_numba_on_stand_ins(backend, read_only, block, dtype):
     from xsi_dask.engine.backends import get_backend
 
-    indptr, indices, data, channels, k, rng = _case()
+    indptr, indices, data, rng = random_case()
     for a in (indptr, indices, data):
         a.flags.writeable = not read_only
     ptr = indptr if block is None else indptr[block[0] : block[1] + 1]
-    rows = ptr.size - 1
-    s, Xh = rng.uniform(0.1, 2.0, rows), rng.standard_normal((channels, 7))
-    W, Ht = rng.uniform(0.1, 1.0, (rows, k)), rng.uniform(0.01, 1.0, (channels, k))
-    denom, sqrt_s = rng.uniform(1.0, 5.0, k), rng.uniform(0.5, 1.5, k)
-    cpu, gpu = get_backend("numba"), backend.configured(dtype)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for _ in range(2):
-        for name, args in (("gram_apply", (s, Xh)), ("colsum_frob", (s, channels)), ("gram_block", (s, channels)),
-                           ("csr_dense", (Xh,))):
-            got = getattr(gpu, name)(ptr, indices, data, *args)
-            assert got.dtype == np.float64 and got.flags.c_contiguous
-            assert rel(got, getattr(cpu, name)(ptr, indices, data, *args)) < tol, name
-        for lam, with_h, with_loss in ((0.0, True, True), (0.4, True, False), (0.0, False, False)):
-            g = gpu.kl_mu_step(ptr, indices, data, W.copy(), Ht, denom, with_loss=with_loss, lam=lam, sqrt_s=sqrt_s,
-                               with_h=with_h)
-            c = cpu.kl_mu_step(ptr, indices, data, W.copy(), Ht, denom, with_loss=with_loss, lam=lam, sqrt_s=sqrt_s,
-                               with_h=with_h)
-            for x, y in zip(g[:4], c[:4]):
-                assert rel(x, y) < tol
-            assert g[4] == pytest.approx(c[4], rel=tol, abs=1e-9)
-        g = gpu.fro_mu_step(ptr, indices, data, W.copy(), Ht, Ht.T @ Ht)
-        c = cpu.fro_mu_step(ptr, indices, data, W.copy(), Ht, Ht.T @ Ht)
-        for x, y in zip(g[:3], c[:3]):
-            assert rel(x, y) < tol
-        assert g[3] == pytest.approx(c[3], rel=tol)
-        assert gpu.nmf_loss_terms(ptr, indices, data, W, Ht) == pytest.approx(cpu.nmf_loss_terms(ptr, indices, data, W, Ht),
-                                                                               rel=tol)
+    assert_kernels_equal(backend.configured(dtype), get_backend("numba"), ptr, indices, data, 300, rng,
+                         1e-12 if dtype == "float64" else 1e-5)
 
 
 def test_the_device_cache_keeps_read_only_arrays_while_they_live_and_never_writable_ones(backend):
     cache = backend.device_cache
     cache.clear()
-    indptr, indices, data, channels, k, rng = _case(seed=1)
-    Xh = rng.standard_normal((channels, 3))
+    indptr, indices, data, rng = random_case(seed=1)
+    Xh = rng.standard_normal((300, 3))
     backend.csr_dense(indptr, indices, data, Xh)
     assert cache.nbytes == 0  # writable: uploaded per call, nothing kept
     for a in (indptr, indices, data):
@@ -152,10 +115,10 @@ def test_the_device_cache_stays_within_its_share_of_the_gpu(backend):
     keep = []
     with dask.config.set({"xsi-dask.gpu-cache": 30_000 / 2**34}):  # 30 kB of the stand-in's 16 GiB
         for seed in range(6):
-            indptr, indices, data, channels, _, rng = _case(seed=seed)
+            indptr, indices, data, rng = random_case(seed=seed)
             for a in (indptr, indices, data):
                 a.flags.writeable = False
             keep.append((indptr, indices, data))
-            backend.csr_dense(indptr, indices, data, rng.standard_normal((channels, 2)))
+            backend.csr_dense(indptr, indices, data, rng.standard_normal((300, 2)))
             assert cache.nbytes <= 30_000
     assert cache.nbytes > 0
