@@ -85,11 +85,11 @@ class GpuMemory:
 
 # ---- kernels ----
 
-def _kernel_args(csr, rng):
+def _kernel_args(store, t, csr, rng):
+    from xsi_dask.engine.plan import tile_pixel_weights
+
     rows, channels = csr.shape
-    g = np.zeros(rows)
-    np.add.at(g, np.repeat(np.arange(rows), np.diff(csr.indptr)), csr.data)
-    s = np.divide(1.0, g, out=np.zeros(rows), where=g > 0)
+    s = tile_pixel_weights(store, t, poisson=True, cache=False)  # 1/g, the SVD's Poisson pixel weights
     Ht = rng.uniform(0.01, 1.0, (channels, K_NMF))
     return {"s": s, "Xh": rng.standard_normal((channels, L_SVD)), "W": rng.uniform(0.1, 1.0, (rows, K_NMF)), "Ht": Ht,
             "HHt": Ht.T @ Ht, "denom": Ht.sum(axis=0), "channels": channels}
@@ -129,7 +129,7 @@ def stage_kernels(out: Path, tiles: str, tile_shape: str, gpu_backend: str) -> d
         for a in (c.indptr, c.indices, c.data):
             a.flags.writeable = False
     rng = np.random.default_rng(0)
-    args = [_kernel_args(c, rng) for c in csrs]
+    args = [_kernel_args(st, t, c, rng) for t, c in enumerate(csrs)]
     nnz = sum(c.nnz for c in csrs)
     cores = os.cpu_count()
     numba = get_backend("numba")

@@ -100,6 +100,9 @@ def test_gpu_workers_where_no_gpu_is_visible_are_refused(monkeypatch):
         pass
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
     assert visible_gpus() == ["2", "3"]
+    with pytest.raises(ParameterError, match="one worker per visible GPU"), dask_client(gpu_workers=True, workers=2,
+                                                                                         quiet=True):
+        pass
 
 
 def test_the_cli_refuses_what_the_cupy_backend_cannot_honour(tmp_path, capsys):
@@ -115,3 +118,6 @@ def test_the_cli_refuses_what_the_cupy_backend_cannot_honour(tmp_path, capsys):
     assert ClusterParams(cluster="slurm", backend="cupy", gpu_jobs=1).backend == "cupy"
     assert main(["decompose", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "r.zarr"), "--backend", "cupy", "--workers", "2", "--quiet"]) == 2
     assert "one worker per visible GPU" in capsys.readouterr().err
+    # rotate, ica and segment run no tile kernels: a backend for them is refused, not ignored
+    assert main(["rotate", str(tmp_path / "none.zarr"), "--backend", "numba", "--quiet"]) == 2
+    assert "runs no tile kernels" in capsys.readouterr().err

@@ -92,6 +92,8 @@ _ANALYSES_FLAGS = ("rotate", "mcr", "ica", "segments", "segment_on", "quantify",
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    from ..engine.backends import available_backends
+
     c = p.add_argument_group("where it runs")
     c.add_argument("--scheduler", metavar="ADDRESS",
                    help="an existing Dask scheduler, tcp://HOST:PORT (default: a LocalCluster); given up on after "
@@ -99,7 +101,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: cores)")
     c.add_argument("--threads-per-worker", type=int, metavar="T", help="threads of each LocalCluster worker (default 1)")
     c.add_argument("--memory-limit", metavar="SIZE", help="per LocalCluster worker, e.g. 4GiB or 0.5 (default auto)")
-    c.add_argument("--backend", choices=("numba", "scipy", "cupy"),
+    c.add_argument("--backend", choices=available_backends(),
                    help="kernel backend of the passes (default xsi-dask.backend: numba); cupy runs them on NVIDIA GPUs "
                         "(the gpu extra): a LocalCluster then has one worker per visible GPU (CUDA_VISIBLE_DEVICES), "
                         "--cluster slurm needs --gpu-jobs, a --scheduler needs workers offering GPU")
@@ -463,6 +465,9 @@ def _cmd_analysis(args: argparse.Namespace) -> int:
     from ..pipeline._params import parse_elements
 
     g = _given(args)
+    if "backend" in g and args.command in ("rotate", "ica", "segment"):
+        # rotate and ica read only the stored maps, segment's pass labels pixels on the CPU: no kernel runs
+        raise ParameterError(f"--backend: xsi-dask {args.command} runs no tile kernels, so no backend applies")
     kw = {k: g[k] for k in _ANALYSES_FLAGS if k in g}
     kw["qc"] = args.command == "qc"
     if args.command == "rotate":

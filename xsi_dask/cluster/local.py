@@ -220,14 +220,21 @@ def dask_client(
         limit = check_memory_limit(config.get("memory-limit", memory_limit))
         devices = visible_gpus() if gpu_workers else []
         if gpu_workers:
+            if config.get("workers", workers) is not None:
+                raise ParameterError(f"a LocalCluster of GPU workers has one worker per visible GPU; workers="
+                                     f"{config.get('workers', workers)} cannot apply (choose the GPUs with "
+                                     "CUDA_VISIBLE_DEVICES)")
             if not devices:
                 where = os.environ.get("CUDA_VISIBLE_DEVICES")
                 raise ResourceUnavailableError(
                     "the cupy backend runs its passes on GPU workers, and this machine shows no GPU ("
                     + (f"CUDA_VISIBLE_DEVICES={where!r}" if where is not None else "nvidia-smi lists none") + "); "
                     "run where a GPU is, connect to a cluster with GPU workers (--scheduler), or use --backend numba")
+            from ..engine.backends import backend_resources
+
             n_workers = len(devices)
-            threads = check_count("threads per worker", threads_per_worker) or int(config.get("gpu-tasks")) + 1
+            if threads_per_worker is None:  # the tasks sharing a GPU (xsi-dask.gpu-tasks, checked there) and one more
+                threads = round(1 / backend_resources("cupy")["GPU"]) + 1
         try:
             cluster = LocalCluster(
                 n_workers=0 if devices else n_workers,

@@ -60,7 +60,6 @@ __all__ = ["rotate", "orthomax", "ScaledSVD", "scaled_svd", "fourth_moments", "r
 # k^4 float64 numbers per unit result: 16^4 * 8 B = 512 KiB; above this k the iterate strategy is used
 MOMENTS_MAX_K = 16
 
-# the attributes a derived result carries over from its SVD (results_view and the reports read them)
 @dataclass
 class ScaledSVD:
     """The top-k factors of a stored Poisson-scaled SVD, in the scaled space, and its maps as unit sources.

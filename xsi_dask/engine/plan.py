@@ -43,7 +43,7 @@ from ..io.store import MontageStore, tile_cache
 from ..montage.view import open_montage
 from ._viewtile import channel_runs, view_pixel_totals, view_tile_csr
 from .backends import backend_name, backend_options, backend_resources, get_backend
-from .resources import local_gpu_count, worker_resources, workers_offering
+from .resources import local_gpu_count, require_workers, workers_offering
 
 __all__ = ["Unit", "PassRecord", "Source", "Block", "Plan", "make_plan", "split_units", "tree_sum", "worker_addresses",
            "worker_memory_limits"]
@@ -765,12 +765,6 @@ def _workers_for(backend: str, resources: dict[str, float]) -> list[str]:
                 "CUDA device (CUDA_VISIBLE_DEVICES, the driver); start a cluster with a GPU worker "
                 "(xsi-dask run --backend cupy starts one per visible GPU) or choose xsi-dask.backend: numba")
         return []
-    able = workers_offering(resources)
-    if not able:
-        have = {a: r for a, r in worker_resources().items() if r} or "none"
-        raise ResourceUnavailableError(
-            f"the {backend} backend runs its passes on workers offering {resources}; no worker of the cluster does "
-            f"(workers: {len(worker_addresses())}, resources offered: {have}). Start a worker per GPU with "
-            "--resources GPU=1 (LocalCluster(resources={'GPU': 1}), xsi-dask run --backend cupy, or --gpu-jobs on "
-            "SLURM), or choose xsi-dask.backend: numba")
-    return able
+    return require_workers(resources, f"the {backend} backend (its passes run on GPU workers: xsi-dask run --backend "
+                                      "cupy starts them, --gpu-jobs on SLURM; or choose xsi-dask.backend: numba)")
+

@@ -8,7 +8,7 @@ from typing import Any
 from .._dask import current_client
 from ..errors import ResourceUnavailableError
 
-__all__ = ["run_on_resource", "worker_resources", "workers_offering", "local_gpu_count"]
+__all__ = ["run_on_resource", "worker_resources", "workers_offering", "require_workers", "local_gpu_count"]
 
 
 def worker_resources() -> dict[str, dict[str, float]]:
@@ -23,9 +23,26 @@ def worker_resources() -> dict[str, dict[str, float]]:
     return client.run_on_scheduler(_resources)
 
 
+def _offering(offered: dict[str, dict[str, float]], want: dict[str, float]) -> list[str]:
+    return sorted(a for a, r in offered.items() if all(r.get(k, 0.0) >= v for k, v in want.items()))
+
+
 def workers_offering(want: dict[str, float]) -> list[str]:
     """Addresses (sorted) of the active cluster's workers that offer every amount of ``want`` ([] without a client)."""
-    return sorted(a for a, r in worker_resources().items() if all(r.get(k, 0.0) >= v for k, v in want.items()))
+    return _offering(worker_resources(), want)
+
+
+def require_workers(want: dict[str, float], who: str) -> list[str]:
+    """The workers of the active cluster offering ``want`` (sorted), or :class:`ResourceUnavailableError` naming
+    ``who`` needs them, how many workers there are and what they offer (one call to the scheduler)."""
+    offered = worker_resources()
+    able = _offering(offered, want)
+    if not able:
+        have = {a: r for a, r in offered.items() if r} or "none"
+        raise ResourceUnavailableError(
+            f"{who} needs a worker offering {want}, and no worker of the cluster does (workers: {len(offered)}, "
+            f"resources offered: {have}); add a worker started with --resources, e.g. 'GPU=1'")
+    return able
 
 
 def local_gpu_count() -> int:
@@ -66,12 +83,5 @@ def run_on_resource(fn: Callable, *args: Any, resources: dict[str, float], **kwa
             f"this task needs a worker offering {want}, and no dask.distributed cluster is active; "
             "start one whose workers declare the resource (dask worker --resources 'GPU=1')"
         )
-    offered = worker_resources()
-    able = workers_offering(want)
-    if not able:
-        have = {a: r for a, r in offered.items() if r} or "none"
-        raise ResourceUnavailableError(
-            f"no worker of the cluster offers {want} (workers: {len(offered)}, resources offered: {have}); "
-            "add a worker started with --resources, e.g. 'GPU=1'"
-        )
+    require_workers(want, "this task")
     return client.submit(fn, *args, resources=want, pure=False, **kwargs).result()

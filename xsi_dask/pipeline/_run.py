@@ -215,8 +215,10 @@ def _client(cluster: ClusterParams):
     import dask.config
 
     from ..cluster.local import dask_client
+    from ..engine.backends import backend_name, backend_resources
 
     chosen = {"xsi-dask.backend": cluster.backend} if cluster.backend is not None else {}
+    gpu = bool(backend_resources(backend_name(cluster.backend)))  # --backend, else xsi-dask.backend
     if cluster.slurm is not None:
         from ..cluster.slurm import slurm_cluster
 
@@ -225,7 +227,7 @@ def _client(cluster: ClusterParams):
         client = dask_client(
             cluster.scheduler, workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
             memory_limit=cluster.memory_limit, quiet=False,
-            gpu_workers=cluster.backend == "cupy" and cluster.scheduler is None,
+            gpu_workers=gpu and cluster.scheduler is None,
         )
     with dask.config.set(chosen), client as c:
         yield c
@@ -311,7 +313,8 @@ def _with_slurm_memory(cluster: ClusterParams, montage, ks: tuple[int | None, ..
     k = max(int(config.get("nmf-components-max")) if v is None else int(v) for v in ks)
     processes = shape[1]
     threads = shape[0] // processes
-    need = make_plan(montage).worker_memory(k, threads=threads, solver=solver)["limit"]
+    # the tiles' shapes size the job; the CPU backend plans here (the login node has no GPU, the backend no say)
+    need = make_plan(montage, backend="numba").worker_memory(k, threads=threads, solver=solver)["limit"]
     per_worker = max(need, config.get_bytes("slurm-min-worker-memory"))
     memory = f"{-(-processes * per_worker // 2**30)}GiB"
     print(f"SLURM job memory {memory}: {processes} worker(s) x {per_worker / 2**30:.1f} GiB for tiles of "
@@ -737,8 +740,7 @@ def _run_in(out, sources, given_store, target, store, montage, config, layout, v
         _nmf(montage, nmf, init, staged, progress, refs)
         _annotate(staged, "nmf", {**recorded, "n_components_source": k_source}, consolidate=True)
         timings["NMF (written tile by tile)"] = time.perf_counter() - t
-        done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress, available=("svd", "nmf"),
-                            quant=quant)
+        done = run_analyses(staged, montage, analyses, k, elements=view.elements, progress=progress, quant=quant)
         for line in done.lines.values():
             print(line)
         timings.update({f"{name} (written)": v for name, v in done.timings.items()})

@@ -43,6 +43,8 @@ import numpy as np
 from cupyx import cusparse
 from cupyx.scipy import sparse as csp
 
+from . import KERNELS
+
 __all__ = ["colsum_frob", "configured", "csr_dense", "device_cache", "fro_mu_step", "gram_apply", "gram_block",
            "kl_mu_step", "nmf_loss_terms"]
 
@@ -51,7 +53,6 @@ name = "cupy"
 # the clipping constant of the CPU backends (scikit-learn's MU solver)
 EPSILON = float(np.finfo(np.float32).eps)
 
-_KERNELS = ("gram_apply", "colsum_frob", "gram_block", "csr_dense", "kl_mu_step", "fro_mu_step", "nmf_loss_terms")
 _F64 = np.dtype(np.float64)
 
 
@@ -60,7 +61,7 @@ def configured(dtype: str = "float64") -> SimpleNamespace:
     dt = np.dtype(dtype)
     if dt not in (np.float64, np.float32):
         raise ValueError(f"the cupy backend computes in float64 or float32, not {dt}")
-    return SimpleNamespace(name=name, dtype=dt, **{k: functools.partial(globals()[k], dtype=dt) for k in _KERNELS})
+    return SimpleNamespace(name=name, dtype=dt, **{k: functools.partial(globals()[k], dtype=dt) for k in KERNELS})
 
 
 # ---- the device cache ----
@@ -89,7 +90,12 @@ class DeviceCache:
         self.misses = 0
 
     def budget(self) -> int:
-        share = float(dask.config.get("xsi-dask.gpu-cache", 0.6))
+        """``xsi-dask.gpu-cache`` (this worker's config: a share of its GPU's memory, 0 to 1) in bytes."""
+        share = dask.config.get("xsi-dask.gpu-cache", 0.6)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            from ...errors import BackendError
+
+            raise BackendError(f"xsi-dask.gpu-cache must be a share of the GPU's memory between 0 and 1, got {share!r}")
         return int(share * cp.cuda.Device().mem_info[1])
 
     @property
@@ -177,6 +183,11 @@ def _dev(x, dtype: np.dtype) -> cp.ndarray:
     return cp.asarray(np.asarray(x), dtype=dtype)
 
 
+def _weights(s, dt: np.dtype) -> cp.ndarray:
+    """Pixel weights on the device: a slice of the tile cache's read-only weights stays there with the tile."""
+    return device_cache.get(np.asarray(s), dt.str, lambda h: cp.asarray(h, dtype=dt))
+
+
 def _host(x: cp.ndarray) -> np.ndarray:
     """A float64 C-ordered host copy (the CPU backends' layout; cuSPARSE's outputs are column-major)."""
     return cp.asnumpy(cp.ascontiguousarray(x)).astype(np.float64, copy=False)
@@ -222,14 +233,14 @@ def gram_apply(indptr, indices, data, s, Xh, *, dtype=_F64):
     dt = dtype
     t = _Tile(indptr, indices, data, Xh.shape[0], dt)
     Z = _spmm(t.A, _dev(Xh, dt))
-    Z *= _dev(s, dt)[:, None]
+    Z *= _weights(s, dt)[:, None]
     return _host(_spmm(t.A, Z, transa=True))
 
 
 def colsum_frob(indptr, indices, data, s, channels, *, dtype=_F64):
     dt = dtype
     t = _Tile(indptr, indices, data, channels, dt)
-    sd = _dev(s, dt)
+    sd = _weights(s, dt)
     first = _spmv(t.A, cp.sqrt(sd), transa=True)
     second = _spmv(t.matrix(t.vals * t.vals), sd, transa=True)
     return _host(cp.stack([first, second]))
@@ -240,7 +251,7 @@ def gram_block(indptr, indices, data, s, channels, *, dtype=_F64):
     t = _Tile(indptr, indices, data, channels, dt)
     if t.nnz == 0:
         return np.zeros((channels, channels))
-    sd = _dev(s, dt)
+    sd = _weights(s, dt)
     At = t.A.T.tocsr()
     As = t.matrix(t.vals * sd[t.rows])
     return _host((At @ As).toarray())
