@@ -585,3 +585,20 @@ def test_signal_during_result_writing(tmp_path, monkeypatch, capsys, sig):
     assert "interrupted" in capsys.readouterr().err
     assert tree_hash(out) == before and leftovers(tmp_path) == []
     _assert_old_results(out)
+
+
+def test_a_signal_that_lands_in_a_finalizer_still_interrupts():
+    """Python ignores an exception raised in a __del__ (a garbage-collected dask future): the interrupt is delivered
+    again instead of being lost (seen once in CI: SIGTERM during the results' writing, and the command ran on)."""
+    from xsi_dask._interrupt import Interrupted, signals_as_exceptions
+
+    class Collected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside __del__
+
+    t = time.monotonic()
+    with pytest.raises(Interrupted) as err, signals_as_exceptions():
+        Collected()
+        time.sleep(10)
+    assert err.value.signum == signal.SIGTERM and time.monotonic() - t < 5

@@ -60,6 +60,16 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
+def _in_finalizer(frame) -> bool:
+    """Whether ``frame`` runs inside a ``__del__``, where Python ignores (only prints) the exceptions raised."""
+    depth = 0
+    while frame is not None and depth < 64:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
 @contextlib.contextmanager
 def signals_as_exceptions() -> Iterator[None]:
     """Raise :class:`Interrupted` in the main thread on the first SIGINT or SIGTERM of the block.
@@ -67,6 +77,8 @@ def signals_as_exceptions() -> Iterator[None]:
     A second signal while the first is being handled (the cleanup under way)
     is ignored with a note on stderr, so that it cannot interrupt the removal
     of temporary outputs; a third ends the process at once (``os._exit``).
+    A signal that arrives while a ``__del__`` runs (where Python would swallow
+    the exception) is delivered again 50 ms later instead of being lost.
     The previous handlers are restored when the block ends. Outside the main
     thread (where Python cannot install handlers) the block does nothing.
     """
@@ -76,6 +88,11 @@ def signals_as_exceptions() -> Iterator[None]:
     seen: list[int] = []
 
     def handler(signum, frame):
+        if _in_finalizer(frame):
+            # Python ignores an exception raised in a __del__ (a garbage-collected future, say): raised here the
+            # interrupt would be lost and the command would run to its end. The same signal comes again shortly.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         seen.append(signum)
         if len(seen) == 1:
             _quiet_logs()
